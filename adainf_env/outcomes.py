@@ -1,0 +1,409 @@
+"""Outcome tables: the result of running every plan of a plan space on every sample of a data split.
+
+The table is the contract between the expensive world (backbones, GPUs, datasets) and the cheap one (environments,
+RL, evaluation): everything above it runs on a laptop in seconds.
+
+Representation (one everywhere):
+
+* a **plan** is an index ``p`` into the table's plan list; ``plan_masks[p]`` is its boolean block mask (blocks in
+  execution order, ``True`` = residual branch executed);
+* a **cost** is a fraction of the full model (``plan_cost[p]``, in (0, 1]); by default MACs, or measured latency
+  when the table carries a latency profile. A budget of 0.5 means "at most half the full model".
+
+File format (``.npz``, plain numpy, no pickles; written atomically):
+
+=================  ===========  =========================================================
+array              shape        meaning
+=================  ===========  =========================================================
+``pred``           [N, P] u8/u16  predicted class under plan p
+``loss``           [N, P] f16/32  cross-entropy of the true label under plan p (nats)
+``conf``           [N, P] f16/32  max softmax probability in [0, 1]
+``features``       [N, F] f32   always-computed (stem) features the scheduler reads
+``label``          [N] i64      true class
+``sample_index``   [N] i64      index of the sample in its split's source ordering
+``plan_masks``     [P, B] bool  executed blocks per plan
+``plan_macs``      [P] i64      MACs of each plan (per sample, at the table's input size)
+``meta_json``      0-d str      JSON metadata (backbone, checkpoint hash, dataset, split, versions, content hash)
+=================  ===========  =========================================================
+
+:func:`load_table` also reads the reference tables of ``../shared/reference`` (keys ``pred loss conf stem_feat
+label``, 256 plans with plan code = bitmask, MACs from ``summary.json`` beside them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from adainf_env.errors import TableFormatError, TableMismatchError
+from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays, sha256_file
+
+__all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables", "masks_from_codes", "codes_from_masks"]
+
+FORMAT_VERSION = 1
+_ARRAY_KEYS = ("pred", "loss", "conf", "features", "label", "sample_index", "plan_masks", "plan_macs")
+_REFERENCE_KEYS = {"pred", "loss", "conf", "stem_feat", "label"}
+
+
+def masks_from_codes(codes: Sequence[int] | np.ndarray, num_blocks: int) -> np.ndarray:
+    """Plan codes (bit i set ⇔ block i executed, LSB = block 0) → bool masks [P, B]."""
+    codes = np.asarray(codes, dtype=np.int64)
+    return ((codes[:, None] >> np.arange(num_blocks)) & 1).astype(bool)
+
+
+def codes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`masks_from_codes` (B ≤ 62)."""
+    masks = np.asarray(masks, dtype=bool)
+    return (masks.astype(np.int64) << np.arange(masks.shape[1])).sum(axis=1)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class OutcomeTable:
+    """Outcome of every plan on every sample of one split. See the module docstring for array meanings."""
+
+    pred: np.ndarray
+    loss: np.ndarray
+    conf: np.ndarray
+    features: np.ndarray
+    label: np.ndarray
+    sample_index: np.ndarray
+    plan_masks: np.ndarray
+    plan_macs: np.ndarray
+    meta: dict[str, Any]
+    # Optional per-plan cost in the "latency" unit (fraction of the full plan's measured time), if profiled.
+    plan_latency: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def num_samples(self) -> int:
+        return int(self.pred.shape[0])
+
+    @property
+    def num_plans(self) -> int:
+        return int(self.plan_masks.shape[0])
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.plan_masks.shape[1])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.meta.get("num_classes", int(max(self.pred.max(), self.label.max())) + 1))
+
+    @property
+    def full_macs(self) -> int:
+        return int(self.meta["full_macs"])
+
+    @property
+    def correct(self) -> np.ndarray:
+        """[N, P] bool: plan p classifies sample n correctly. Cached after first use."""
+        c = self.__dict__.get("_correct")
+        if c is None:
+            c = self.pred == self.label[:, None].astype(self.pred.dtype)
+            object.__setattr__(self, "_correct", c)
+        return c
+
+    def plan_cost(self, unit: str = "macs") -> np.ndarray:
+        """[P] float64 cost of each plan as a fraction of the full model ("macs" or "latency")."""
+        if unit == "macs":
+            return self.plan_macs.astype(np.float64) / float(self.full_macs)
+        if unit == "latency":
+            if self.plan_latency is None:
+                raise TableMismatchError(
+                    "this table carries no latency profile; attach one with "
+                    "adainf_env.costs.attach_latency(table, profile) or use cost_unit='macs'"
+                )
+            return np.asarray(self.plan_latency, dtype=np.float64)
+        from adainf_env.errors import ConfigError
+
+        raise ConfigError(f"unknown cost unit {unit!r}; expected 'macs' or 'latency'")
+
+    def accuracy_by_plan(self) -> np.ndarray:
+        return self.correct.mean(axis=0)
+
+    def full_plan(self) -> int:
+        """Index of the plan that executes every block (raises if the plan space lacks it)."""
+        idx = np.flatnonzero(self.plan_masks.all(axis=1))
+        if idx.size == 0:
+            raise TableFormatError("plan space has no full plan (all blocks executed)")
+        return int(idx[0])
+
+    def subset(self, rows: np.ndarray) -> "OutcomeTable":
+        """A table over a subset of samples (same plans), e.g. a fit/validation split of the calibration table."""
+        rows = np.asarray(rows)
+        meta = dict(self.meta)
+        meta.pop("content_sha256", None)
+        return dataclasses.replace(
+            self,
+            pred=self.pred[rows],
+            loss=self.loss[rows],
+            conf=self.conf[rows],
+            features=self.features[rows],
+            label=self.label[rows],
+            sample_index=self.sample_index[rows],
+            meta=meta,
+        )
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: getattr(self, k) for k in _ARRAY_KEYS}
+
+    def content_hash(self) -> str:
+        return sha256_arrays(self.arrays())
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> None:
+        """Check shapes, dtypes and value ranges; raise :class:`TableFormatError` naming the problem."""
+        for k in _ARRAY_KEYS:
+            a = getattr(self, k)
+            if not isinstance(a, np.ndarray):
+                raise TableFormatError(f"array {k!r} must be a numpy array, got {type(a).__name__}")
+            if a.dtype == object:
+                raise TableFormatError(f"array {k!r} has dtype object")
+        n, p = self.pred.shape if self.pred.ndim == 2 else (None, None)
+        if n is None:
+            raise TableFormatError(f"pred must be 2-D [N, P], got shape {self.pred.shape}")
+        if n == 0 or p == 0:
+            raise TableFormatError(f"empty table: pred has shape {self.pred.shape}")
+        for k in ("loss", "conf"):
+            if getattr(self, k).shape != (n, p):
+                raise TableFormatError(f"{k} has shape {getattr(self, k).shape}, expected {(n, p)} like pred")
+        if self.features.ndim != 2 or self.features.shape[0] != n:
+            raise TableFormatError(f"features has shape {self.features.shape}, expected [{n}, F]")
+        for k in ("label", "sample_index"):
+            if getattr(self, k).shape != (n,):
+                raise TableFormatError(f"{k} has shape {getattr(self, k).shape}, expected ({n},)")
+        if self.plan_masks.ndim != 2 or self.plan_masks.shape[0] != p or self.plan_masks.dtype != bool:
+            raise TableFormatError(
+                f"plan_masks must be bool [P={p}, B], got {self.plan_masks.dtype} {self.plan_masks.shape}"
+            )
+        if self.plan_macs.shape != (p,):
+            raise TableFormatError(f"plan_macs has shape {self.plan_macs.shape}, expected ({p},)")
+        if not np.issubdtype(self.pred.dtype, np.integer) or not np.issubdtype(self.label.dtype, np.integer):
+            raise TableFormatError("pred and label must be integer arrays")
+        for k in ("loss", "conf", "features"):
+            a = getattr(self, k)
+            if not np.issubdtype(a.dtype, np.floating):
+                raise TableFormatError(f"{k} must be floating point, got {a.dtype}")
+            if not np.isfinite(a).all():
+                bad = int((~np.isfinite(a)).sum())
+                raise TableFormatError(f"{k} contains {bad} NaN/inf value(s)")
+        if (self.conf < 0).any() or (self.conf > 1.0001).any():
+            raise TableFormatError("conf must lie in [0, 1]")
+        if (self.loss < 0).any():
+            raise TableFormatError("loss (cross-entropy) must be non-negative")
+        if len(np.unique(self.plan_masks, axis=0)) != p:
+            raise TableFormatError("plan_masks has duplicate plans")
+        if "full_macs" not in self.meta:
+            raise TableFormatError("metadata lacks 'full_macs'")
+        if (self.plan_macs <= 0).any() or (self.plan_macs > self.meta["full_macs"]).any():
+            raise TableFormatError("plan_macs must lie in (0, full_macs]")
+        if self.plan_latency is not None:
+            lat = np.asarray(self.plan_latency)
+            if lat.shape != (p,) or not np.isfinite(lat).all() or (lat <= 0).any():
+                raise TableFormatError("plan_latency must be a positive finite [P] array")
+        nc = self.meta.get("num_classes")
+        if nc is not None and (int(self.pred.max()) >= nc or int(self.label.max()) >= nc):
+            raise TableFormatError(f"pred/label contain a class ≥ num_classes={nc}")
+
+    def check_compatible(
+        self,
+        *,
+        backbone: str | None = None,
+        checkpoint_sha256: str | None = None,
+        dataset: str | None = None,
+        split: str | None = None,
+        plan_masks: np.ndarray | None = None,
+    ) -> None:
+        """Raise :class:`TableMismatchError` if this table was built for something other than what is given."""
+        for key, want in (("backbone", backbone), ("checkpoint_sha256", checkpoint_sha256), ("dataset", dataset),
+                          ("split", split)):
+            have = self.meta.get(key)
+            if want is not None and have != want:
+                raise TableMismatchError(
+                    f"table was built for {key}={have!r}, but {want!r} was expected; rebuild the table "
+                    f"(experiments/build_table.py) for this {key}"
+                )
+        if plan_masks is not None:
+            plan_masks = np.asarray(plan_masks, dtype=bool)
+            if plan_masks.shape != self.plan_masks.shape or not np.array_equal(plan_masks, self.plan_masks):
+                raise TableMismatchError(
+                    f"plan space differs: table has plan_masks {self.plan_masks.shape}, expected {plan_masks.shape}"
+                )
+
+
+# ---------------------------------------------------------------------- save / load
+def save_table(table: OutcomeTable, path: str | os.PathLike) -> Path:
+    """Write ``table`` to ``path`` (``.npz``) atomically, stamping its content hash into the metadata."""
+    path = Path(path)
+    meta = dict(table.meta)
+    meta["format_version"] = FORMAT_VERSION
+    meta["content_sha256"] = table.content_hash()
+    arrays = table.arrays()
+    if table.plan_latency is not None:
+        arrays["plan_latency"] = np.asarray(table.plan_latency, dtype=np.float64)
+    arrays["meta_json"] = np.array(json.dumps(meta, sort_keys=True))
+    with atomic_write(path, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+    return path
+
+
+def default_meta(**kw: Any) -> dict[str, Any]:
+    """Metadata every builder should record: caller-supplied keys plus package versions and the host."""
+    import numpy
+
+    versions = {"numpy": numpy.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        versions["torch"] = torch.__version__
+    except ImportError:  # pragma: no cover - torch is a hard dependency, but tables are readable without it
+        pass
+    from adainf_env import __version__
+
+    versions["adainf"] = __version__
+    return {"format_version": FORMAT_VERSION, "versions": versions, **kw}
+
+
+def load_table(
+    path: str | os.PathLike,
+    *,
+    backbone: str | None = None,
+    checkpoint_sha256: str | None = None,
+    dataset: str | None = None,
+    split: str | None = None,
+    plan_masks: np.ndarray | None = None,
+) -> OutcomeTable:
+    """Load and validate an outcome table (project format or the ``../shared/reference`` layout).
+
+    Keyword arguments, when given, must match the table's metadata or :class:`TableMismatchError` is raised.
+    Never unpickles: a pickle-bearing file raises :class:`~adainf_env.errors.UnsafeFileError`.
+    """
+    path = Path(path)
+    raw = safe_np_load(path)
+    if "meta_json" in raw:
+        table = _from_project_arrays(raw, path)
+    elif _REFERENCE_KEYS <= set(raw):
+        table = _from_reference_arrays(raw, path)
+    else:
+        raise TableFormatError(
+            f"{path}: not an outcome table (arrays {sorted(raw)}; expected {list(_ARRAY_KEYS) + ['meta_json']} "
+            f"or the reference layout {sorted(_REFERENCE_KEYS)})"
+        )
+    table.check_compatible(
+        backbone=backbone, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split, plan_masks=plan_masks
+    )
+    return table
+
+
+def _from_project_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable:
+    missing = [k for k in _ARRAY_KEYS if k not in raw]
+    if missing:
+        raise TableFormatError(f"{path}: missing arrays {missing}")
+    try:
+        meta = json.loads(str(raw["meta_json"]))
+        assert isinstance(meta, dict)
+    except (ValueError, AssertionError):
+        raise TableFormatError(f"{path}: meta_json is not a JSON object") from None
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise TableFormatError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
+    arrays = {k: raw[k] for k in _ARRAY_KEYS}
+    want = meta.get("content_sha256")
+    if want is not None and sha256_arrays(arrays) != want:
+        raise TableFormatError(f"{path}: content hash mismatch — the file is corrupt or was edited")
+    try:
+        return OutcomeTable(**arrays, meta=meta, plan_latency=raw.get("plan_latency"))
+    except TableFormatError as e:
+        raise TableFormatError(f"{path}: {e}") from None
+
+
+def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable:
+    """Adapt the reference layout (``../shared/reference/table_{calib,test}.npz``) to :class:`OutcomeTable`."""
+    ref_dir = path.parent
+    summary_path = ref_dir / "summary.json"
+    if not summary_path.is_file():
+        raise TableFormatError(f"{path}: reference-layout table needs summary.json beside it (for MACs)")
+    try:
+        summary = json.loads(summary_path.read_text())
+        macs = summary["macs"]
+        stem, fc = int(macs["stem"]), int(macs["fc"])
+        blocks = np.asarray(macs["blocks"], dtype=np.int64)  # [B, 2] = residual, shortcut
+    except (ValueError, KeyError, TypeError) as e:
+        raise TableFormatError(f"{summary_path}: unreadable MACs ({e})") from None
+    num_blocks = blocks.shape[0]
+    num_plans = raw["pred"].shape[1] if raw["pred"].ndim == 2 else -1
+    if num_plans != 1 << num_blocks:
+        raise TableFormatError(f"{path}: reference table has {num_plans} plans, expected 2^{num_blocks}")
+    masks = masks_from_codes(np.arange(num_plans), num_blocks)
+    base = stem + fc + int(blocks[:, 1].sum())
+    plan_macs = base + masks.astype(np.int64) @ blocks[:, 0]
+    split = "calib" if "calib" in path.stem else ("test" if "test" in path.stem else path.stem)
+    n = raw["label"].shape[0]
+    if split == "calib" and (ref_dir / "calib_indices.npy").is_file():
+        sample_index = np.load(ref_dir / "calib_indices.npy", allow_pickle=False).astype(np.int64)
+        if sample_index.shape != (n,):
+            raise TableFormatError(f"{ref_dir / 'calib_indices.npy'}: {sample_index.shape} rows, table has {n}")
+    else:
+        sample_index = np.arange(n, dtype=np.int64)
+    ckpt = ref_dir / "resnet18_sd_cifar10.pt"
+    meta = default_meta(
+        backbone="resnet18_cifar",
+        checkpoint_sha256=sha256_file(ckpt) if ckpt.is_file() else None,
+        dataset="cifar10",
+        split=split,
+        num_classes=10,
+        full_macs=int(plan_macs.max()),
+        plan_space="all",
+        source="reference",
+        source_path=str(path),
+    )
+    meta["versions"]["reference_torch"] = summary.get("torch")
+    latency = None
+    if isinstance(summary.get("latency_ms_b256"), dict):
+        lat = np.array([summary["latency_ms_b256"].get(str(p), np.nan) for p in range(num_plans)], dtype=np.float64)
+        if np.isfinite(lat).all():
+            latency = lat / lat[num_plans - 1]
+            meta["latency_profile"] = {"device": summary.get("device"), "batch_size": 256, "unit": "fraction"}
+    try:
+        return OutcomeTable(
+            pred=raw["pred"],
+            loss=raw["loss"].astype(np.float32),
+            conf=raw["conf"].astype(np.float32) / 255.0,
+            features=raw["stem_feat"].astype(np.float32),
+            label=raw["label"].astype(np.int64),
+            sample_index=sample_index,
+            plan_masks=masks,
+            plan_macs=plan_macs.astype(np.int64),
+            meta=meta,
+            plan_latency=latency,
+        )
+    except TableFormatError as e:
+        raise TableFormatError(f"{path}: {e}") from None
+
+
+def find_split_tables(table_dir: str | os.PathLike) -> dict[str, Path]:
+    """``{"calib": path, "test": path}`` for a directory holding ``table_calib.npz`` and ``table_test.npz``.
+
+    Both the project's build script and the reference directory use these names.
+    """
+    table_dir = Path(table_dir)
+    out = {s: table_dir / f"table_{s}.npz" for s in ("calib", "test")}
+    missing = [str(p) for p in out.values() if not p.is_file()]
+    if missing:
+        raise TableFormatError(
+            f"{table_dir}: expected table_calib.npz and table_test.npz; missing {missing}. Build them with "
+            "experiments/build_table.py or pass the reference directory ../shared/reference"
+        )
+    return out
