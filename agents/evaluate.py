@@ -1,0 +1,415 @@
+"""Evaluation harness: budget sweeps (bandit), budget processes and shared budgets (stream) → result records.
+
+Every function returns or consumes **records**, plain JSON-able dicts with the keys of :data:`RECORD_FIELDS`:
+
+``scheduler``     registry name (``lut``, ``ppo``, …)
+``is_bound``      True for schedulers that read labels / the evaluated split (``oracle``, ``lut_upper``)
+``setting``       ``"bandit"`` (independent requests, each with the same budget) or ``"stream"``
+``variant``       bandit: ``"fixed"``; stream: ``"shared"`` (token bucket: the *average* budget is constrained) or the
+                  budget process's name (``"periodic"``, ``"random_walk"``, ``"trace"``…; every request has its own
+                  budget)
+``budget``        bandit: the per-request budget; stream: the average budget (the token bucket's refill per request,
+                  or the process's nominal mean level)
+``seed``          seed of the scheduler's fit and of the stream's sample order / budget draws
+``accuracy``      fraction of requests classified correctly by the chosen plan
+``mean_cost``     mean cost paid per request (fraction of the full model; cascades pay for what they recompute)
+``mean_budget``   mean budget the scheduler was given per request (stream: what was available in the bucket)
+``overrun_rate``  fraction of requests whose cost exceeded the budget available to them
+``mean_overrun``  mean of max(0, cost − budget) over all requests
+``plan_hist``     {plan index (str): number of requests} — non-zero entries only
+``num_requests``  how many requests the record covers
+
+Costs and budgets are fractions of the full model in the cost unit the scheduler was fitted with (MACs by default).
+
+Stream evaluation runs ``num_streams`` independent streams of ``horizon`` requests side by side, so a scheduler is
+asked for one batch of decisions per time step (the requests of step t of every stream) and its stream state is per
+stream. Sample order: a seeded permutation of the table's rows (without replacement while rows last).
+
+Stream state passed to ``Scheduler.select``/``decide`` (dict of [K] float64 arrays unless noted):
+``level`` bucket level after this request's refill (shared only, else the budget), ``available`` = the budget given,
+``avg_budget`` the average budget (shared only; None otherwise), ``process_budget`` the process's budget for this
+request, ``cap`` the bucket capacity (float), ``step`` (int) and ``horizon`` (int).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from adainf_env.errors import ConfigError
+from adainf_env.outcomes import OutcomeTable
+from agents.base import Scheduler, check_budgets
+
+__all__ = [
+    "RECORD_FIELDS",
+    "BANDIT_BUDGETS",
+    "evaluate_bandit",
+    "evaluate_stream",
+    "stream_process_for",
+    "run_comparison",
+    "summarize",
+    "markdown_tables",
+    "write_results",
+    "plot_summary",
+]
+
+RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed", "accuracy", "mean_cost",
+                 "mean_budget", "overrun_rate", "mean_overrun", "plan_hist", "num_requests")
+METRICS = ("accuracy", "mean_cost", "mean_budget", "overrun_rate", "mean_overrun")
+BANDIT_BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+# A cost equal to the budget up to float rounding is not an overrun.
+OVERRUN_TOL = 1e-9
+
+
+def _check_budget_list(budgets: Iterable[float], what: str) -> list[float]:
+    try:
+        b = [float(x) for x in budgets]
+    except (TypeError, ValueError):
+        raise ConfigError(f"{what} must be numbers in (0, 1], got {budgets!r}") from None
+    if not b:
+        raise ConfigError(f"{what} is empty")
+    check_budgets(np.asarray(b))
+    return b
+
+
+def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant: str, budget: float, seed: int,
+            rows: np.ndarray, plans: np.ndarray, costs: np.ndarray, given: np.ndarray) -> dict[str, Any]:
+    """Metrics of N decisions: ``given`` is the budget available to each request."""
+    rows, plans = np.asarray(rows).reshape(-1), np.asarray(plans, dtype=np.int64).reshape(-1)
+    costs, given = np.asarray(costs, dtype=np.float64).reshape(-1), np.asarray(given, dtype=np.float64).reshape(-1)
+    if plans.min() < 0 or plans.max() >= table.num_plans:
+        raise ConfigError(f"{scheduler.name}: returned plan indices outside [0, {table.num_plans})")
+    overrun = np.maximum(costs - given, 0.0)
+    hist = np.bincount(plans, minlength=table.num_plans)
+    return {
+        "scheduler": scheduler.name,
+        "is_bound": bool(scheduler.is_bound),
+        "setting": setting,
+        "variant": variant,
+        "budget": float(budget),
+        "seed": int(seed),
+        "accuracy": float(table.correct[rows, plans].mean()),
+        "mean_cost": float(costs.mean()),
+        "mean_budget": float(given.mean()),
+        "overrun_rate": float((overrun > OVERRUN_TOL).mean()),
+        "mean_overrun": float(overrun.mean()),
+        "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)},
+        "num_requests": int(len(rows)),
+    }
+
+
+# --------------------------------------------------------------------------------------------------- bandit
+def evaluate_bandit(scheduler: Scheduler, table: OutcomeTable, budgets: Sequence[float] = BANDIT_BUDGETS, *,
+                    seed: int = 0, rows: np.ndarray | None = None) -> list[dict[str, Any]]:
+    """Budget sweep: for each budget, every row of ``table`` (or ``rows``) is one request with that budget.
+
+    One record per budget (setting ``"bandit"``, variant ``"fixed"``). ``seed`` labels the record (the scheduler
+    was fitted with it); the sweep itself draws nothing.
+    """
+    budgets = _check_budget_list(budgets, "bandit budgets")
+    rows = np.arange(table.num_samples) if rows is None else np.asarray(rows, dtype=np.int64)
+    out = []
+    for b in budgets:
+        given = np.full(len(rows), b)
+        dec = scheduler.decide(table, rows, given)
+        out.append(_record(scheduler, table, setting="bandit", variant="fixed", budget=b, seed=seed, rows=rows,
+                           plans=dec.plan, costs=dec.cost, given=given))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------- stream
+def stream_process_for(kind: str, avg_budget: float, floor: float, **kw: Any):
+    """The budget process of stream variant ``kind`` around the nominal average budget ``avg_budget``.
+
+    * ``shared``: ``fixed:avg_budget`` refilling a token bucket (the per-request budget is what is in the bucket).
+    * ``periodic``: a sine between avg ± δ, δ = min(0.15, avg − floor, 1 − avg), period 200 requests: load swings
+      whose mean is the average budget.
+    * ``random_walk``: starts at avg, increments σ = 0.03, reflected into [avg − δ, avg + δ] (δ as above).
+    * anything else: handed to :func:`adainf_env.budgets.make_budget_process` unchanged (e.g. ``trace:PATH``);
+      the record's budget is then the realised mean budget.
+    """
+    from adainf_env.budgets import PeriodicBudget, RandomWalkBudget, FixedBudget, make_budget_process
+
+    avg = float(avg_budget)
+    delta = max(0.0, min(0.15, avg - floor, 1.0 - avg))
+    if kind == "shared":
+        return FixedBudget(value=avg)
+    if kind == "periodic":
+        return PeriodicBudget(period=kw.get("period", 200.0), low=avg - delta, high=avg + delta, shape="sine")
+    if kind == "random_walk":
+        return RandomWalkBudget(sigma=kw.get("sigma", 0.03), low=avg - delta, high=avg + delta, start_value=avg)
+    return make_budget_process(kind)
+
+
+def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, shared: bool = False,
+                    bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
+                    budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
+    """Run ``num_streams`` streams of ``horizon`` requests along a budget ``process`` → one record.
+
+    ``shared=True``: requests share a compute budget — a :class:`adainf_env.budgets.TokenBucket` refilled by the
+    process's budget per request (pass ``fixed:avg`` for an average budget), capped at ``bucket_cap``; the budget given
+    to the scheduler is what is in the bucket (at most 1). Otherwise each request's budget is the process's value.
+    The record's ``budget`` is ``budget_label`` (the nominal average) or else the realised mean process budget.
+    """
+    from adainf_env.budgets import TokenBucket, make_budget_process
+
+    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
+    if budget_label is not None:
+        check_budgets(np.asarray([budget_label]))
+    cost_all = scheduler.plan_space.plan_cost if scheduler.plan_space is not None else table.plan_cost()
+    proc = make_budget_process(process).bind(float(cost_all.min()))
+    bucket = TokenBucket(cap=float(bucket_cap)) if shared else None
+    rng = np.random.default_rng([int(seed), 0xADA1])
+    k_, t_ = int(num_streams), int(horizon)
+    n_req = k_ * t_
+    reps = math.ceil(n_req / table.num_samples)
+    rows = np.concatenate([rng.permutation(table.num_samples) for _ in range(reps)])[:n_req].reshape(k_, t_)
+    plans = np.empty((k_, t_), dtype=np.int64)
+    costs = np.empty((k_, t_))
+    given = np.empty((k_, t_))
+    proc_b = np.empty((k_, t_))
+    level = np.zeros(k_)
+    b_prev, aux = proc.start(rng.random(k_))
+    for t in range(t_):
+        u = rng.random(k_)  # one uniform per request, as the env's budget processes expect
+        b = b_prev if t == 0 else proc.next(np.full(k_, t), b_prev, aux, u)
+        b_prev = b
+        proc_b[:, t] = b
+        if bucket is not None:
+            level = bucket.refill(level, b)
+            avail = bucket.available(level)
+            state = {"level": level.copy(), "available": avail, "avg_budget": b.copy(), "process_budget": b.copy(),
+                     "cap": float(bucket_cap), "step": t, "horizon": t_}
+        else:
+            avail = b
+            state = {"level": b.copy(), "available": b.copy(), "avg_budget": None, "process_budget": b.copy(),
+                     "cap": float("nan"), "step": t, "horizon": t_}
+        # a bucket drained to exactly 0 still lets the request run its cheapest plan (counted as an overrun)
+        avail_ok = np.maximum(avail, 1e-12)
+        dec = scheduler.decide(table, rows[:, t], avail_ok, state)
+        plans[:, t], costs[:, t], given[:, t] = dec.plan, dec.cost, avail
+        if bucket is not None:
+            level = bucket.spend(level, dec.cost)
+    label = float(budget_label) if budget_label is not None else round(float(proc_b.mean()), 4)
+    rec = _record(scheduler, table, setting="stream", variant=variant or ("shared" if shared else proc.name),
+                  budget=label, seed=seed, rows=rows, plans=plans, costs=costs, given=given)
+    rec["mean_process_budget"] = float(proc_b.mean())
+    return rec
+
+
+# --------------------------------------------------------------------------------------------------- comparison
+def run_comparison(
+    names: Sequence[str],
+    calib: OutcomeTable,
+    test: OutcomeTable,
+    *,
+    seeds: Sequence[int] = (0,),
+    bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
+    stream_budgets: Sequence[float] = BANDIT_BUDGETS,
+    stream_variants: Sequence[str] = ("shared", "periodic"),
+    num_streams: int = 50,
+    horizon: int = 200,
+    bucket_cap: float = 1.0,
+    scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    cost_unit: str = "macs",
+    progress: bool = True,
+    on_fitted: Callable[[Scheduler, int], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Fit every scheduler in ``names`` on ``calib`` once per seed and evaluate it on ``test``.
+
+    The test table never trains or chooses anything (``lut_upper`` and ``oracle`` read it by definition and are
+    marked ``is_bound``). Returns all records (bandit sweep + one record per stream variant × average budget).
+    ``on_fitted(scheduler, seed)`` is called after each fit (e.g. to save the scheduler in the run directory).
+    """
+    from tqdm.auto import tqdm
+
+    from agents.registry import make_scheduler, scheduler_class
+
+    bandit_budgets = _check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
+    stream_budgets = _check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
+    if not names:
+        raise ConfigError("no schedulers to compare")
+    for n in names:
+        scheduler_class(n)  # unknown names fail before any fitting
+    kwargs = dict(scheduler_kwargs or {})
+    unknown = set(kwargs) - set(names)
+    if unknown:
+        raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
+    floor = float(calib.plan_cost(cost_unit).min())
+    records: list[dict[str, Any]] = []
+    jobs = [(n, int(s)) for s in seeds for n in names]
+    for name, seed in tqdm(jobs, desc="fit+evaluate", disable=not progress):
+        sched = make_scheduler(name, **dict(kwargs.get(name, {})))
+        t0 = time.perf_counter()
+        sched.fit(calib, seed=seed, cost_unit=cost_unit)
+        fit_s = time.perf_counter() - t0
+        if on_fitted is not None:
+            on_fitted(sched, seed)
+        recs = evaluate_bandit(sched, test, bandit_budgets, seed=seed) if bandit_budgets else []
+        for variant in stream_variants:
+            for b in stream_budgets:
+                proc = stream_process_for(variant, b, floor)
+                recs.append(evaluate_stream(sched, test, proc, shared=(variant == "shared"), bucket_cap=bucket_cap,
+                                            seed=seed, num_streams=num_streams, horizon=horizon, budget_label=b,
+                                            variant=variant))
+        for r in recs:
+            r["fit_s"] = round(fit_s, 3)
+        records.extend(recs)
+    return records
+
+
+# --------------------------------------------------------------------------------------------------- summaries
+def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds per (scheduler, setting, variant, budget).
+
+    ``std`` is the sample standard deviation over seeds (ddof = 1; 0 for a single seed). Order: first appearance.
+    """
+    groups: dict[tuple, list[Mapping[str, Any]]] = defaultdict(list)
+    for r in records:
+        missing = [k for k in ("scheduler", "setting", "budget", "seed", "accuracy", "mean_cost", "overrun_rate")
+                   if k not in r]
+        if missing:
+            raise ConfigError(f"record lacks {missing}: {dict(r)!r:.200}")
+        groups[(r["scheduler"], r["setting"], r.get("variant", ""), float(r["budget"]))].append(r)
+    out = []
+    for (name, setting, variant, budget), rs in groups.items():
+        row: dict[str, Any] = {"scheduler": name, "is_bound": bool(rs[0].get("is_bound", False)), "setting": setting,
+                               "variant": variant, "budget": budget, "n_seeds": len({r["seed"] for r in rs})}
+        for m in METRICS:
+            vals = np.array([r[m] for r in rs if m in r], dtype=np.float64)
+            if vals.size == 0:
+                continue
+            row[f"{m}_mean"] = float(vals.mean())
+            row[f"{m}_std"] = float(vals.std(ddof=1)) if vals.size > 1 else 0.0
+        out.append(row)
+    return out
+
+
+def _pm(mean: float, std: float, scale: float, digits: int) -> str:
+    return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}"
+
+
+def markdown_tables(summary: Sequence[Mapping[str, Any]]) -> str:
+    """One markdown table per (setting, variant): rows = schedulers, columns = budgets,
+    cells = accuracy % / mean cost / overrun rate %, each mean±std over seeds."""
+    blocks = []
+    keys = list(dict.fromkeys((s["setting"], s["variant"]) for s in summary))
+    for setting, variant in keys:
+        rows = [s for s in summary if (s["setting"], s["variant"]) == (setting, variant)]
+        budgets = sorted({s["budget"] for s in rows})
+        names = list(dict.fromkeys(s["scheduler"] for s in rows))
+        what = "average budget" if setting == "stream" else "budget"
+        lines = [f"**{setting} / {variant}** — accuracy % / mean cost / overrun rate %, mean±std over seeds; "
+                 f"columns: {what}", "",
+                 "| scheduler | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+                 "|---|" + "---|" * len(budgets)]
+        for n in names:
+            cells = []
+            for b in budgets:
+                m = [s for s in rows if s["scheduler"] == n and s["budget"] == b]
+                if not m:
+                    cells.append("–")
+                    continue
+                s = m[0]
+                cells.append(f"{_pm(s['accuracy_mean'], s['accuracy_std'], 100, 2)} / "
+                             f"{_pm(s['mean_cost_mean'], s['mean_cost_std'], 1, 3)} / "
+                             f"{_pm(s['overrun_rate_mean'], s['overrun_rate_std'], 100, 1)}")
+            label = f"{n} (bound)" if any(s["is_bound"] for s in rows if s["scheduler"] == n) else n
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks) + "\n"
+
+
+def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike) -> list[Path]:
+    """PNGs per (setting, variant): accuracy vs budget and accuracy vs mean cost, one line per scheduler, error bars =
+    std over seeds; bounds (``is_bound``) dashed and labelled "(bound)". Written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    from adainf_env.fileio import atomic_write
+
+    out_dir = Path(out_dir)
+    paths = []
+    keys = list(dict.fromkeys((s["setting"], s["variant"]) for s in summary))
+    for setting, variant in keys:
+        rows = [s for s in summary if (s["setting"], s["variant"]) == (setting, variant)]
+        names = list(dict.fromkeys(s["scheduler"] for s in rows))
+        for xkey, xlabel, fname in (("budget", "average budget" if setting == "stream" else "budget",
+                                     f"accuracy_vs_budget_{setting}_{variant}.png"),
+                                    ("mean_cost_mean", "mean cost paid", f"accuracy_vs_cost_{setting}_{variant}.png")):
+            fig, ax = plt.subplots(figsize=(7.5, 5))
+            for i, n in enumerate(names):
+                rs = sorted((s for s in rows if s["scheduler"] == n), key=lambda s: s["budget"])
+                bound = rs[0]["is_bound"]
+                x = np.array([s[xkey] for s in rs])
+                y = np.array([100 * s["accuracy_mean"] for s in rs])
+                yerr = np.array([100 * s["accuracy_std"] for s in rs])
+                xerr = np.array([s["mean_cost_std"] for s in rs]) if xkey == "mean_cost_mean" else None
+                ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=3, capsize=3, color=f"C{i % 10}",
+                            linestyle="--" if bound else "-", label=f"{n} (bound)" if bound else n)
+            if xkey == "mean_cost_mean":
+                ax.set_xlim(0, 1.02)
+            ax.set_xlabel(f"{xlabel} (fraction of full-model cost)")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_title(f"{setting} / {variant}: accuracy vs {xlabel} (error bars: std over seeds)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8, loc="lower right")
+            fig.tight_layout()
+            path = out_dir / fname
+            buf = io.BytesIO()
+            fig.savefig(buf, format="png", dpi=120)
+            plt.close(fig)
+            with atomic_write(path, "wb") as fh:
+                fh.write(buf.getvalue())
+            paths.append(path)
+    return paths
+
+
+def write_results(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *,
+                  plots: bool = True) -> dict[str, Any]:
+    """Write ``results.json`` (the records), ``results.csv`` (same, ``plan_hist`` as a JSON string),
+    ``summary.json``/``summary.csv`` (mean ± std), ``summary.md`` (markdown tables) and the PNGs into ``out_dir``.
+    All atomic. Returns ``{"summary": [...], "markdown": str, "files": {name: Path}}``."""
+    from adainf_env.fileio import atomic_write, atomic_write_json
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [dict(r) for r in records]
+    summary = summarize(records)
+    md = markdown_tables(summary)
+    files: dict[str, Path] = {}
+    atomic_write_json(out_dir / "results.json", records)
+    files["results.json"] = out_dir / "results.json"
+    atomic_write_json(out_dir / "summary.json", summary)
+    files["summary.json"] = out_dir / "summary.json"
+    for fname, rows in (("results.csv", records), ("summary.csv", summary)):
+        cols = list(dict.fromkeys(k for r in rows for k in r))
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v for k, v in r.items()})
+        with atomic_write(out_dir / fname, "w") as fh:
+            fh.write(buf.getvalue())
+        files[fname] = out_dir / fname
+    with atomic_write(out_dir / "summary.md", "w") as fh:
+        fh.write(md)
+    files["summary.md"] = out_dir / "summary.md"
+    if plots and summary:
+        for p in plot_summary(summary, out_dir):
+            files[p.name] = p
+    return {"summary": summary, "markdown": md, "files": files}
