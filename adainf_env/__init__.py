@@ -14,12 +14,14 @@ from adainf_env.errors import (  # noqa: E402
     UnsafeFileError,
 )
 from adainf_env.outcomes import OutcomeTable, load_table, save_table  # noqa: E402
+from adainf_env.backbones import load_backbone  # noqa: E402
 
 __all__ = [
     "__version__",
     "OutcomeTable",
     "load_table",
     "save_table",
+    "load_backbone",
     "AdaInfError",
     "CheckpointError",
     "ConfigError",
