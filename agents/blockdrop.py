@@ -1,0 +1,108 @@
+"""BlockDrop [``blockdrop``] (Wu et al., "BlockDrop: Dynamic Inference Paths in Residual Networks", CVPR 2018),
+made budget-aware — the AdaInf paper's BlockDrop row.
+
+Policy: per-block Bernoulli probabilities s = sigmoid(g(x, M)) (:class:`~agents.policy_nets.BlockPolicy`); the budget
+M is an input (that is the budget-awareness the original lacks). Training is REINFORCE on BlockDrop's reward
+
+    R(u) = 1 − (|u| / B)²   if the plan u classifies x correctly,   −γ otherwise,
+
+with the self-critical baseline (reward of the thresholded policy s > 0.5, as in BlockDrop) and BlockDrop's
+exploration bound: actions are sampled from s' = α·s + (1 − α)·(1 − s) (α = 0.8 in the paper). Budget: a sampled plan
+whose cost exceeds M is penalised like a wrong answer and additionally by λ·(cost − M) — ``R = −γ − λ·overrun``.
+
+Inference: the most probable plan under the factorised Bernoulli policy among plans within the budget (equal to
+BlockDrop's thresholded plan whenever that fits); with ``restrict_to_budget=False``, plain thresholding s > 0.5.
+Needs a table with all 2^B plans (the reference and toy tables have them).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adainf_env.errors import ConfigError
+from adainf_env.outcomes import OutcomeTable
+from agents.policy_nets import BlockPolicy
+from agents.reinforce import bernoulli_entropy, block_plan_lookup, block_scores_over_plans
+from agents.torch_learner import TorchTableLearner
+
+__all__ = ["BlockDropScheduler"]
+
+
+class BlockDropScheduler(TorchTableLearner):
+    """Budget-conditioned BlockDrop. Extra keyword arguments: ``gamma`` (γ, penalty for a wrong answer, ≥ 0),
+    ``alpha`` (exploration bound in (0.5, 1]), ``lam`` (λ, overrun penalty ≥ 0), ``entropy`` (β ≥ 0),
+    ``n_samples`` (sampled masks per row per step)."""
+
+    name = "blockdrop"
+
+    def __init__(self, *, gamma: float = 5.0, alpha: float = 0.8, lam: float = 10.0, entropy: float = 0.0,
+                 n_samples: int = 4, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
+                 weight_decay: float = 1e-4, hidden: Sequence[int] = (128, 128), val_fraction: float = 0.2,
+                 restrict_to_budget: bool = True, progress: bool | None = None) -> None:
+        super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
+                         plans="all", val_fraction=val_fraction, restrict_to_budget=restrict_to_budget,
+                         progress=progress)
+        if not (gamma >= 0 and lam >= 0 and entropy >= 0):
+            raise ConfigError(f"gamma, lam and entropy must be ≥ 0, got {gamma}, {lam}, {entropy}")
+        if not 0.5 < alpha <= 1.0:
+            raise ConfigError(f"alpha must be in (0.5, 1], got {alpha}")
+        if int(n_samples) < 1:
+            raise ConfigError(f"n_samples must be ≥ 1, got {n_samples}")
+        self.gamma, self.alpha, self.lam, self.entropy = float(gamma), float(alpha), float(lam), float(entropy)
+        self.n_samples = int(n_samples)
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        cfg.pop("plans")
+        cfg.update(gamma=self.gamma, alpha=self.alpha, lam=self.lam, entropy=self.entropy, n_samples=self.n_samples)
+        return cfg
+
+    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int) -> nn.Module:
+        return BlockPolicy(feature_dim, num_blocks, hidden=self.hidden)
+
+    def _candidate_scores(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        assert self.policy is not None and self.plan_space is not None and self.candidates is not None
+        logits = self.policy(x, b).double()
+        masks = torch.as_tensor(self.plan_space.plan_masks[self.candidates])
+        if not self.restrict_to_budget:  # BlockDrop's own inference: threshold each block at 0.5
+            thr = (logits > 0).to(torch.float64)
+            return -(thr[:, None, :] - masks[None].double()).abs().sum(-1)
+        return block_scores_over_plans(logits, masks)
+
+    def _prepare(self, table: OutcomeTable, cost: np.ndarray) -> None:
+        self._code_to_plan = torch.as_tensor(block_plan_lookup(table))
+        self._weights = torch.as_tensor(1 << np.arange(table.num_blocks), dtype=torch.int64)
+        self._correct_t = torch.as_tensor(table.correct)
+        self._cost_t = torch.as_tensor(cost, dtype=torch.float32)
+        self._nblocks_t = torch.as_tensor(table.plan_masks.sum(1), dtype=torch.float32)
+        self._B = table.num_blocks
+
+    def _reward(self, rows: torch.Tensor, plans: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        corr = torch.gather(self._correct_t[rows], 1, plans)
+        frac = self._nblocks_t[plans] / self._B
+        over = torch.relu(self._cost_t[plans] - b[:, None])
+        r = torch.where(corr, 1.0 - frac ** 2, torch.full_like(frac, -self.gamma))
+        return torch.where(over > 0, -self.gamma - self.lam * over, r)
+
+    def _batch_loss(self, rows: torch.Tensor, budgets: torch.Tensor,
+                    gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        assert self.policy is not None
+        b = budgets.float()
+        logits = self.policy(self._features_t[rows], b)
+        s = torch.sigmoid(logits)
+        s_explore = self.alpha * s + (1 - self.alpha) * (1 - s)
+        n, nb = logits.shape
+        u = torch.rand((n, self.n_samples, nb), generator=gen) < s_explore.detach()[:, None, :]
+        plans = self._code_to_plan[(u.long() * self._weights).sum(-1)]
+        greedy = self._code_to_plan[((s.detach() > 0.5).long() * self._weights).sum(-1)][:, None]
+        r, r_greedy = self._reward(rows, plans, b), self._reward(rows, greedy, b)
+        eps = 1e-6
+        lp = torch.where(u, torch.log(s_explore[:, None, :] + eps), torch.log(1 - s_explore[:, None, :] + eps)).sum(-1)
+        ent = bernoulli_entropy(logits)
+        loss = -((r - r_greedy) * lp).mean() - self.entropy * ent
+        return loss, {"loss": float(loss.detach()), "reward": float(r.mean()), "greedy_reward": float(r_greedy.mean()),
+                      "entropy": float(ent)}

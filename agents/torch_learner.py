@@ -1,0 +1,241 @@
+"""Shared training loop for the torch learners on an outcome table (``hinge``, ``reinforce``, ``blockdrop``).
+
+What every learner gets from :class:`TorchTableLearner`:
+
+* **Fit on calibration only.** ``fit(table)`` splits the calibration rows (seeded) into a fit part and a held-out
+  part (``val_fraction``); the feature scaler and the candidate plan set are computed on the fit part, the policy is
+  trained on it, and the epoch whose policy scores best on the held-out part (mean accuracy over a budget grid, with
+  over-budget choices counted as wrong) is kept — early stopping / model selection never sees the test split.
+* **Budgets sampled during training** uniformly in ``[cheapest candidate cost, 1]`` (fractions of the full model),
+  so one policy serves every budget.
+* **Determinism.** All training randomness flows from one ``torch.Generator`` seeded by ``fit(seed=)``; network init
+  uses ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG is untouched).
+* **Resume** (issue 7). With ``checkpoint_dir``, after every epoch ``last.pt`` is written atomically holding the model,
+  optimiser, generator state, best-so-far state and history (plain tensors/containers: loadable with
+  ``torch.load(weights_only=True)``). ``fit(..., checkpoint_dir=D)`` on a directory that holds a checkpoint of the
+  same config, seed and table continues from it; the resumed run ends bit-identical to an uninterrupted one.
+  A checkpoint from another config/seed/table is refused (:class:`~adainf_env.errors.CheckpointError`).
+* **Inference restricted to the budget** (``restrict_to_budget=True``, default): the argmax is taken over candidate
+  plans whose cost ≤ budget (if none fits — a budget below the cheapest plan — the cheapest plan is used). This is
+  what makes the overrun rate 0 % (issue 4 acceptance: ≤ 2 %). ``restrict_to_budget=False`` gives the raw argmax.
+* **Save/load** through :class:`~agents.base.Scheduler` (``.npz``, no pickles): the policy's state_dict as arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.fileio import atomic_torch_save, safe_torch_load
+from adainf_env.outcomes import OutcomeTable
+from agents.base import PlanSpace, Scheduler, check_budgets
+from agents.policy_nets import PlanPolicy, candidate_plans
+
+__all__ = ["TorchTableLearner", "EpochCallback", "VAL_BUDGETS"]
+
+#: Budget grid (fractions) on which the held-out calibration score is averaged for model selection.
+VAL_BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+
+#: ``callback(epoch, metrics)`` after each epoch's checkpoint; may raise (tests use it to simulate a kill).
+EpochCallback = Callable[[int, dict[str, float]], None]
+
+
+class TorchTableLearner(Scheduler):
+    """Base class; subclasses implement :meth:`_build_policy`, :meth:`_prepare` and :meth:`_batch_loss`."""
+
+    name = "torch_learner"
+
+    def __init__(self, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
+                 hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
+                 val_fraction: float = 0.2, restrict_to_budget: bool = True, progress: bool | None = None) -> None:
+        if int(epochs) < 1 or int(batch_size) < 1:
+            raise ConfigError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
+        if not (lr > 0 and math.isfinite(lr)) or weight_decay < 0:
+            raise ConfigError(f"lr must be > 0 and weight_decay ≥ 0, got {lr}, {weight_decay}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.epochs = int(epochs)
+        self.batch_size = int(batch_size)
+        self.lr = float(lr)
+        self.weight_decay = float(weight_decay)
+        self.hidden = [int(h) for h in hidden]
+        self.plans = plans if isinstance(plans, str) else [int(p) for p in plans]
+        self.val_fraction = float(val_fraction)
+        self.restrict_to_budget = bool(restrict_to_budget)
+        self.progress = progress
+        self.policy: nn.Module | None = None
+        self.candidates: np.ndarray | None = None
+        self.history: list[dict[str, float]] = []
+
+    # ----------------------------------------------------------------- config / state
+    def config(self) -> dict[str, Any]:
+        return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
+                "weight_decay": self.weight_decay, "hidden": self.hidden, "plans": self.plans,
+                "val_fraction": self.val_fraction, "restrict_to_budget": self.restrict_to_budget}
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        assert self.policy is not None and self.candidates is not None
+        out = {f"w_{k}": v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()}
+        out["candidates"] = self.candidates
+        return out
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        assert self.plan_space is not None
+        self.candidates = arrays["candidates"].astype(np.int64)
+        self.policy = self._build_policy(self.plan_space.feature_dim, self.plan_space.plan_cost[self.candidates],
+                                         self.plan_space.plan_masks.shape[1])
+        state = {k[2:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("w_")}
+        try:
+            self.policy.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.name}: saved weights do not fit the policy: {str(e)[:300]}") from None
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int) -> nn.Module:
+        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden)
+
+    def _prepare(self, table: OutcomeTable, cost: np.ndarray) -> None:
+        """Precompute per-row training targets for ``self.candidates`` (tensors kept on ``self``)."""
+        raise NotImplementedError
+
+    def _batch_loss(self, rows: torch.Tensor, budgets: torch.Tensor,
+                    gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- inference
+    def _candidate_scores(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """[N, K] scores whose argmax (within budget) is the chosen candidate."""
+        assert self.policy is not None
+        return self.policy(x, b)
+
+    def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        """Plan indices (into the table plan list) for features [N, F] and validated budgets [N]."""
+        assert self.policy is not None and self.candidates is not None and self.plan_space is not None
+        x = torch.as_tensor(np.asarray(features, dtype=np.float32))
+        b = torch.as_tensor(budgets, dtype=torch.float32)
+        self.policy.eval()
+        with torch.no_grad():
+            scores = self._candidate_scores(x, b).double()
+        cand_cost = torch.as_tensor(self.plan_space.plan_cost[self.candidates])
+        if self.restrict_to_budget:
+            fits = cand_cost[None, :] <= torch.as_tensor(budgets)[:, None] + 1e-9
+            cheapest = torch.zeros_like(fits)
+            cheapest[:, int(torch.argmin(cand_cost))] = True
+            fits = torch.where(fits.any(dim=1, keepdim=True), fits, cheapest)
+            scores = scores.masked_fill(~fits, -math.inf)
+        return self.candidates[scores.argmax(dim=1).numpy()]
+
+    def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
+        if self.policy is None or self.plan_space is None:
+            raise ConfigError(f"{self.name}: call fit() before select()")
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
+            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
+                              f"{features.shape}")
+        budgets = check_budgets(budgets, features.shape[0])
+        return self._select_idx(features, budgets)
+
+    # ----------------------------------------------------------------- training
+    def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs",
+            checkpoint_dir: str | Path | None = None, callback: EpochCallback | None = None) -> "TorchTableLearner":
+        """Train on the calibration ``table`` (see the module docstring for split, selection and resume)."""
+        from tqdm.auto import tqdm
+
+        self.plan_space = PlanSpace.from_table(table, cost_unit)
+        cost = self.plan_space.plan_cost
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(table.num_samples)
+        n_val = int(round(self.val_fraction * table.num_samples))
+        val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if fit_rows.size == 0:
+            raise ConfigError(f"{self.name}: no rows left to fit after holding out val_fraction={self.val_fraction}")
+        self.candidates = candidate_plans(table, cost, self.plans, fit_rows)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            self.policy = self._build_policy(table.feature_dim, cost[self.candidates], table.num_blocks)
+        self.policy.scaler.fit(table.features[fit_rows])
+        self._table = table
+        self._prepare(table, cost)
+        self._features_t = torch.as_tensor(table.features, dtype=torch.float32)
+        opt = torch.optim.Adam(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        gen = torch.Generator().manual_seed(int(seed))
+        b_lo = float(cost[self.candidates].min())
+        best_score, best_state, start = -math.inf, None, 0
+        self.history = []
+
+        ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
+        ident = {"scheduler": self.name, "config": json.dumps(self.config(), sort_keys=True), "seed": int(seed),
+                 "table": table.meta.get("content_sha256") or table.content_hash(), "cost_unit": cost_unit}
+        if ckpt is not None and ckpt.is_file():
+            saved = safe_torch_load(ckpt)
+            if not isinstance(saved, dict) or saved.get("ident") != ident:
+                raise CheckpointError(
+                    f"{ckpt}: checkpoint was written for another run (scheduler/config/seed/table differ); "
+                    "use another checkpoint_dir or delete it")
+            self.policy.load_state_dict(saved["model"])
+            opt.load_state_dict(saved["opt"])
+            gen.set_state(saved["gen"])
+            start, best_score = int(saved["epoch"]), float(saved["best_score"])
+            best_state = saved["best_state"]
+            self.history = [dict(h) for h in saved["history"]]
+
+        fit_t = torch.as_tensor(fit_rows)
+        bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=self.progress is False
+                   if self.progress is not None else None, initial=start, total=self.epochs, leave=False)
+        for epoch in bar:
+            self.policy.train()
+            order = fit_t[torch.randperm(fit_t.numel(), generator=gen)]
+            sums: dict[str, float] = {}
+            nb = 0
+            for i in range(0, order.numel(), self.batch_size):
+                rows = order[i:i + self.batch_size]
+                budgets = b_lo + (1.0 - b_lo) * torch.rand(rows.numel(), generator=gen, dtype=torch.float64)
+                loss, stats = self._batch_loss(rows, budgets, gen)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                for k, v in stats.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                nb += 1
+            metrics = {k: v / nb for k, v in sums.items()}
+            metrics["epoch"] = float(epoch + 1)
+            score_rows = val_rows if val_rows.size else fit_rows
+            metrics["val_score"] = self._val_score(table, score_rows)
+            self.history.append(metrics)
+            if metrics["val_score"] > best_score:
+                best_score = metrics["val_score"]
+                best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+            bar.set_postfix(val=f"{metrics['val_score']:.4f}")
+            if ckpt is not None:
+                atomic_torch_save({"ident": ident, "epoch": epoch + 1, "model": self.policy.state_dict(),
+                                   "opt": opt.state_dict(), "gen": gen.get_state(), "best_score": best_score,
+                                   "best_state": best_state, "history": self.history}, ckpt)
+            if callback is not None:
+                callback(epoch + 1, metrics)
+        bar.close()
+        if best_state is not None:
+            self.policy.load_state_dict(best_state)
+        self.policy.eval()
+        del self._table, self._features_t
+        return self
+
+    def _val_score(self, table: OutcomeTable, rows: np.ndarray) -> float:
+        """Mean accuracy over :data:`VAL_BUDGETS` on held-out calibration rows; over-budget choices count wrong."""
+        assert self.plan_space is not None
+        cost = self.plan_space.plan_cost
+        grid = [b for b in VAL_BUDGETS if b >= cost.min()] or [1.0]
+        accs = []
+        for b in grid:
+            budgets = np.full(rows.size, b)
+            plans = self._select_idx(table.features[rows], budgets)
+            ok = table.correct[rows, plans] & (cost[plans] <= b + 1e-9)
+            accs.append(ok.mean())
+        return float(np.mean(accs))
