@@ -1,0 +1,401 @@
+"""The AdaInf Gymnasium environment (see :class:`AdaInfEnv` for its manual)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import gymnasium as gym
+import numpy as np
+
+from adainf_env.budgets import TokenBucket
+from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
+from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.outcomes import OutcomeTable, load_table, masks_from_codes
+
+__all__ = ["AdaInfEnv", "LiveSource", "ActionError"]
+
+
+@dataclasses.dataclass
+class LiveSource:
+    """A real backbone and real images for the env's live mode.
+
+    ``images``: uint8 [N, C, H, W] (numpy or torch); ``labels``: int [N]. ``plan_masks`` [P, B] (default: all
+    2^B plans, B ≤ 12). ``plan_cost`` [P] fractions of the full model (default: MACs measured with
+    :func:`adainf_env.costs.measure_macs`). The stem features of all images are computed once at env creation
+    (the stem always runs, so this is what a deployed scheduler would read); each step runs the backbone for the
+    chosen plan on the request's image.
+    """
+
+    backbone: Any
+    images: Any
+    labels: Any
+    plan_masks: np.ndarray | None = None
+    plan_cost: np.ndarray | None = None
+    batch_size: int = 256
+
+
+class AdaInfEnv(gym.Env):
+    """Choose which blocks of a network to run for each inference request, under a compute budget.
+
+    ## Description
+    Each request is an input (an image) and a budget, a fraction of the full model's cost. The agent sees cheap
+    features of the input (the pooled output of the always-run stem) and the budget, and picks a *plan* — which
+    skippable residual blocks to execute. It is rewarded for a correct prediction and penalised for exceeding the
+    budget. Outcomes come from an :class:`~adainf_env.outcomes.OutcomeTable` (every plan evaluated on every sample
+    beforehand: thousands of times faster than running the network) or, in live mode, from running the backbone.
+    This is the AdaInf problem (scheduler g(x, M) → plan) as an RL environment.
+
+    ## Action Space
+    ``Discrete(P)`` (default): the index of a plan in the table's plan list (``env.plan_masks[p]`` is its block mask,
+    ``env.plan_cost[p]`` its cost). With ``action_type="mask"``: ``MultiBinary(B)``, a block mask (1 = execute the
+    block's residual branch) that must be one of the table's plans, else :class:`ActionError`.
+    ``env.action_masks()`` returns the valid-plan mask for sb3-contrib's MaskablePPO: plans over budget are masked
+    (when ``mask_over_budget=True``, the default), the cheapest plan is always valid.
+
+    ## Observation Space
+    ``Dict`` (default) or, with ``obs_format="flat"``, a ``Box`` concatenating the parts in this order:
+
+    | key        | shape | dtype   | range              | meaning                                                  |
+    |------------|-------|---------|--------------------|----------------------------------------------------------|
+    | features   | (F,)  | float32 | table min … max    | stem features of the request's input                     |
+    | budget     | (1,)  | float32 | (0, 1]             | budget of this request, fraction of the full model       |
+    | bucket     | (3,)  | float32 | [0,cap]×[0,1]×[0,1] | stream + token bucket only: bucket level after refill, this request's refill, fraction of the episode left |
+
+    ## Rewards
+    With ``cost`` and ``budget`` fractions of the full model (``cost_unit="macs"``: MACs, ``"latency"``: measured
+    time) and ``overrun = max(0, cost − budget)``:
+
+    * ``reward="correct"`` (default): ``1[prediction correct] − λ·overrun`` — in [−λ, 1];
+    * ``reward="neg_ce"``: ``−CE(true label) − λ·overrun`` (CE in nats);
+    * ``penalty="hard"``: when ``overrun > 0`` the reward is ``hard_penalty`` (default −1) instead.
+
+    ``info`` of every step: ``plan``, ``cost``, ``correct`` (bool), ``overrun``, ``budget``, ``sample`` (table row).
+
+    ## Starting State
+    A request: the next sample of a random permutation of the table's rows (without replacement, reshuffled
+    every pass) and a budget from the budget process (default uniform in [cheapest plan cost, 1]).
+    ``reset(options={"sample": i, "budget": b})`` pins the first request's sample row and/or the budget (in stream
+    mode the pinned budget holds for the whole episode).
+
+    ## Episode End
+    ``mode="bandit"``: after one request (``terminated=True``). ``mode="stream"``: after ``episode_length``
+    requests (``terminated=True``; the horizon is part of the task and is observed through the bucket's
+    "fraction left"). Never truncated. The observation returned with ``terminated=True`` is the last request's.
+
+    ## Arguments
+    ``AdaInfEnv(table=None, *, table_path=None, live=None, mode="bandit", episode_length=200, budget="uniform",
+    bucket=None, lam=1.0, reward="correct", penalty="linear", hard_penalty=-1.0, cost_unit="macs",
+    obs_format="dict", action_type="plan", mask_over_budget=True, render_mode=None)``
+
+    * ``table`` / ``table_path``: an OutcomeTable or a path for :func:`adainf_env.load_table` (project tables or
+      ``../shared/reference/table_{calib,test}.npz``); ``live``: a :class:`LiveSource` instead.
+    * ``budget``: a budget process spec for :func:`adainf_env.budgets.make_budget_process` (``"uniform"``,
+      ``"fixed:0.3"``, ``"random_walk"``, ``"step"``, ``"periodic"``, ``"trace:FILE.csv"``, a dict, or an object).
+    * ``bucket``: stream mode only. ``True``, a dict or a :class:`~adainf_env.budgets.TokenBucket`: requests share a
+      compute budget refilled by the budget process each request (so ``budget="fixed:0.2", bucket=True`` constrains
+      the *average* cost to 0.2); the request's budget is what is in the bucket (at most 1).
+    * ``lam`` (λ ≥ 0), ``reward``, ``penalty``, ``hard_penalty``: see Rewards.
+    * ``render_mode``: None or ``"ansi"`` (a text line per step).
+
+    Registered as ``AdaInf/Bandit-v0`` and ``AdaInf/Stream-v0``:
+    ``gymnasium.make("AdaInf/Stream-v0", table_path=PATH, budget="fixed:0.2", bucket=True)``.
+    Bad arguments raise :class:`~adainf_env.errors.ConfigError`; bad tables
+    :class:`~adainf_env.errors.TableFormatError`; bad actions :class:`ActionError`.
+
+    ## Version History
+    * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        table: OutcomeTable | None = None,
+        *,
+        table_path: str | os.PathLike | None = None,
+        live: LiveSource | None = None,
+        mode: str = "bandit",
+        episode_length: int = 200,
+        budget: Any = "uniform",
+        bucket: bool | dict | TokenBucket | None = None,
+        lam: float = 1.0,
+        reward: str = "correct",
+        penalty: str = "linear",
+        hard_penalty: float = -1.0,
+        cost_unit: str = "macs",
+        obs_format: str = "dict",
+        action_type: str = "plan",
+        mask_over_budget: bool = True,
+        render_mode: str | None = None,
+    ) -> None:
+        if sum(x is not None for x in (table, table_path, live)) != 1:
+            raise ConfigError("give exactly one of table=, table_path= or live=")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if table_path is not None:
+            table = load_table(table_path)
+        kw = dict(mode=mode, episode_length=episode_length, budget=budget, bucket=bucket, lam=lam, reward=reward,
+                  penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format, action_type=action_type,
+                  mask_over_budget=mask_over_budget)
+        self._live: _LiveRunner | None = None
+        if live is not None:
+            self._live = _LiveRunner(live)
+            if cost_unit != "macs" and live.plan_cost is None:
+                raise ConfigError("live mode: cost_unit='latency' needs LiveSource(plan_cost=...) (a latency profile)")
+            self.cfg = EnvConfig.build(features=self._live.features, correct=None, loss=None, cost=self._live.cost,
+                                       plan_masks=self._live.plan_masks, cost_unit=cost_unit, **kw)
+        else:
+            self.cfg = EnvConfig.from_table(table, cost_unit=cost_unit, **kw)
+        self.table = table
+        c = self.cfg
+        self.observation_space = c.observation_space
+        self.action_space = c.action_space
+        self.render_mode = render_mode
+        self.mode = c.mode
+        # Hot-path aliases (attribute lookups through cfg cost ~50 ns each; the bandit step is a few µs).
+        self._n = c.num_samples
+        self._features = c.features
+        self._correct = c.correct
+        self._loss = c.loss
+        self._cost = c.cost
+        self._cost_list = c.cost.tolist()
+        self._bandit = c.mode == "bandit"
+        self._dict_obs = c.obs_format == "dict"
+        self._reward_ce = c.reward == "neg_ce"
+        self._hard = c.penalty == "hard"
+        self._lam = c.lam
+        self._plan_action = c.action_type == "plan"
+        self._invalidate_rng_buffers()
+        self._s: int | None = None  # current request's table row; None before the first reset
+        self._done = True
+        self._budget = 1.0
+        self._obs: Any = None
+        self._last: str = ""
+
+    # ------------------------------------------------------------------ public properties
+    @property
+    def plan_masks(self) -> np.ndarray:
+        return self.cfg.plan_masks
+
+    @property
+    def plan_cost(self) -> np.ndarray:
+        return self.cfg.cost
+
+    @property
+    def budget_process(self):
+        return self.cfg.process
+
+    @property
+    def lam(self) -> float:
+        return self._lam
+
+    # ------------------------------------------------------------------ randomness
+    def _invalidate_rng_buffers(self) -> None:
+        self._perm = np.empty(0, dtype=np.int64)
+        self._pos = self._n  # exhausted → the next request draws a permutation
+        self._ubuf = np.empty(0)
+        self._bbuf: list[float] = []
+        self._upos = RNG_CHUNK
+
+    def _draw(self) -> tuple[int, int]:
+        """Next request: (table row, index into the uniform buffer). See env_core for the protocol."""
+        if self._pos >= self._n:
+            self._perm = self.np_random.permutation(self._n)
+            self._pos = 0
+        s = int(self._perm[self._pos])
+        self._pos += 1
+        if self._upos >= RNG_CHUNK:
+            self._ubuf = self.np_random.random(RNG_CHUNK)
+            if self._bandit:  # bandit budgets only depend on the uniform: compute a chunk at once
+                self._bbuf = self.cfg.process.start(self._ubuf)[0].tolist()
+            self._upos = 0
+        k = self._upos
+        self._upos += 1
+        return s, k
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._invalidate_rng_buffers()
+        pin_s, pin_b = self.cfg.parse_options(options)
+        s, k = self._draw()
+        if pin_s is not None:
+            s = pin_s
+        self._s = s
+        self._done = False
+        if self._bandit:
+            self._budget = self._bbuf[k] if pin_b is None else pin_b
+            obs = self._make_obs()
+        else:
+            self._pin_b = pin_b
+            b0, aux = self.cfg.process.start(self._ubuf[k:k + 1])
+            self._aux = aux
+            self._proc_b = b0 if pin_b is None else np.array([pin_b])
+            self._t = 0
+            self._stream_budget(initial=True)
+            obs = self._make_obs()
+        self._obs = obs
+        return obs, {"sample": s, "budget": self._budget}
+
+    def _stream_budget(self, initial: bool) -> None:
+        bucket = self.cfg.bucket
+        if bucket is None:
+            self._budget = float(self._proc_b[0])
+            return
+        level = np.array([bucket.initial]) if initial else self._level
+        self._refill = self._proc_b if bucket.rate is None else np.array([bucket.rate])
+        self._level = bucket.refill(level, self._proc_b)
+        self._budget = float(bucket.available(self._level)[0])
+
+    def _make_obs(self):
+        f = self._features[self._s].copy()
+        b = np.array([self._budget], dtype=np.float32)
+        if self.cfg.bucket is not None:
+            T = self.cfg.episode_length
+            k = np.array([self._level[0], self._refill[0], (T - self._t) / T], dtype=np.float32)
+            if self._dict_obs:
+                return {"features": f, "budget": b, "bucket": k}
+            return np.concatenate([f, b, k])
+        if self._dict_obs:
+            return {"features": f, "budget": b}
+        return np.concatenate([f, b])
+
+    def step(self, action):
+        if self._done:
+            raise AdaInfError("step() called " + ("before reset()" if self._s is None else
+                                                  "after the episode ended") + "; call reset() first")
+        p = self.cfg.plan_of(action) if not (self._plan_action and type(action) is int and
+                                             0 <= action < len(self._cost_list)) else action
+        s = self._s
+        b = self._budget
+        cost = self._cost_list[p]
+        over = cost - b
+        if over < 0.0:
+            over = 0.0
+        if self._live is None:
+            correct = bool(self._correct[s, p])
+            ce = float(self._loss[s, p]) if self._reward_ce else 0.0
+        else:
+            correct, ce = self._live.run(s, p)
+        base = -ce if self._reward_ce else (1.0 if correct else 0.0)
+        if self._hard:
+            reward = self.cfg.hard_penalty if over > 0.0 else base
+        else:
+            reward = base - self._lam * over
+        info = {"plan": p, "cost": cost, "correct": correct, "overrun": over, "budget": b, "sample": s}
+        if self.render_mode == "ansi":
+            self._last = (f"sample {s} budget {b:.3f} plan {p} cost {cost:.3f} "
+                          f"{'correct' if correct else 'wrong'} overrun {over:.3f} reward {reward:.3f}")
+        if self._bandit:
+            self._done = True
+            return self._copy_obs(), reward, True, False, info
+        # stream: spend from the shared bucket, then present the next request (or end the episode)
+        if self.cfg.bucket is not None:
+            self._level = self.cfg.bucket.spend(self._level, np.array([cost]))
+        self._t += 1
+        if self._t >= self.cfg.episode_length:
+            self._done = True
+            return self._copy_obs(), reward, True, False, info
+        s, k = self._draw()
+        self._s = s
+        if self._pin_b is None:
+            self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, self._ubuf[k:k + 1])
+        self._stream_budget(initial=False)
+        self._obs = self._make_obs()
+        return self._obs, reward, False, False, info
+
+    def _copy_obs(self):
+        o = self._obs
+        if self._dict_obs:
+            return {k: v.copy() for k, v in o.items()}
+        return o.copy()
+
+    def action_masks(self) -> np.ndarray:
+        """Valid plans for the current request (bool [P]): within budget, the cheapest plan always valid."""
+        if not self._plan_action:
+            raise ConfigError("action_masks() is defined for Discrete plan actions (action_type='plan')")
+        if not self.cfg.mask_over_budget:
+            return np.ones(self.cfg.num_plans, dtype=bool)
+        m = self._cost <= self._budget
+        m[self.cfg.cheapest] = True
+        return m
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return self._last
+        return None
+
+    def close(self) -> None:
+        self._live = self._live  # nothing to release; live backbones are owned by the caller
+
+
+class _LiveRunner:
+    """Runs a real backbone for the live mode (see :class:`LiveSource`)."""
+
+    def __init__(self, src: LiveSource) -> None:
+        import torch
+
+        from adainf_env.costs import measure_macs, plan_macs
+
+        if not isinstance(src, LiveSource):
+            raise ConfigError(f"live must be a LiveSource, got {type(src).__name__}")
+        bb = src.backbone
+        for attr in ("stem", "features", "head", "blocks", "prepare"):
+            if not hasattr(bb, attr):
+                raise ConfigError(f"live backbone must be a SkippableBackbone; {type(bb).__name__} lacks {attr!r}")
+        images = torch.as_tensor(np.asarray(src.images)) if not isinstance(src.images, torch.Tensor) else src.images
+        labels = np.asarray(src.labels).astype(np.int64).reshape(-1)
+        if images.ndim != 4 or images.shape[0] == 0:
+            raise ConfigError(f"live images must be [N, C, H, W] with N ≥ 1, got {tuple(images.shape)}")
+        if labels.shape[0] != images.shape[0]:
+            raise ConfigError(f"live labels have {labels.shape[0]} entries for {images.shape[0]} images")
+        if (labels < 0).any() or (labels >= bb.num_classes).any():
+            raise ConfigError(f"live labels must lie in [0, {bb.num_classes})")
+        nb = len(bb.blocks)
+        if src.plan_masks is None:
+            if nb > 12:
+                raise ConfigError(f"live backbone has {nb} blocks: pass LiveSource(plan_masks=[P, {nb}]) (2^{nb} is "
+                                  "too many plans)")
+            masks = masks_from_codes(np.arange(1 << nb), nb)
+        else:
+            masks = np.asarray(src.plan_masks)
+            if masks.ndim != 2 or masks.shape[1] != nb or not np.isin(masks, (0, 1)).all():
+                raise ConfigError(f"live plan_masks must be 0/1 [P, {nb}], got shape {masks.shape}")
+            masks = masks.astype(bool)
+        if src.plan_cost is None:
+            prof = measure_macs(bb)
+            cost = plan_macs(prof, masks) / float(prof.full)
+        else:
+            cost = np.asarray(src.plan_cost, dtype=np.float64)
+            if cost.shape != (masks.shape[0],):
+                raise ConfigError(f"live plan_cost must have shape ({masks.shape[0]},), got {cost.shape}")
+        self.backbone = bb.eval()
+        self.images = images
+        self.labels = labels
+        self.plan_masks = masks
+        self.cost = cost
+        self._torch = torch
+        self._device = next((p.device for p in bb.parameters()), torch.device("cpu"))
+        feats = []
+        with torch.no_grad():
+            for i in range(0, images.shape[0], max(1, int(src.batch_size))):
+                x = bb.prepare(images[i:i + src.batch_size].to(self._device))
+                feats.append(bb.features(bb.stem(x)).float().cpu().numpy())
+        self.features = np.concatenate(feats).astype(np.float32)
+
+    def run(self, s: int, p: int) -> tuple[bool, float]:
+        """Run plan ``p`` on image ``s``: (correct, cross-entropy of the true label in nats)."""
+        torch = self._torch
+        with torch.no_grad():
+            logits = self.backbone(self.images[s:s + 1].to(self._device),
+                                   torch.as_tensor(self.plan_masks[p], device=self._device)).float()
+            y = torch.tensor([int(self.labels[s])], device=self._device)
+            ce = float(torch.nn.functional.cross_entropy(logits, y))
+        return bool(int(logits.argmax(1)) == int(self.labels[s])), ce
+
+    def outcomes(self, rows: Sequence[int], plans: Sequence[int]) -> np.ndarray:
+        """[len(rows), len(plans)] bool correctness (used by tests to compare with a table)."""
+        return np.array([[self.run(int(s), int(p))[0] for p in plans] for s in rows], dtype=bool)

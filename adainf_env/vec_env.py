@@ -1,0 +1,413 @@
+"""A natively batched SB3 ``VecEnv`` of N AdaInf environments.
+
+Same semantics as N independent :class:`~adainf_env.env.AdaInfEnv` seeded ``seed, seed+1, …`` (tested: identical
+observations and rewards), but every step is a handful of numpy operations over all envs:
+
+* outcome lookups are gathers in precomputed flat ``correct``/``loss`` arrays and a ``[P]`` cost array;
+* each env keeps its own ``np.random.Generator`` (seeded exactly as the single env's ``np_random``), but randomness
+  is drawn in bulk — a permutation of the table per pass and :data:`~adainf_env.env_core.RNG_CHUNK` uniforms per
+  refill — stored transposed (``[Ns, N]``, ``[K, N]``) so the per-step draw is a contiguous row view; refills loop
+  over envs once per pass / chunk only (amortised O(1) per step);
+* all envs are reset together (SB3 resets all at ``reset()``; bandit episodes all end every step, stream episodes
+  all end after ``episode_length``), so the per-step buffer positions are scalars;
+* ``infos`` is a lazy list: dicts (``terminal_observation``, ``TimeLimit.truncated``, and the single env's
+  ``plan``/``cost``/``correct``/``overrun``/``budget``/``sample``) are built only for the entries a caller reads,
+  from arrays kept by reference. Per-step Python work is therefore O(1) in N.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Callable
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+
+from adainf_env.budgets import TokenBucket
+from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
+from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.outcomes import OutcomeTable, load_table
+
+__all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos"]
+
+
+class LazyInfos(Sequence):
+    """A list-like of N info dicts built on first access (and cached, so callers may mutate them)."""
+
+    __slots__ = ("_n", "_build", "_cache")
+
+    def __init__(self, n: int, build: Callable[[int], dict]) -> None:
+        self._n = n
+        self._build = build
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        i = int(i)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        d = self._cache.get(i)
+        if d is None:
+            d = self._cache[i] = self._build(i)
+        return d
+
+    def __iter__(self):
+        for i in range(self._n):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"LazyInfos(n={self._n})"
+
+
+class AdaInfVecEnv(VecEnv):
+    """N AdaInf envs over one outcome table, stepped together with numpy.
+
+    Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only) plus ``num_envs``.
+    Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
+    ``action_masks()`` returns ``[N, P]``; MaskablePPO reaches it through ``env_method("action_masks")``.
+    """
+
+    def __init__(
+        self,
+        table: OutcomeTable | None = None,
+        num_envs: int = 1,
+        *,
+        table_path: str | os.PathLike | None = None,
+        mode: str = "bandit",
+        episode_length: int = 200,
+        budget: Any = "uniform",
+        bucket: bool | dict | TokenBucket | None = None,
+        lam: float = 1.0,
+        reward: str = "correct",
+        penalty: str = "linear",
+        hard_penalty: float = -1.0,
+        cost_unit: str = "macs",
+        obs_format: str = "dict",
+        action_type: str = "plan",
+        mask_over_budget: bool = True,
+    ) -> None:
+        if (table is None) == (table_path is None):
+            raise ConfigError("give exactly one of table= or table_path=")
+        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
+            raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
+        if table_path is not None:
+            table = load_table(table_path)
+        self.table = table
+        self.cfg = c = EnvConfig.from_table(
+            table, cost_unit=cost_unit, mode=mode, episode_length=episode_length, budget=budget, bucket=bucket,
+            lam=lam, reward=reward, penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
+            action_type=action_type, mask_over_budget=mask_over_budget)
+        self.render_mode = None
+        self.mode = c.mode
+        n = int(num_envs)
+        super().__init__(n, c.observation_space, c.action_space)
+        self._ns = c.num_samples
+        self._P = c.num_plans
+        self._correct_flat = c.correct.reshape(-1).view(np.uint8) if c.correct.flags.c_contiguous else \
+            np.ascontiguousarray(c.correct).reshape(-1).view(np.uint8)
+        self._loss_flat = c.loss.reshape(-1).astype(np.float64) if c.reward == "neg_ce" else None
+        self._ar = np.arange(n)
+        self._rngs: list[np.random.Generator | None] = [None] * n
+        # Transposed buffers: row k = every env's k-th draw. int32 rows halve the memory at N=1024, Ns=10k.
+        idx_dtype = np.int32 if self._ns < 2**31 else np.int64
+        self._perm = np.zeros((self._ns, n), dtype=idx_dtype)
+        self._ubuf = np.zeros((RNG_CHUNK, n), dtype=np.float64)
+        self._bbuf = np.zeros((RNG_CHUNK, n), dtype=np.float64) if c.mode == "bandit" else None
+        self._pos = self._ns
+        self._upos = RNG_CHUNK
+        self._started = False
+        self._actions: np.ndarray | None = None
+        self._obs: Any = None
+        self._bucket_on = c.bucket is not None
+
+    # ------------------------------------------------------------------ randomness (see env_core)
+    def _rng(self, i: int) -> np.random.Generator:
+        r = self._rngs[i]
+        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
+            r = self._rngs[i] = seeding.np_random()[0]
+        return r
+
+    def _draw(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every env's next request: (table rows [N], uniforms [N]); refills loop over envs in protocol order."""
+        refill_s = self._pos >= self._ns
+        refill_u = self._upos >= RNG_CHUNK
+        if refill_s or refill_u:
+            for i in range(self.num_envs):
+                r = self._rng(i)
+                if refill_s:
+                    self._perm[:, i] = r.permutation(self._ns)
+                if refill_u:
+                    u = r.random(RNG_CHUNK)
+                    self._ubuf[:, i] = u
+                    if self._bbuf is not None:
+                        self._bbuf[:, i] = self.cfg.process.start(u)[0]
+            if refill_s:
+                self._pos = 0
+            if refill_u:
+                self._upos = 0
+        s = self._perm[self._pos]
+        self._pos += 1
+        k = self._upos
+        self._upos += 1
+        return s, k
+
+    # ------------------------------------------------------------------ VecEnv API
+    def reset(self) -> VecEnvObs:
+        seeds = self._seeds
+        if any(s is not None for s in seeds):
+            if any(s is None for s in seeds):
+                raise ConfigError("AdaInfVecEnv resets all envs together: seed all of them (VecEnv.seed) or none")
+            for i, sd in enumerate(seeds):
+                self._rngs[i] = seeding.np_random(int(sd))[0]
+            self._pos = self._ns
+            self._upos = RNG_CHUNK
+        pins = [self.cfg.parse_options(o) if o else (None, None) for o in self._options]
+        self._reset_seeds()
+        self._reset_options()
+        s, k = self._draw()
+        s = s.astype(np.int64)
+        pin_b = np.full(self.num_envs, np.nan)
+        for i, (ps, pb) in enumerate(pins):
+            if ps is not None:
+                s[i] = ps
+            if pb is not None:
+                pin_b[i] = pb
+        self._pin_b = pin_b if np.isfinite(pin_b).any() else None
+        self._start(s, k)
+        self._started = True
+        self.reset_infos = [{"sample": int(s[i]), "budget": float(self._budget[i])} for i in range(self.num_envs)]
+        return self._obs
+
+    def _start(self, s: np.ndarray, k: int) -> None:
+        """Begin an episode in every env: first request (rows ``s``, uniform row ``k``)."""
+        self._s = s
+        if self.cfg.mode == "bandit":
+            b = self._bbuf[k]
+            self._budget = b if self._pin_b is None else np.where(np.isnan(self._pin_b), b, self._pin_b)
+        else:
+            b0, self._aux = self.cfg.process.start(self._ubuf[k])
+            self._proc_b = b0 if self._pin_b is None else np.where(np.isnan(self._pin_b), b0, self._pin_b)
+            self._t = 0
+            if self._bucket_on:
+                self._level = np.full(self.num_envs, self.cfg.bucket.initial)
+            self._stream_budget()
+        self._obs = self._make_obs()
+
+    def _stream_budget(self) -> None:
+        bucket = self.cfg.bucket
+        if bucket is None:
+            self._budget = self._proc_b
+            return
+        self._refill = self._proc_b if bucket.rate is None else np.full(self.num_envs, bucket.rate)
+        self._level = bucket.refill(self._level, self._proc_b)
+        self._budget = bucket.available(self._level)
+
+    def _make_obs(self):
+        f = self.cfg.features.take(self._s, axis=0)
+        b = self._budget.astype(np.float32)[:, None]
+        parts = {"features": f, "budget": b}
+        if self._bucket_on:
+            T = self.cfg.episode_length
+            k = np.empty((self.num_envs, 3), dtype=np.float32)
+            k[:, 0] = self._level
+            k[:, 1] = self._refill
+            k[:, 2] = (T - self._t) / T
+            parts["bucket"] = k
+        if self.cfg.obs_format == "dict":
+            return parts
+        return np.concatenate(list(parts.values()), axis=1)
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> VecEnvStepReturn:
+        if not self._started:
+            raise AdaInfError("AdaInfVecEnv.step() called before reset()")
+        if self._actions is None:
+            raise AdaInfError("step_wait() called without step_async()")
+        c = self.cfg
+        n = self.num_envs
+        a = c.plans_of_actions(self._actions, n)
+        self._actions = None
+        s = self._s
+        b = self._budget
+        flat = s * self._P + a
+        correct = self._correct_flat.take(flat)
+        cost = c.cost.take(a)
+        over = cost - b
+        np.maximum(over, 0.0, out=over)
+        if c.reward == "neg_ce":
+            base = -self._loss_flat.take(flat)
+        else:
+            base = correct.astype(np.float64)
+        if c.penalty == "hard":
+            rew64 = np.where(over > 0.0, c.hard_penalty, base)
+        else:
+            rew64 = base - c.lam * over if c.lam != 0.0 else base
+        rewards = rew64.astype(np.float32)
+        prev_obs = self._obs
+        step_data = (a, cost, correct, over, b, s)
+        if c.mode == "bandit":
+            done = True
+        else:
+            if self._bucket_on:
+                self._level = c.bucket.spend(self._level, cost)
+            self._t += 1
+            done = self._t >= c.episode_length
+        if done:
+            # SB3 auto-reset: every env's episode ends here; the next request starts a new one.
+            self._pin_b = None  # reset options only apply to the episode they were given for
+            s2, k = self._draw()
+            self._start(s2.astype(np.int64), k)
+            dones = np.ones(n, dtype=bool)
+        else:
+            s2, k = self._draw()
+            self._s = s2.astype(np.int64)
+            if self._pin_b is None:
+                self._proc_b = c.process.next(self._t, self._proc_b, self._aux, self._ubuf[k])
+            else:
+                nxt = c.process.next(self._t, self._proc_b, self._aux, self._ubuf[k])
+                self._proc_b = np.where(np.isnan(self._pin_b), nxt, self._pin_b)
+            self._stream_budget()
+            self._obs = self._make_obs()
+            dones = np.zeros(n, dtype=bool)
+        infos = LazyInfos(n, _InfoBuilder(step_data, prev_obs if done else None, c.obs_format == "dict"))
+        return self._obs, rewards, dones, infos  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ masks and attributes
+    def action_masks(self) -> np.ndarray:
+        """[N, P] bool: plans within each env's budget (cheapest always valid)."""
+        if self.cfg.action_type != "plan":
+            raise ConfigError("action_masks() is defined for Discrete plan actions (action_type='plan')")
+        if not self._started:
+            raise AdaInfError("action_masks() called before reset()")
+        if not self.cfg.mask_over_budget:
+            return np.ones((self.num_envs, self._P), dtype=bool)
+        m = self.cfg.cost[None, :] <= self._budget[:, None]
+        m[:, self.cfg.cheapest] = True
+        return m
+
+    _SHARED_ATTRS = ("render_mode", "mode", "cfg", "table", "plan_masks", "plan_cost", "lam", "observation_space",
+                     "action_space", "budget_process", "metadata", "spec")
+
+    @property
+    def plan_masks(self) -> np.ndarray:
+        return self.cfg.plan_masks
+
+    @property
+    def plan_cost(self) -> np.ndarray:
+        return self.cfg.cost
+
+    @property
+    def lam(self) -> float:
+        return self.cfg.lam
+
+    @property
+    def budget_process(self):
+        return self.cfg.process
+
+    spec = None
+
+    def _indices(self, indices: VecEnvIndices) -> list[int]:
+        idx = list(self._get_indices(indices))
+        for i in idx:
+            if not 0 <= int(i) < self.num_envs:
+                raise IndexError(f"env index {i} out of range [0, {self.num_envs})")
+        return [int(i) for i in idx]
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        idx = self._indices(indices)
+        if attr_name == "action_masks":
+            return [self.action_masks] * len(idx)  # sb3-contrib's is_masking_supported probes this
+        if attr_name == "np_random":
+            return [self._rng(i) for i in idx]
+        if attr_name not in self._SHARED_ATTRS:
+            raise AttributeError(f"AdaInfVecEnv sub-envs expose {list(self._SHARED_ATTRS)}, not {attr_name!r}")
+        v = getattr(self, attr_name)
+        return [v] * len(idx)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        idx = self._indices(indices)
+        if attr_name == "lam":
+            if len(idx) != self.num_envs:
+                raise ConfigError("AdaInfVecEnv shares lam across envs: set it for all envs (indices=None)")
+            v = float(value)
+            if not np.isfinite(v) or v < 0:
+                raise ConfigError(f"lam (λ) must be a finite number ≥ 0, got {value!r}")
+            self.cfg.lam = v
+            return
+        raise AttributeError(f"AdaInfVecEnv: attribute {attr_name!r} cannot be set per env (only 'lam')")
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        idx = self._indices(indices)
+        if method_name == "action_masks":
+            m = self.action_masks()
+            return [m[i] for i in idx]
+        if method_name == "render":
+            return [None] * len(idx)
+        raise AttributeError(f"AdaInfVecEnv supports env_method('action_masks') and 'render', not {method_name!r}; "
+                             "use VecEnv.reset()/step() for the rest")
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        return [None] * self.num_envs
+
+    def close(self) -> None:
+        pass
+
+
+class _InfoBuilder:
+    """Builds env i's info dict from one step's arrays (kept by reference; nothing is copied per step)."""
+
+    __slots__ = ("data", "terminal", "dict_obs")
+
+    def __init__(self, data: tuple, terminal: Any, dict_obs: bool) -> None:
+        self.data = data
+        self.terminal = terminal
+        self.dict_obs = dict_obs
+
+    def __call__(self, i: int) -> dict:
+        a, cost, correct, over, b, s = self.data
+        d = {"plan": int(a[i]), "cost": float(cost[i]), "correct": bool(correct[i]), "overrun": float(over[i]),
+             "budget": float(b[i]), "sample": int(s[i]), "TimeLimit.truncated": False}
+        if self.terminal is not None:
+            t = self.terminal
+            d["terminal_observation"] = {k: v[i].copy() for k, v in t.items()} if self.dict_obs else t[i].copy()
+        return d
+
+
+def make_vec_env(
+    table_path_or_table: "str | os.PathLike | OutcomeTable",
+    num_envs: int,
+    mode: str = "bandit",
+    *,
+    seed: int | None = None,
+    **env_kwargs: Any,
+) -> AdaInfVecEnv:
+    """An :class:`AdaInfVecEnv` of ``num_envs`` envs; with ``seed`` env i is seeded ``seed + i`` at the first reset,
+    exactly as ``AdaInfEnv(...).reset(seed=seed + i)``."""
+    if isinstance(table_path_or_table, OutcomeTable):
+        venv = AdaInfVecEnv(table_path_or_table, num_envs, mode=mode, **env_kwargs)
+    elif isinstance(table_path_or_table, (str, os.PathLike)):
+        venv = AdaInfVecEnv(None, num_envs, table_path=table_path_or_table, mode=mode, **env_kwargs)
+    else:
+        raise ConfigError(f"make_vec_env needs a table path or an OutcomeTable, got {type(table_path_or_table).__name__}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        venv.seed(int(seed))
+    return venv
+
+
+__all__ += ["ActionError"]
