@@ -15,6 +15,18 @@ from adainf_env.errors import (  # noqa: E402
 )
 from adainf_env.outcomes import OutcomeTable, load_table, save_table  # noqa: E402
 from adainf_env.backbones import load_backbone  # noqa: E402
+from adainf_env.env import AdaInfEnv  # noqa: E402
+from adainf_env import registration as _registration  # noqa: E402,F401  (registers AdaInf/Bandit-v0, Stream-v0)
+
+
+def __getattr__(name: str):
+    # The vec env imports stable-baselines3; load it only when asked for.
+    if name in ("AdaInfVecEnv", "make_vec_env"):
+        from adainf_env import vec_env
+
+        return getattr(vec_env, name)
+    raise AttributeError(f"module 'adainf_env' has no attribute {name!r}")
+
 
 __all__ = [
     "__version__",
@@ -22,6 +34,9 @@ __all__ = [
     "load_table",
     "save_table",
     "load_backbone",
+    "AdaInfEnv",
+    "AdaInfVecEnv",
+    "make_vec_env",
     "AdaInfError",
     "CheckpointError",
     "ConfigError",
