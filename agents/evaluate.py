@@ -61,6 +61,7 @@ __all__ = [
     "markdown_tables",
     "write_results",
     "plot_summary",
+    "write_tensorboard",
 ]
 
 RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed", "accuracy", "mean_cost",
@@ -413,3 +414,21 @@ def write_results(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLi
         for p in plot_summary(summary, out_dir):
             files[p.name] = p
     return {"summary": summary, "markdown": md, "files": files}
+
+
+def write_tensorboard(summary: Sequence[Mapping[str, Any]], log_dir: str | os.PathLike) -> Path:
+    """TensorBoard scalars of a summary: ``<setting>_<variant>/<metric>/<scheduler>`` (mean over seeds), one step
+    per budget (step = round(100·budget), so the x axis reads as the budget in %). Returns the log directory."""
+    from torch.utils.tensorboard import SummaryWriter  # lazy: torch only when TensorBoard output is wanted
+
+    log_dir = Path(log_dir)
+    writer = SummaryWriter(log_dir=str(log_dir))
+    try:
+        for s in summary:
+            for m in ("accuracy", "mean_cost", "overrun_rate", "mean_overrun"):
+                if f"{m}_mean" in s:
+                    writer.add_scalar(f"{s['setting']}_{s['variant']}/{m}/{s['scheduler']}", s[f"{m}_mean"],
+                                      global_step=int(round(100 * s["budget"])))
+    finally:
+        writer.close()
+    return log_dir
