@@ -58,6 +58,11 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {self.seeds}")
+        for k in ("num_streams", "horizon"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"--{k.replace('_', '-')} must be ≥ 1, got {getattr(self, k)}")
+        if not (self.bucket_cap > 0 and self.bucket_cap < float("inf")):
+            raise ConfigError(f"--bucket-cap must be a finite number > 0 (full-model units), got {self.bucket_cap}")
         if self.cost_unit not in ("macs", "latency"):
             raise ConfigError(f"--cost-unit must be macs or latency, got {self.cost_unit!r}")
         try:
