@@ -43,6 +43,7 @@ __all__ = [
     "load_images",
     "load_calib_indices",
     "make_splits",
+    "write_archive_subset",
 ]
 
 CIFAR10_CLASSES: tuple[str, ...] = (
@@ -226,27 +227,101 @@ def make_splits(num_train: int, seed: int = 0, num_calib: int = 10_000,
     return {"fit": fit, "calib": calib}
 
 
-# --------------------------------------------------------------------------------------------------- archives
-def _decode_archive(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
-    from PIL import Image, UnidentifiedImageError
+def write_archive_subset(source: str | os.PathLike, out: str | os.PathLike, *,
+                         per_class: dict[str, int]) -> dict[str, int]:
+    """Copy the first ``per_class[split]`` images of every class (sorted path order) of an image-folder archive into
+    a new ``.tgz`` with the same layout and the original file bytes (no re-encoding).
 
-    entries: list[tuple[str, str, bytes]] = []  # (member path, class name, bytes)
+    The output is byte-reproducible (sorted members, zeroed mtimes/owners, gzip mtime 0) and written atomically.
+    Returns the number of images written per split. Used to make the package's offline demo sample.
+    """
+    import gzip
+
+    source, out = Path(source), Path(out)
+    for split, n in per_class.items():
+        if split not in _SPLITS or not isinstance(n, int) or n < 1:
+            raise ConfigError(f"per_class must map 'train'/'test' to positive ints, got {per_class!r}")
+    if not source.is_file():
+        raise DataSourceError(f"{source}: archive not found; {_OPTIONS}")
+    picked = dict(_read_members(source, tuple(per_class)))
+    keep: list[str] = []
+    counts: dict[str, int] = {s: 0 for s in per_class}
+    seen: dict[tuple[str, str], int] = {}
+    for name in sorted(picked):
+        split, cls, _ = name.split("/")
+        k = seen.get((split, cls), 0)
+        if k < per_class[split]:
+            keep.append(name)
+            seen[(split, cls)] = k + 1
+            counts[split] += 1
+    short = {key: n for key, n in seen.items() if n < per_class[key[0]]}
+    if short:
+        raise DataSourceError(f"{source}: too few images for the subset: {short}")
+
+    def _add(tar: tarfile.TarFile, name: str, data: bytes | None) -> None:
+        info = tarfile.TarInfo(name)
+        info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+        if data is None:
+            info.type, info.mode = tarfile.DIRTYPE, 0o755
+            tar.addfile(info)
+        else:
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+
+    with atomic_write(out, "wb") as raw:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as gz:
+            with tarfile.open(fileobj=gz, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                dirs_done: set[str] = set()
+                for name in keep:
+                    split, cls, _ = name.split("/")
+                    for d in (split, f"{split}/{cls}"):
+                        if d not in dirs_done:
+                            _add(tar, d + "/", None)
+                            dirs_done.add(d)
+                    _add(tar, name, picked[name])
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------- archives
+def _read_members(path: Path, splits: tuple[str, ...]) -> list[tuple[str, bytes]]:
+    """``(split/class/file, bytes)`` of every image member of the given splits, after checking the archive is whole.
+
+    tarfile treats a tar that ends early at a member boundary as complete, and a truncated gzip stream may just read
+    short — either would silently give (and cache) a partial dataset. So the gzip stream is decompressed completely
+    first (a missing end-of-stream raises), and the tar must end with its end-of-archive marker (two zero blocks).
+    """
+    import gzip
+
     try:
-        with tarfile.open(path, "r:*") as tar:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":
+            raw = gzip.decompress(raw)
+        out: list[tuple[str, bytes]] = []
+        end = 0
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as tar:
             for m in tar:
-                if not m.isfile():
-                    continue
+                end = max(end, m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE)
                 parts = m.name.lstrip("./").split("/")
-                if len(parts) != 3 or parts[0] != split:
+                if not m.isfile() or len(parts) != 3 or parts[0] not in splits:
                     continue
                 if not parts[2].lower().endswith(_IMAGE_SUFFIXES):
                     continue
                 fh = tar.extractfile(m)
-                if fh is None:
-                    continue
-                entries.append((m.name, parts[1], fh.read()))
+                if fh is not None:
+                    out.append(("/".join(parts), fh.read()))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as e:
         raise DataSourceError(f"{path}: corrupt or truncated archive ({type(e).__name__}: {e})") from None
+    marker = raw[end:end + 2 * tarfile.BLOCKSIZE]
+    if len(marker) < 2 * tarfile.BLOCKSIZE or any(marker):
+        raise DataSourceError(f"{path}: corrupt or truncated archive (no end-of-archive marker after the last member "
+                              f"at byte {end})")
+    return out
+
+
+def _decode_archive(path: Path, split: str) -> tuple[np.ndarray, np.ndarray, tuple[str, ...]]:
+    from PIL import Image, UnidentifiedImageError
+
+    entries = [(name, name.split("/")[1], blob) for name, blob in _read_members(path, (split,))]
     if not entries:
         raise DataSourceError(f"{path}: no images under '{split}/<class>/' in the archive (expected layout "
                               f"<split>/<class>/<image>.jpg)")
