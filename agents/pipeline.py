@@ -213,10 +213,20 @@ def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callab
 
 
 def _accepts(cls: type, name: str) -> bool:
-    try:
-        return name in inspect.signature(cls.__init__).parameters
-    except (TypeError, ValueError):
-        return False
+    """Whether ``cls(name=...)`` is accepted, following ``**kwargs`` pass-through to base classes."""
+    for klass in cls.__mro__:
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            return False
+        if name in params:
+            return True
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            return False
+    return False
 
 
 def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, writer: Any, *,

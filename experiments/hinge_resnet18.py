@@ -1,0 +1,45 @@
+"""AdaInf hinge-loss scheduler g(x, M) (CE + λ·max(0, cost − M), exact expectation over plans) on a stochastic-depth ResNet18 (CIFAR-10), end to end.
+
+    python experiments/hinge_resnet18.py                                   # data found → full run; else the offline demo
+    python experiments/hinge_resnet18.py --table-dir ../shared/reference   # from prebuilt tables
+
+Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`agents.pipeline`): only the
+scheduler differs. ``--epochs`` sets the learner's training epochs (held-out calibration rows pick the best epoch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):  # allow `python experiments/hinge_resnet18.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agents.pipeline import PipelineConfig  # noqa: E402
+
+__all__ = ["HingeResNet18Config", "main"]
+
+
+@dataclasses.dataclass
+class HingeResNet18Config(PipelineConfig):
+    """AdaInf hinge-loss scheduler g(x, M) (CE + λ·max(0, cost − M), exact expectation over plans) on a stochastic-depth ResNet18 (CIFAR-10), end to end."""
+
+    algo: str = dataclasses.field(default="hinge", metadata={"help": "scheduler (hinge by default; any registry name)"})
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from agents.cli import parse_config
+    from agents.pipeline import run_pipeline
+
+    cfg = parse_config(HingeResNet18Config, argv)
+    return run_pipeline(cfg, script="hinge_resnet18.py")
+
+
+if __name__ == "__main__":
+    from adainf_env.errors import AdaInfError
+
+    try:
+        main()
+    except AdaInfError as e:  # bad input: one clear line, no traceback
+        sys.exit(f"error: {e}")
