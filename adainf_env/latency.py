@@ -1,0 +1,372 @@
+"""Measured latency cost model: per-block wall-clock profiles, plan latencies, and a check of the additive model.
+
+MACs (:mod:`adainf_env.costs`) are a proxy; what a deployment pays is time, and time is not proportional to MACs
+(memory-bound skip paths, kernel-launch overhead at batch 1, cache effects). So we *measure*, on the current
+device, at each batch size used:
+
+* ``stem_ms``  — input normalisation + stem (always runs);
+* ``block_ms[b]``  — block b executed (residual + shortcut + combine);
+* ``skip_ms[b]``  — block b skipped (``block.skip``: shortcut + combine; identity-shortcut blocks are nearly free);
+* ``residual_ms[b]``, ``shortcut_ms[b]`` — the two branches alone (for inspection);
+* ``head_ms`` — pooling + classifier.
+
+Additive model: ``plan_ms(p) = stem_ms + head_ms + Σ_b (block_ms[b] if p runs b else skip_ms[b])`` per batch of
+that size. :func:`plan_latency` returns it as a fraction of the full model's time — the project's single cost unit —
+so environments and schedulers can budget in measured time (``OutcomeTable.plan_latency`` via
+:func:`attach_latency`); :func:`plan_latency_ms` gives milliseconds. :func:`validate_latency_model` times real
+end-to-end plan forwards and reports how far the additive prediction is from them.
+
+Timings are medians over ``repeats`` calls after ``warmup`` calls; on CUDA every call is bracketed by
+``torch.cuda.synchronize()`` so the wall clock measures the kernels, not their launch.
+Profiles are JSON (no pickles), written atomically, and carry the device name, thread count and torch version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from adainf_env.errors import ConfigError, TableMismatchError
+from adainf_env.fileio import atomic_write_json
+
+__all__ = [
+    "LatencyProfile",
+    "LatencyValidation",
+    "profile_latency",
+    "plan_latency",
+    "plan_latency_ms",
+    "attach_latency",
+    "validate_latency_model",
+    "save_profile",
+    "load_profile",
+    "device_name",
+    "time_callable",
+]
+
+PROFILE_FORMAT = 1
+_PART_KEYS = ("block_ms", "skip_ms", "residual_ms", "shortcut_ms")
+
+
+# ---------------------------------------------------------------------- timing
+def device_name(device: torch.device | str = "cpu") -> str:
+    """Human-readable device name: the GPU model, or the CPU model with the torch thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return f"cpu: {model} ({torch.get_num_threads()} torch threads, {os.cpu_count()} cores)"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_callable(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
+                  device: torch.device | str = "cpu") -> np.ndarray:
+    """Wall-clock milliseconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls), one per call."""
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be ≥ 1 and warmup ≥ 0, got repeats={repeats}, warmup={warmup}")
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = np.empty(repeats, dtype=np.float64)
+    for r in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        out[r] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+# ---------------------------------------------------------------------- the profile
+@dataclasses.dataclass(frozen=True)
+class LatencyProfile:
+    """Measured per-part latencies (milliseconds per *batch*) of a backbone at several batch sizes.
+
+    Arrays are indexed ``[s]`` / ``[s, b]`` with ``s`` the position of the batch size in ``batch_sizes``.
+    """
+
+    backbone: str
+    num_blocks: int
+    device: str
+    batch_sizes: tuple[int, ...]
+    stem_ms: np.ndarray  # [S]
+    head_ms: np.ndarray  # [S]
+    block_ms: np.ndarray  # [S, B] block executed
+    skip_ms: np.ndarray  # [S, B] block skipped
+    residual_ms: np.ndarray  # [S, B] residual branch alone
+    shortcut_ms: np.ndarray  # [S, B] shortcut alone
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s, b = len(self.batch_sizes), int(self.num_blocks)
+        if s == 0 or len(set(self.batch_sizes)) != s or any(int(x) < 1 for x in self.batch_sizes):
+            raise ConfigError(f"batch_sizes must be distinct positive ints, got {self.batch_sizes}")
+        if b < 1:
+            raise ConfigError(f"num_blocks must be ≥ 1, got {b}")
+        for k, shape in (("stem_ms", (s,)), ("head_ms", (s,))) + tuple((k, (s, b)) for k in _PART_KEYS):
+            a = np.asarray(getattr(self, k), dtype=np.float64)
+            if a.shape != shape:
+                raise ConfigError(f"latency profile {k} has shape {a.shape}, expected {shape}")
+            if not np.isfinite(a).all() or (a < 0).any():
+                raise ConfigError(f"latency profile {k} must be finite and ≥ 0 ms")
+            object.__setattr__(self, k, a)
+        object.__setattr__(self, "batch_sizes", tuple(int(x) for x in self.batch_sizes))
+
+    def index(self, batch_size: int) -> int:
+        if batch_size not in self.batch_sizes:
+            raise ConfigError(f"latency profile has no measurements at batch size {batch_size}; profiled batch "
+                              f"sizes are {list(self.batch_sizes)} (run profile_latency with batch_sizes=...)")
+        return self.batch_sizes.index(batch_size)
+
+    def full_ms(self, batch_size: int) -> float:
+        """Additive-model time (ms per batch) of the full model at ``batch_size``."""
+        s = self.index(batch_size)
+        return float(self.stem_ms[s] + self.head_ms[s] + self.block_ms[s].sum())
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"format": PROFILE_FORMAT, "backbone": self.backbone, "num_blocks": self.num_blocks,
+                             "device": self.device, "batch_sizes": list(self.batch_sizes), "meta": self.meta}
+        for k in ("stem_ms", "head_ms") + _PART_KEYS:
+            d[k] = np.asarray(getattr(self, k)).tolist()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "LatencyProfile":
+        if not isinstance(d, dict):
+            raise ConfigError(f"latency profile must be a JSON object, got {type(d).__name__}")
+        if d.get("format") != PROFILE_FORMAT:
+            raise ConfigError(f"latency profile format {d.get('format')!r}, expected {PROFILE_FORMAT}")
+        missing = [k for k in ("backbone", "num_blocks", "device", "batch_sizes", "stem_ms", "head_ms") + _PART_KEYS
+                   if k not in d]
+        if missing:
+            raise ConfigError(f"latency profile lacks {missing}")
+        try:
+            arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("stem_ms", "head_ms") + _PART_KEYS}
+            batch_sizes = tuple(int(x) for x in d["batch_sizes"])
+            num_blocks = int(d["num_blocks"])
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"latency profile has non-numeric entries ({e})") from None
+        meta = d.get("meta", {})
+        if not isinstance(meta, dict):
+            raise ConfigError("latency profile 'meta' must be an object")
+        return cls(backbone=str(d["backbone"]), num_blocks=num_blocks, device=str(d["device"]),
+                   batch_sizes=batch_sizes, meta=meta, **arrays)
+
+
+def _backbone_name(backbone: torch.nn.Module) -> str:
+    return str(getattr(backbone, "name", type(backbone).__name__))
+
+
+@torch.inference_mode()
+def profile_latency(
+    backbone: torch.nn.Module,
+    *,
+    batch_sizes: Sequence[int] = (1, 256),
+    device: torch.device | str | None = None,
+    repeats: int = 10,
+    warmup: int = 2,
+    seed: int = 0,
+    progress: bool = True,
+) -> LatencyProfile:
+    """Measure a :class:`LatencyProfile` of ``backbone`` (moved to ``device`` if given; eval mode).
+
+    Each block is timed on the hidden state the full model feeds it, from a seeded random [0, 1] image batch.
+    Cost: about ``2 × (repeats + warmup)`` full-model forwards per batch size.
+    """
+    from tqdm.auto import tqdm
+
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise ConfigError(f"batch_sizes must be positive ints, got {list(batch_sizes)}")
+    if repeats < 1:
+        raise ConfigError(f"repeats must be ≥ 1, got {repeats}")
+    if device is not None:
+        backbone.to(device)
+    backbone.eval()
+    dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    nb = len(backbone.blocks)
+    gen = torch.Generator().manual_seed(seed)
+    rows: dict[str, list[Any]] = {k: [] for k in ("stem_ms", "head_ms") + _PART_KEYS}
+
+    def med(fn: Callable[[], Any]) -> float:
+        return float(np.median(time_callable(fn, repeats=repeats, warmup=warmup, device=dev)))
+
+    steps = len(batch_sizes) * (2 + 4 * nb)
+    with tqdm(total=steps, desc=f"latency profile {_backbone_name(backbone)}", disable=not progress) as bar:
+        for bs in batch_sizes:
+            x = torch.rand((int(bs),) + tuple(backbone.input_size), generator=gen).to(dev)
+            rows["stem_ms"].append(med(lambda: backbone.stem(backbone.prepare(x))))
+            bar.update()
+            h = backbone.stem(backbone.prepare(x))
+            per: dict[str, list[float]] = {k: [] for k in _PART_KEYS}
+            for blk in backbone.blocks:
+                hin = h
+                per["block_ms"].append(med(lambda: blk(hin)))
+                per["skip_ms"].append(med(lambda: blk.skip(hin)))
+                per["residual_ms"].append(med(lambda: blk.residual(hin)))
+                per["shortcut_ms"].append(med(lambda: blk.shortcut(hin)))
+                bar.update(4)
+                h = blk(hin)
+            hl = h
+            rows["head_ms"].append(med(lambda: backbone.head(hl)))
+            bar.update()
+            for k in _PART_KEYS:
+                rows[k].append(per[k])
+    meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats, "warmup": warmup,
+            "statistic": "median", "created_unix": time.time()}
+    return LatencyProfile(backbone=_backbone_name(backbone), num_blocks=nb, device=device_name(dev),
+                          batch_sizes=tuple(int(b) for b in batch_sizes), meta=meta,
+                          **{k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
+
+
+# ---------------------------------------------------------------------- plan costs
+def _masks(profile: LatencyProfile, plan_masks: Any) -> np.ndarray:
+    m = np.asarray(plan_masks)
+    if m.ndim == 1:
+        m = m[None, :]
+    if m.ndim != 2 or m.shape[1] != profile.num_blocks:
+        raise ConfigError(f"plan_masks must be [P, B={profile.num_blocks}] for this latency profile, got shape "
+                          f"{np.asarray(plan_masks).shape}")
+    if m.dtype != bool:
+        if not np.isin(m, (0, 1)).all():
+            raise ConfigError("plan_masks must be boolean (or 0/1)")
+        m = m.astype(bool)
+    return m
+
+
+def plan_latency_ms(profile: LatencyProfile, plan_masks: Any, batch_size: int) -> np.ndarray:
+    """[P] predicted milliseconds per batch of ``batch_size`` for each plan (additive model)."""
+    s = profile.index(batch_size)
+    m = _masks(profile, plan_masks)
+    base = profile.stem_ms[s] + profile.head_ms[s] + profile.skip_ms[s].sum()
+    return base + m.astype(np.float64) @ (profile.block_ms[s] - profile.skip_ms[s])
+
+
+def plan_latency(profile: LatencyProfile, plan_masks: Any, batch_size: int) -> np.ndarray:
+    """[P] predicted latency of each plan as a fraction of the full model's (the env's / schedulers' cost unit)."""
+    ms = plan_latency_ms(profile, plan_masks, batch_size)
+    frac = ms / profile.full_ms(batch_size)
+    # A skipped block can time slightly slower than its executed self by noise; costs stay in (0, 1].
+    return np.clip(frac, 1e-6, 1.0)
+
+
+def attach_latency(table: Any, profile: LatencyProfile, batch_size: int) -> Any:
+    """Copy of an :class:`~adainf_env.outcomes.OutcomeTable` whose ``plan_latency`` comes from ``profile``."""
+    if profile.num_blocks != table.num_blocks:
+        raise TableMismatchError(f"latency profile has {profile.num_blocks} blocks, table has {table.num_blocks}")
+    want = table.meta.get("backbone")
+    if want is not None and want != profile.backbone:
+        raise TableMismatchError(f"latency profile was measured on backbone {profile.backbone!r}, table is for "
+                                 f"{want!r}")
+    meta = dict(table.meta)
+    meta["latency_profile"] = {"device": profile.device, "batch_size": int(batch_size), "unit": "fraction",
+                               "full_ms": profile.full_ms(batch_size), "backbone": profile.backbone}
+    return dataclasses.replace(table, plan_latency=plan_latency(profile, table.plan_masks, batch_size), meta=meta)
+
+
+# ---------------------------------------------------------------------- validation against end-to-end times
+@dataclasses.dataclass(frozen=True)
+class LatencyValidation:
+    """Additive-model predictions vs measured end-to-end ``backbone.forward(x, mask)`` times (ms per batch)."""
+
+    batch_size: int
+    plan_masks: np.ndarray  # [K, B]
+    predicted_ms: np.ndarray  # [K]
+    measured_ms: np.ndarray  # [K] median
+    rel_err: np.ndarray  # [K] |predicted − measured| / measured
+    mean_rel_err: float
+    max_rel_err: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"batch_size": self.batch_size, "plans": self.plan_masks.astype(int).tolist(),
+                "predicted_ms": self.predicted_ms.tolist(), "measured_ms": self.measured_ms.tolist(),
+                "rel_err": self.rel_err.tolist(), "mean_rel_err": self.mean_rel_err,
+                "max_rel_err": self.max_rel_err}
+
+
+@torch.inference_mode()
+def validate_latency_model(
+    backbone: torch.nn.Module,
+    profile: LatencyProfile,
+    plan_masks: Any,
+    *,
+    batch_size: int,
+    repeats: int = 5,
+    warmup: int = 1,
+    seed: int = 0,
+    progress: bool = True,
+) -> LatencyValidation:
+    """Time ``backbone.forward(x, mask=m)`` for each plan mask and compare with :func:`plan_latency_ms`."""
+    from tqdm.auto import tqdm
+
+    masks = _masks(profile, plan_masks)
+    if _backbone_name(backbone) != profile.backbone or len(backbone.blocks) != profile.num_blocks:
+        raise ConfigError(f"profile is for {profile.backbone!r} ({profile.num_blocks} blocks), backbone is "
+                          f"{_backbone_name(backbone)!r} ({len(backbone.blocks)} blocks)")
+    predicted = plan_latency_ms(profile, masks, batch_size)
+    dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((int(batch_size),) + tuple(backbone.input_size), generator=gen).to(dev)
+    measured = np.empty(len(masks))
+    for k, m in enumerate(tqdm(masks, desc=f"validate latency model b{batch_size}", disable=not progress)):
+        mt = torch.from_numpy(m)
+        measured[k] = np.median(time_callable(lambda: backbone(x, mask=mt), repeats=repeats, warmup=warmup,
+                                              device=dev))
+    rel = np.abs(predicted - measured) / measured
+    return LatencyValidation(batch_size=int(batch_size), plan_masks=masks, predicted_ms=predicted,
+                             measured_ms=measured, rel_err=rel, mean_rel_err=float(rel.mean()),
+                             max_rel_err=float(rel.max()))
+
+
+# ---------------------------------------------------------------------- files
+def save_profile(profile: LatencyProfile, path: str | os.PathLike) -> Path:
+    """Write ``profile`` as JSON, atomically (temp file + rename)."""
+    path = Path(path)
+    atomic_write_json(path, profile.to_dict())
+    return path
+
+
+def load_profile(path: str | os.PathLike, *, backbone: str | torch.nn.Module | None = None,
+                 num_blocks: int | None = None) -> LatencyProfile:
+    """Read a profile written by :func:`save_profile`; refuse it if it was measured for another backbone.
+
+    ``backbone`` may be a name or a backbone module (then its name and block count are both checked).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such latency profile file")
+    try:
+        d = json.loads(path.read_text())
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ConfigError(f"{path}: not a JSON latency profile ({e})") from None
+    try:
+        prof = LatencyProfile.from_dict(d)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+    if isinstance(backbone, torch.nn.Module):
+        num_blocks = len(backbone.blocks) if num_blocks is None else num_blocks
+        backbone = _backbone_name(backbone)
+    if backbone is not None and prof.backbone != backbone:
+        raise TableMismatchError(f"{path}: latency profile was measured on {prof.backbone!r}, not {backbone!r}")
+    if num_blocks is not None and prof.num_blocks != int(num_blocks):
+        raise TableMismatchError(f"{path}: latency profile has {prof.num_blocks} blocks, backbone has {num_blocks}")
+    return prof
