@@ -360,8 +360,12 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
                 y = np.array([100 * s["accuracy_mean"] for s in rs])
                 yerr = np.array([100 * s["accuracy_std"] for s in rs])
                 xerr = np.array([s["mean_cost_std"] for s in rs]) if xkey == "mean_cost_mean" else None
+                label = f"{n} (bound)" if bound else n
+                worst = max(s.get("overrun_rate_mean", 0.0) for s in rs)
+                if worst > 0.02:  # meets its budget only on average: say so in the legend
+                    label += f" [overruns ≤{100 * worst:.0f}%]"
                 ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=3, capsize=3, color=f"C{i % 10}",
-                            linestyle="--" if bound else "-", label=f"{n} (bound)" if bound else n)
+                            linestyle="--" if bound else "-", label=label)
             if xkey == "mean_cost_mean":
                 ax.set_xlim(0, 1.02)
             ax.set_xlabel(f"{xlabel} (fraction of full-model cost)")
