@@ -1,0 +1,101 @@
+"""Environment throughput on the reference calibration table, in one run.
+
+* single env: ``gymnasium.make("AdaInf/Bandit-v0")`` steps/s (step + reset, as a training loop runs it) next to
+  ``gymnasium.make("CartPole-v1")`` measured the same way in the same process (goal: ratio ≥ 1.0);
+* ``AdaInfVecEnv`` env-steps/s at 1024 envs with random actions drawn beforehand (goal ≥ 5,000,000).
+
+Usage: ``python benchmarks/bench_env.py [--table PATH] [--num-envs 1024] [--seconds 3]``.
+Last output line: JSON with ``single_vs_cartpole`` and ``vec_steps_per_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import time
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+
+import adainf_env  # noqa: F401  (registers the ids)
+from adainf_env import load_table, make_vec_env
+
+
+@dataclasses.dataclass
+class Config:
+    table: str = str(Path(__file__).resolve().parents[2] / "shared" / "reference" / "table_calib.npz")
+    num_envs: int = 1024
+    seconds: float = 3.0  # wall time per measurement
+    mode: str = "bandit"
+
+
+def _cli() -> Config:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default), default=f.default)
+    return Config(**vars(ap.parse_args()))
+
+
+def single_steps_per_s(env: gym.Env, n_actions: int, seconds: float) -> float:
+    """Steps/s of a plain training loop: step, reset when the episode ends."""
+    env.reset(seed=0)
+    actions = [int(a) for a in np.random.default_rng(0).integers(0, n_actions, 4096)]
+    n = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for a in actions:
+            _, _, term, trunc, _ = env.step(a)
+            if term or trunc:
+                env.reset()
+        n += len(actions)
+        if time.perf_counter() >= deadline:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def vec_steps_per_s(venv, seconds: float) -> float:
+    n_envs = venv.num_envs
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, venv.action_space.n, n_envs) for _ in range(64)]
+    venv.reset()
+    for a in batches[:8]:  # warm-up: first permutation / uniform chunk refills happen here
+        venv.step(a)
+    steps = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for a in batches:
+            venv.step_async(a)
+            venv.step_wait()
+        steps += len(batches)
+        if time.perf_counter() >= deadline:
+            break
+    return steps * n_envs / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    cfg = _cli()
+    table = load_table(cfg.table)
+    cart = gym.make("CartPole-v1")
+    ada = gym.make("AdaInf/Bandit-v0" if cfg.mode == "bandit" else "AdaInf/Stream-v0", table=table)
+    # Interleave the two single-env measurements so that load from other processes hits both alike.
+    cp, ad = [], []
+    for _ in range(3):
+        cp.append(single_steps_per_s(cart, 2, cfg.seconds / 3))
+        ad.append(single_steps_per_s(ada, table.num_plans, cfg.seconds / 3))
+    cart_sps, ada_sps = float(np.median(cp)), float(np.median(ad))
+    venv = make_vec_env(table, cfg.num_envs, mode=cfg.mode, seed=0)
+    vec = vec_steps_per_s(venv, cfg.seconds)
+    print(f"CartPole-v1 (gymnasium.make)      : {cart_sps:12,.0f} steps/s")
+    print(f"AdaInf/{cfg.mode:6s} (gymnasium.make)  : {ada_sps:12,.0f} steps/s   ratio {ada_sps / cart_sps:.2f}x")
+    print(f"AdaInfVecEnv x{cfg.num_envs} ({cfg.mode})       : {vec:12,.0f} env-steps/s")
+    print(json.dumps({"single_vs_cartpole": round(ada_sps / cart_sps, 3), "vec_steps_per_s": round(vec),
+                      "single_steps_per_s": round(ada_sps), "cartpole_steps_per_s": round(cart_sps),
+                      "num_envs": cfg.num_envs, "mode": cfg.mode, "table": cfg.table}))
+
+
+if __name__ == "__main__":
+    main()
