@@ -260,6 +260,11 @@ def run_comparison(
             on_fitted(sched, seed)
         recs = evaluate_bandit(sched, test, bandit_budgets, seed=seed) if bandit_budgets else []
         for variant in stream_variants:
+            if variant not in ("shared", "periodic", "random_walk"):
+                # a process given as a spec (e.g. "trace:PATH"): evaluated once, labelled with its realised mean
+                recs.append(evaluate_stream(sched, test, variant, seed=seed, num_streams=num_streams,
+                                            horizon=horizon))
+                continue
             for b in stream_budgets:
                 proc = stream_process_for(variant, b, floor)
                 recs.append(evaluate_stream(sched, test, proc, shared=(variant == "shared"), bucket_cap=bucket_cap,
