@@ -36,7 +36,7 @@ from adainf_env.fileio import atomic_write_json
 from adainf_env.outcomes import OutcomeTable
 from agents.evaluate import BANDIT_BUDGETS
 
-__all__ = ["PipelineConfig", "resolve_mode", "obtain_tables", "fit_scheduler", "evaluate_against_references",
+__all__ = ["PipelineConfig", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler", "evaluate_against_references",
            "run_pipeline", "DEMO", "demo_settings"]
 
 #: The demo at ``demo_scale = 1`` (≈ 3 min on 2 CPU cores): narrow ResNet18 (width 16 = 1/16 of the MACs of the
@@ -294,20 +294,16 @@ def _gaps(records: list[dict[str, Any]], learned: str, ref: str = "lut") -> dict
             for (n, b) in acc if n == learned and (ref, b) in acc}
 
 
-def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = "ppo_resnet18.py",
-                 full_command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run one experiment end to end (see module docstring); returns a summary dict (also ``run_summary.json``)."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    from agents.cli import config_to_dict
-    from agents.evaluate import write_results
-    from agents.pipeline_report import format_comparison, log_hparams, log_test_records, plot_run
+def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True, script: str = "ppo_resnet18.py",
+                full_command: str | None = None, log: Callable[[str], None] = print,
+                extra_config: dict[str, Any] | None = None, plan_masks: np.ndarray | None = None):
+    """Resolve the mode, create the run directory (config.json + git revision), print the demo banner, and get the
+    calibration and test tables. Returns ``(mode, run_dir, calib, test, provenance, full_command)``."""
     from agents.rundir import make_run_dir, save_config
 
-    t_start = time.perf_counter()
     mode = resolve_mode(cfg, allow_demo=allow_demo)
     backbone_label = cfg.backbone if mode.kind != "demo" else f"{cfg.backbone}-demo"
-    run_dir = make_run_dir(backbone=backbone_label, algo=cfg.algo, seed=cfg.seed, out=cfg.out, root=cfg.runs_root)
+    run_dir = make_run_dir(backbone=backbone_label, algo=algo_label, seed=cfg.seed, out=cfg.out, root=cfg.runs_root)
     full_cmd = full_command or (f"python experiments/{script} --data /path/to/cifar10   "
                                 f"(a torchvision root, or an image-folder archive such as cifar10-jpg.tgz; "
                                 f"add --download to fetch it), or start from tables: "
@@ -316,16 +312,32 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
         bar = "=" * 100
         log(f"{bar}\nDEMO MODE ({mode.reason}).\nThis is a small but real end-to-end run on the "
             f"{len_demo_note()} shipped in the package: a narrow stochastic-depth ResNet18 (width "
-            f"{DEMO['width']}) trained for about a minute, its outcome tables for all 256 plans, {cfg.algo} trained "
-            f"on the calibration table and evaluated against lut and oracle on held-out test images.\n"
+            f"{DEMO['width']}) trained for about a minute, its outcome tables for all 256 plans, {algo_label} "
+            f"trained on the calibration table and evaluated against the references on held-out test images.\n"
             f"Numbers from the demo are NOT the paper-scale results. For the full experiment run:\n    {full_cmd}"
             f"\n{bar}")
     else:
         log(f"[run] mode: {mode.kind} ({mode.reason})")
     log(f"[run] run directory: {run_dir}")
     save_config(run_dir, cfg, extra={"mode": mode.kind, "mode_reason": mode.reason,
-                                     "demo_settings": demo_settings(cfg.demo_scale) if mode.kind == "demo" else None})
-    calib, test, prov = obtain_tables(cfg, mode, run_dir, log=log)
+                                     "demo_settings": demo_settings(cfg.demo_scale) if mode.kind == "demo" else None,
+                                     **dict(extra_config or {})})
+    calib, test, prov = obtain_tables(cfg, mode, run_dir, log=log, plan_masks=plan_masks)
+    return mode, run_dir, calib, test, prov, full_cmd
+
+
+def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = "ppo_resnet18.py",
+                 full_command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run one experiment end to end (see module docstring); returns a summary dict (also ``run_summary.json``)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from agents.cli import config_to_dict
+    from agents.evaluate import write_results
+    from agents.pipeline_report import format_comparison, log_hparams, log_test_records, plot_run
+
+    t_start = time.perf_counter()
+    mode, run_dir, calib, test, prov, full_cmd = prepare_run(cfg, algo_label=cfg.algo, allow_demo=allow_demo,
+                                                             script=script, full_command=full_command, log=log)
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     try:
         sched, fit_s = fit_scheduler(cfg, calib, run_dir, writer, log=log,
