@@ -318,3 +318,58 @@ def test_manual_documents_spaces_reward_and_versions():
     for section in ("## Action Space", "## Observation Space", "## Rewards", "## Episode End", "## Arguments",
                     "## Version History"):
         assert section in doc
+
+
+# ---------------------------------------------------------------------------------------------- live mode
+@pytest.fixture(scope="module")
+def live_env(reference_checkpoint, cifar_archive):
+    from adainf_env import load_backbone
+    from adainf_env.data import load_images
+    from adainf_env.env import LiveSource
+
+    import torch
+
+    # Single-image forwards: one thread avoids OpenMP spin-wait stalls on a shared 2-core machine.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    bb = load_backbone("resnet18_cifar", checkpoint=reference_checkpoint)
+    images, labels = load_images(cifar_archive, "cifar10", "test", limit=32)
+    yield AdaInfEnv(live=LiveSource(bb, images, labels), budget="fixed:1.0")
+    torch.set_num_threads(threads)
+
+
+def test_live_and_table_agree_on_correctness(live_env, test_table):
+    """Running the real backbone for a plan gives the same correct/incorrect as the reference table, same samples."""
+    plans = [0, 0b00001111, 0b10101010, 0b11110000, 255]
+    assert np.allclose(live_env.plan_cost, test_table.plan_cost(), rtol=1e-9)  # cost model = reference MACs
+    # live features are the stem features the table stores (float16 there)
+    assert np.allclose(live_env.cfg.features, test_table.features[:32], atol=2e-2)
+    table_env = AdaInfEnv(test_table, budget="fixed:1.0")
+    agree = total = 0
+    for s in range(32):
+        for p in plans:
+            live_env.reset(seed=0, options={"sample": s})
+            table_env.reset(seed=0, options={"sample": s})
+            li = live_env.step(p)[4]
+            ti = table_env.step(p)[4]
+            assert li["cost"] == pytest.approx(ti["cost"])
+            agree += li["correct"] == ti["correct"]
+            total += 1
+    # The reference README: a CPU float32 rebuild agrees with the (H200, fp16-weights) table on 99.99 % of pairs.
+    assert agree >= total - 1, f"live vs table correctness agree on {agree}/{total}"
+
+
+def test_live_source_validation(reference_checkpoint):
+    from adainf_env import load_backbone
+    from adainf_env.env import LiveSource
+
+    bb = load_backbone("resnet18_cifar", checkpoint=reference_checkpoint)
+    imgs = np.zeros((4, 3, 32, 32), np.uint8)
+    with pytest.raises(ConfigError):
+        AdaInfEnv(live=LiveSource(bb, imgs, np.zeros(3)))  # label count
+    with pytest.raises(ConfigError):
+        AdaInfEnv(live=LiveSource(bb, imgs, np.array([0, 1, 2, 10])))  # class out of range
+    with pytest.raises(ConfigError):
+        AdaInfEnv(live=LiveSource(bb, imgs, np.zeros(4), plan_masks=np.ones((2, 5))))  # wrong block count
+    with pytest.raises(ConfigError):
+        AdaInfEnv(live=LiveSource(object(), imgs, np.zeros(4)))
