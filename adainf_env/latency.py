@@ -164,7 +164,7 @@ class LatencyProfile:
             arrays = {k: np.asarray(d[k], dtype=np.float64) for k in ("stem_ms", "head_ms") + _PART_KEYS}
             batch_sizes = tuple(int(x) for x in d["batch_sizes"])
             num_blocks = int(d["num_blocks"])
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"latency profile has non-numeric entries ({e})") from None
         meta = d.get("meta", {})
         if not isinstance(meta, dict):
