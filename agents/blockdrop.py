@@ -45,7 +45,7 @@ class BlockDropScheduler(TorchTableLearner):
                  restrict_to_budget: bool = True, progress: bool | None = None) -> None:
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans="all", val_fraction=val_fraction, restrict_to_budget=restrict_to_budget,
-                         progress=progress)
+                         prior_temp=None, progress=progress)
         if not (gamma >= 0 and lam >= 0 and entropy >= 0):
             raise ConfigError(f"gamma, lam and entropy must be ≥ 0, got {gamma}, {lam}, {entropy}")
         if not 0.5 < alpha <= 1.0:
@@ -58,10 +58,12 @@ class BlockDropScheduler(TorchTableLearner):
     def config(self) -> dict[str, Any]:
         cfg = super().config()
         cfg.pop("plans")
+        cfg.pop("prior_temp")
         cfg.update(gamma=self.gamma, alpha=self.alpha, lam=self.lam, entropy=self.entropy, n_samples=self.n_samples)
         return cfg
 
-    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int) -> nn.Module:
+    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int,
+                      cand_acc: np.ndarray | None = None) -> nn.Module:
         return BlockPolicy(feature_dim, num_blocks, hidden=self.hidden)
 
     def _candidate_scores(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -105,4 +107,4 @@ class BlockDropScheduler(TorchTableLearner):
         ent = bernoulli_entropy(logits)
         loss = -((r - r_greedy) * lp).mean() - self.entropy * ent
         return loss, {"loss": float(loss.detach()), "reward": float(r.mean()), "greedy_reward": float(r_greedy.mean()),
-                      "entropy": float(ent)}
+                      "entropy": float(ent.detach())}

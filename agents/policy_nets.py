@@ -68,31 +68,46 @@ class FeatureScaler(nn.Module):
 
 
 class PlanPolicy(nn.Module):
-    """Logits over K candidate plans: ``MLP([x̂, M, log M]) + bias − softplus(κ)·relu(c − M)/cost_scale``."""
+    """Logits over K candidate plans: ``MLP([x̂, M, log M, 1[c ≤ M]]) − softplus(κ)·relu(c − M)/cost_scale``."""
 
     def __init__(self, feature_dim: int, plan_cost: np.ndarray, *, hidden: Sequence[int] = (128, 128),
-                 cost_prior: bool = True) -> None:
+                 cost_prior: bool = True, plan_prior: np.ndarray | None = None) -> None:
         super().__init__()
         cost = np.asarray(plan_cost, dtype=np.float64)
         if cost.ndim != 1 or cost.size == 0:
             raise ConfigError(f"plan_cost must be a non-empty 1-D array, got shape {cost.shape}")
         self.scaler = FeatureScaler(feature_dim)
-        self.net = mlp([feature_dim + 2, *hidden, cost.size])
+        # inputs: features, (M, log M), and which candidates fit the budget (1[c_p ≤ M], K values) — the last makes
+        # "best plan among those that fit" a simple function of the input for every budget.
+        self.net = mlp([feature_dim + 2 + cost.size, *hidden, cost.size])
         self.register_buffer("plan_cost", torch.as_tensor(cost, dtype=torch.float32))
         self.cost_prior = bool(cost_prior)
         # The prior's unit: one "step" of overrun is the mean gap between sorted plan costs (≈ one plan level).
         gaps = np.diff(np.unique(cost))
         self.cost_scale = float(gaps.mean()) if gaps.size else 1.0
         self.kappa = nn.Parameter(torch.tensor(0.0))
+        # Fixed per-plan prior added to the logits (e.g. calibration accuracy / τ): with the last layer zero-initialised
+        # the untrained policy's within-budget argmax is then exactly the look-up table (LUT) plan, and training learns
+        # per-sample deviations from it (model selection on held-out rows keeps them only if they help).
+        prior = np.zeros(cost.size) if plan_prior is None else np.asarray(plan_prior, dtype=np.float64)
+        if prior.shape != cost.shape:
+            raise ConfigError(f"plan_prior must have shape {cost.shape}, got {prior.shape}")
+        self.register_buffer("plan_prior", torch.as_tensor(prior, dtype=torch.float32))
+        if plan_prior is not None:
+            last = self.net[-1]
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
 
     def forward(self, x: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         xs = self.scaler(x)
         b = budget.to(xs.dtype)
-        logits = self.net(torch.cat([xs, budget_inputs(b)], dim=-1))
+        gap = self.plan_cost.to(xs.dtype)[None, :] - b[:, None]
+        fits = (gap <= 1e-9).to(xs.dtype)
+        logits = self.net(torch.cat([xs, budget_inputs(b), fits], dim=-1))
         if self.cost_prior:
-            over = torch.relu(self.plan_cost.to(xs.dtype)[None, :] - b[:, None]) / self.cost_scale
+            over = torch.relu(gap) / self.cost_scale
             logits = logits - nn.functional.softplus(self.kappa) * over
-        return logits
+        return logits + self.plan_prior.to(xs.dtype)
 
 
 class BlockPolicy(nn.Module):

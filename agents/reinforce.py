@@ -24,7 +24,7 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
-from agents.policy_nets import BlockPolicy, PlanPolicy
+from agents.policy_nets import BlockPolicy
 from agents.torch_learner import TorchTableLearner
 
 __all__ = ["ReinforceScheduler", "block_plan_lookup", "block_scores_over_plans", "bernoulli_entropy"]
@@ -67,10 +67,12 @@ class ReinforceScheduler(TorchTableLearner):
     def __init__(self, *, lam: float = 2.0, entropy: float = 0.01, n_samples: int = 4, policy: str = "plans",
                  mask_over_budget: bool = True, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
                  weight_decay: float = 1e-4, hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
-                 val_fraction: float = 0.2, restrict_to_budget: bool = True, progress: bool | None = None) -> None:
+                 val_fraction: float = 0.2, restrict_to_budget: bool = True, prior_temp: float | None = 0.01,
+                 progress: bool | None = None) -> None:
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans=plans if policy == "plans" else "all", val_fraction=val_fraction,
-                         restrict_to_budget=restrict_to_budget, progress=progress)
+                         restrict_to_budget=restrict_to_budget, prior_temp=prior_temp if policy == "plans" else None,
+                         progress=progress)
         if not (lam >= 0 and entropy >= 0):
             raise ConfigError(f"lam and entropy must be ≥ 0, got {lam}, {entropy}")
         if int(n_samples) < 1:
@@ -90,10 +92,11 @@ class ReinforceScheduler(TorchTableLearner):
         return cfg
 
     # ----------------------------------------------------------------- policy
-    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int) -> nn.Module:
+    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int,
+                      cand_acc: np.ndarray | None = None) -> nn.Module:
         if self.policy_kind == "blocks":
             return BlockPolicy(feature_dim, num_blocks, hidden=self.hidden)
-        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden)
+        return super()._build_policy(feature_dim, cand_cost, num_blocks, cand_acc)
 
     def _candidate_scores(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         assert self.policy is not None and self.plan_space is not None and self.candidates is not None
@@ -140,7 +143,7 @@ class ReinforceScheduler(TorchTableLearner):
         ent = -(probs * logp.masked_fill(probs == 0, 0.0)).sum(-1).mean()
         loss = -(adv * torch.gather(logp, 1, actions)).mean() - self.entropy * ent
         return loss, {"loss": float(loss.detach()), "reward": float(r.mean()), "greedy_reward": float(r_greedy.mean()),
-                      "entropy": float(ent)}
+                      "entropy": float(ent.detach())}
 
     def _block_loss(self, rows: torch.Tensor, b: torch.Tensor, logits: torch.Tensor,
                     gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
@@ -156,4 +159,4 @@ class ReinforceScheduler(TorchTableLearner):
         ent = bernoulli_entropy(logits)
         loss = -((r - r_greedy) * lp).mean() - self.entropy * ent
         return loss, {"loss": float(loss.detach()), "reward": float(r.mean()), "greedy_reward": float(r_greedy.mean()),
-                      "entropy": float(ent)}
+                      "entropy": float(ent.detach())}

@@ -55,7 +55,11 @@ class TorchTableLearner(Scheduler):
 
     def __init__(self, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
-                 val_fraction: float = 0.2, restrict_to_budget: bool = True, progress: bool | None = None) -> None:
+                 val_fraction: float = 0.2, restrict_to_budget: bool = True, prior_temp: float | None = 0.01,
+                 progress: bool | None = None) -> None:
+        if prior_temp is not None and not prior_temp > 0:
+            raise ConfigError(f"prior_temp must be > 0 or None, got {prior_temp}")
+        self.prior_temp = None if prior_temp is None else float(prior_temp)
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
         if not (lr > 0 and math.isfinite(lr)) or weight_decay < 0:
@@ -79,7 +83,8 @@ class TorchTableLearner(Scheduler):
     def config(self) -> dict[str, Any]:
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "hidden": self.hidden, "plans": self.plans,
-                "val_fraction": self.val_fraction, "restrict_to_budget": self.restrict_to_budget}
+                "val_fraction": self.val_fraction, "restrict_to_budget": self.restrict_to_budget,
+                "prior_temp": self.prior_temp}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.policy is not None and self.candidates is not None
@@ -99,8 +104,13 @@ class TorchTableLearner(Scheduler):
             raise CheckpointError(f"{self.name}: saved weights do not fit the policy: {str(e)[:300]}") from None
 
     # ----------------------------------------------------------------- subclass hooks
-    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int) -> nn.Module:
-        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden)
+    def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int,
+                      cand_acc: np.ndarray | None = None) -> nn.Module:
+        prior = None
+        if self.prior_temp is not None:
+            # at load time the prior buffer is overwritten by the saved one; zeros here only fix its shape
+            prior = np.zeros(len(cand_cost)) if cand_acc is None else cand_acc / self.prior_temp
+        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden, plan_prior=prior)
 
     def _prepare(self, table: OutcomeTable, cost: np.ndarray) -> None:
         """Precompute per-row training targets for ``self.candidates`` (tensors kept on ``self``)."""
@@ -157,10 +167,12 @@ class TorchTableLearner(Scheduler):
         val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
         if fit_rows.size == 0:
             raise ConfigError(f"{self.name}: no rows left to fit after holding out val_fraction={self.val_fraction}")
-        self.candidates = candidate_plans(table, cost, self.plans, fit_rows)
+        # The candidate set is a calibration statistic like the LUT: computed on all calibration rows.
+        self.candidates = candidate_plans(table, cost, self.plans, np.arange(table.num_samples))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            self.policy = self._build_policy(table.feature_dim, cost[self.candidates], table.num_blocks)
+            cand_acc = table.correct[fit_rows][:, self.candidates].mean(axis=0)
+            self.policy = self._build_policy(table.feature_dim, cost[self.candidates], table.num_blocks, cand_acc)
         self.policy.scaler.fit(table.features[fit_rows])
         self._table = table
         self._prepare(table, cost)
@@ -187,6 +199,11 @@ class TorchTableLearner(Scheduler):
             best_state = saved["best_state"]
             self.history = [dict(h) for h in saved["history"]]
 
+        score_rows = val_rows if val_rows.size else fit_rows
+        if start == 0:  # the untrained policy (= the LUT when a prior is used) is a candidate for selection too
+            best_score = self._val_score(table, score_rows)
+            best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
+            self.history.append({"epoch": 0.0, "val_score": best_score})
         fit_t = torch.as_tensor(fit_rows)
         bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=self.progress is False
                    if self.progress is not None else None, initial=start, total=self.epochs, leave=False)
@@ -207,7 +224,6 @@ class TorchTableLearner(Scheduler):
                 nb += 1
             metrics = {k: v / nb for k, v in sums.items()}
             metrics["epoch"] = float(epoch + 1)
-            score_rows = val_rows if val_rows.size else fit_rows
             metrics["val_score"] = self._val_score(table, score_rows)
             self.history.append(metrics)
             if metrics["val_score"] > best_score:
@@ -223,6 +239,10 @@ class TorchTableLearner(Scheduler):
         bar.close()
         if best_state is not None:
             self.policy.load_state_dict(best_state)
+        if self.prior_temp is not None and hasattr(self.policy, "plan_prior"):
+            # Selection used fit-row statistics; the deployed prior, like the LUT, uses all calibration rows.
+            acc_all = table.correct[:, self.candidates].mean(axis=0)
+            self.policy.plan_prior.copy_(torch.as_tensor(acc_all / self.prior_temp, dtype=torch.float32))
         self.policy.eval()
         del self._table, self._features_t
         return self

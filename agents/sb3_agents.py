@@ -1,0 +1,424 @@
+"""Stable-Baselines3 schedulers [``ppo``, ``a2c``, ``dqn``, ``maskable_ppo``] — any algorithm by one argument.
+
+``SB3Scheduler(algo="ppo" | "a2c" | "dqn" | "maskable_ppo", ...)`` trains the algorithm on an
+:class:`~adainf_env.vec_env.AdaInfVecEnv` (table mode, bandit: one request per episode, budget uniform in
+[cheapest plan, 1], reward ``1[correct] − λ·max(0, cost − budget)``) built over the *fit* part of the calibration
+table; the held-out part (``val_fraction``) scores the policy every ``eval_every`` rollouts/steps (mean accuracy over a
+budget grid, as for the torch learners) and the best-scoring parameters are kept. Unknown ``algo`` → ConfigError.
+
+The env is seen through :class:`SchedulerObsWrapper` (an SB3 ``VecEnvWrapper``):
+
+* observation = ``[standardised features, M, log M, 1[c_k ≤ M] for each candidate k]`` (flat Box; the scaler is
+  fitted on the fit rows), so a small MLP can rank "plans that fit" for every budget;
+* action = index into the candidate plans (by default the accuracy/cost Pareto frontier of the fit rows, 15 of
+  256 plans on the reference ResNet18 table — ``plans="all"`` keeps every plan), mapped to the env's plan index;
+* ``action_masks()`` = candidates within budget, for MaskablePPO.
+
+``select()`` is the deterministic policy (argmax of the action probabilities, or of Q for DQN) restricted to plans
+within the budget (``restrict_to_budget=True``, the default; ``False`` = SB3's unrestricted ``predict``).
+
+Logging: with ``tensorboard_log`` SB3 writes its TensorBoard events there, and the selection callback adds
+``adainf/val_score``, ``adainf/val_accuracy@M``, ``adainf/mean_cost``, ``adainf/overrun_rate`` and
+``adainf/plan_entropy`` on the held-out rows. With ``checkpoint_dir`` the policy parameters (and optimiser state) are
+saved atomically at each evaluation as ``last.pt`` (``torch.load(weights_only=True)``-loadable).
+
+Saving: SB3's own ``.zip`` stores parts of the model with cloudpickle, which AdaInf never loads. ``save()`` writes the
+policy's ``state_dict`` as arrays + a JSON config (:meth:`agents.base.Scheduler.save`); ``load()`` rebuilds the policy
+network from the config and loads the arrays — nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
+
+from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.fileio import atomic_torch_save
+from adainf_env.outcomes import OutcomeTable
+from agents.base import PlanSpace, Scheduler, check_budgets
+from agents.policy_nets import candidate_plans
+from agents.torch_learner import VAL_BUDGETS
+
+__all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "MaskablePPOScheduler",
+           "SchedulerObsWrapper", "ObsBuilder", "ALGOS"]
+
+ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo")
+
+#: Per-algorithm defaults, tuned on held-out calibration rows for speed on a 2-core CPU (issue 5: PPO ≤ 2 min).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "ppo": {"total_timesteps": 200_000, "n_envs": 256, "learning_rate": 1e-3,
+            "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0, "gae_lambda": 1.0,
+                            "ent_coef": 0.0}},
+    "maskable_ppo": {"total_timesteps": 200_000, "n_envs": 256, "learning_rate": 1e-3,
+                     "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0,
+                                     "gae_lambda": 1.0, "ent_coef": 0.0}},
+    "a2c": {"total_timesteps": 200_000, "n_envs": 256, "learning_rate": 1e-3,
+            "algo_kwargs": {"n_steps": 1, "gamma": 0.0, "ent_coef": 0.0}},
+    "dqn": {"total_timesteps": 100_000, "n_envs": 32, "learning_rate": 1e-3,
+            "algo_kwargs": {"buffer_size": 100_000, "learning_starts": 2_000, "batch_size": 256, "gamma": 0.0,
+                            "train_freq": 1, "gradient_steps": 4, "target_update_interval": 1_000,
+                            "exploration_fraction": 0.3, "exploration_final_eps": 0.02}},
+}
+
+
+def _algo_class(algo: str) -> type:
+    if algo == "ppo":
+        from stable_baselines3 import PPO
+        return PPO
+    if algo == "a2c":
+        from stable_baselines3 import A2C
+        return A2C
+    if algo == "dqn":
+        from stable_baselines3 import DQN
+        return DQN
+    if algo == "maskable_ppo":
+        from sb3_contrib import MaskablePPO
+        return MaskablePPO
+    raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
+
+
+def _policy_class(algo: str) -> type:
+    if algo in ("ppo", "a2c"):
+        from stable_baselines3.common.policies import ActorCriticPolicy
+        return ActorCriticPolicy
+    if algo == "dqn":
+        from stable_baselines3.dqn.policies import DQNPolicy
+        return DQNPolicy
+    if algo == "maskable_ppo":
+        from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy
+        return MaskableActorCriticPolicy
+    raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
+
+
+class ObsBuilder:
+    """Features [N, F] + budgets [N] → flat policy observation (float32)
+    ``[x̂, M, log M, 1[c_k ≤ M] (K), 1[k = LUT plan at M] (K)]``.
+
+    The last block is the look-up table's choice for this budget (best fit-row accuracy among candidates that fit):
+    a budget encoding from calibration statistics that lets the policy start from — and deviate per sample from —
+    the static LUT instead of rediscovering it from noisy bandit rewards."""
+
+    def __init__(self, mean: np.ndarray, std: np.ndarray, cand_cost: np.ndarray, cand_acc: np.ndarray) -> None:
+        self.mean = np.asarray(mean, dtype=np.float32)
+        self.std = np.asarray(std, dtype=np.float32)
+        self.cand_cost = np.asarray(cand_cost, dtype=np.float64)
+        self.cand_acc = np.asarray(cand_acc, dtype=np.float64)
+
+    @classmethod
+    def fit(cls, features: np.ndarray, cand_cost: np.ndarray, cand_acc: np.ndarray) -> "ObsBuilder":
+        f = np.asarray(features, dtype=np.float64)
+        return cls(f.mean(0), np.maximum(f.std(0), 1e-6), cand_cost, cand_acc)
+
+    @property
+    def dim(self) -> int:
+        return self.mean.size + 2 + 2 * self.cand_cost.size
+
+    def lut_choice(self, budgets: np.ndarray) -> np.ndarray:
+        fits = self.fits(budgets)
+        return np.where(fits, self.cand_acc[None, :], -np.inf).argmax(axis=1)
+
+    def fits(self, budgets: np.ndarray) -> np.ndarray:
+        m = self.cand_cost[None, :] <= np.asarray(budgets, dtype=np.float64).reshape(-1, 1) + 1e-6
+        m[:, int(np.argmin(self.cand_cost))] |= ~m.any(axis=1)  # a budget below every plan still allows the cheapest
+        return m
+
+    def __call__(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        b = np.clip(np.asarray(budgets, dtype=np.float64).reshape(-1), 1e-3, 1.0)
+        x = (np.asarray(features, dtype=np.float32) - self.mean) / self.std
+        lut = np.zeros((b.size, self.cand_cost.size), dtype=np.float32)
+        lut[np.arange(b.size), self.lut_choice(b)] = 1.0
+        return np.concatenate([x, b[:, None].astype(np.float32), np.log(b)[:, None].astype(np.float32),
+                               self.fits(b).astype(np.float32), lut], axis=1).astype(np.float32)
+
+    @property
+    def space(self) -> spaces.Box:
+        return spaces.Box(low=-np.inf, high=np.inf, shape=(self.dim,), dtype=np.float32)
+
+
+class _ConvertedInfos(Sequence):
+    """The env's (lazy) info list with each ``terminal_observation`` converted to the policy's flat observation,
+    converted only for the entries a caller reads (SB3 reads them for done envs)."""
+
+    def __init__(self, infos: Sequence[dict], builder: ObsBuilder) -> None:
+        self._infos, self._builder = infos, builder
+
+    def __len__(self) -> int:
+        return len(self._infos)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        d = self._infos[i]
+        t = d.get("terminal_observation")
+        if isinstance(t, dict):
+            d["terminal_observation"] = self._builder(np.asarray(t["features"])[None], np.asarray(t["budget"]))[0]
+        return d
+
+
+class SchedulerObsWrapper(VecEnvWrapper):
+    """Present an :class:`AdaInfVecEnv` (dict obs, plan actions) as flat policy observations and candidate actions."""
+
+    def __init__(self, venv: VecEnv, builder: ObsBuilder, candidates: np.ndarray) -> None:
+        self.builder = builder
+        self.candidates = np.asarray(candidates, dtype=np.int64)
+        super().__init__(venv, observation_space=builder.space, action_space=spaces.Discrete(len(self.candidates)))
+        self._budget = np.ones(venv.num_envs)
+
+    def _convert(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        self._budget = np.asarray(obs["budget"], dtype=np.float64).reshape(-1)
+        return self.builder(obs["features"], self._budget)
+
+    def reset(self) -> np.ndarray:
+        return self._convert(self.venv.reset())
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self.venv.step_async(self.candidates[np.asarray(actions, dtype=np.int64).reshape(-1)])
+
+    def step_wait(self):
+        obs, rew, done, infos = self.venv.step_wait()
+        return self._convert(obs), rew, done, _ConvertedInfos(infos, self.builder)
+
+    def action_masks(self) -> np.ndarray:
+        return self.builder.fits(self._budget)
+
+    def get_attr(self, attr_name: str, indices: Any = None) -> list[Any]:
+        if attr_name == "action_masks":
+            return [self.action_masks] * len(list(self._get_indices(indices)))
+        return self.venv.get_attr(attr_name, indices)
+
+    def env_method(self, method_name: str, *args: Any, indices: Any = None, **kwargs: Any) -> list[Any]:
+        if method_name == "action_masks":
+            idx = list(self._get_indices(indices))
+            return list(self.action_masks()[idx])
+        return self.venv.env_method(method_name, *args, indices=indices, **kwargs)
+
+
+class _SelectionCallback(BaseCallback):
+    """Every ``every`` calls of ``_on_rollout_end`` (PPO/A2C) or ``every`` steps (DQN): score the policy on held-out
+    calibration rows, log to TensorBoard, keep the best parameters, write an atomic checkpoint."""
+
+    def __init__(self, sched: "SB3Scheduler", table: OutcomeTable, rows: np.ndarray, every: int,
+                 checkpoint: Path | None, on_rollouts: bool) -> None:
+        super().__init__()
+        self.sched, self.table, self.rows, self.every = sched, table, rows, max(1, int(every))
+        self.checkpoint, self.on_rollouts = checkpoint, on_rollouts
+        self.count = 0
+        self.best_score = -math.inf
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.history: list[dict[str, float]] = []
+
+    def _evaluate(self) -> None:
+        s = self.sched
+        cost = s.plan_space.plan_cost
+        grid = [b for b in VAL_BUDGETS if b >= cost.min()] or [1.0]
+        accs, costs, overs, ents = [], [], [], []
+        for b in grid:
+            budgets = np.full(self.rows.size, b)
+            plans = s._select_idx(self.table.features[self.rows], budgets, restrict=s.restrict_to_budget)
+            over = cost[plans] > b + 1e-9
+            accs.append(float((self.table.correct[self.rows, plans] & ~over).mean()))
+            costs.append(float(cost[plans].mean()))
+            overs.append(float(over.mean()))
+            hist = np.bincount(plans, minlength=len(cost)) / plans.size
+            ents.append(float(-(hist[hist > 0] * np.log(hist[hist > 0])).sum()))
+            self.logger.record(f"adainf/val_accuracy@{b:g}", accs[-1])
+        score = float(np.mean(accs))
+        for k, v in (("val_score", score), ("mean_cost", np.mean(costs)), ("overrun_rate", np.mean(overs)),
+                     ("plan_entropy", np.mean(ents))):
+            self.logger.record(f"adainf/{k}", float(v))
+        self.history.append({"timesteps": float(self.num_timesteps), "val_score": score})
+        if score > self.best_score:
+            self.best_score = score
+            self.best_state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+        if self.checkpoint is not None:
+            atomic_torch_save({"timesteps": int(self.num_timesteps), "policy": self.model.policy.state_dict(),
+                               "optimizer": self.model.policy.optimizer.state_dict(),
+                               "best_state": self.best_state, "best_score": self.best_score}, self.checkpoint)
+
+    def _tick(self) -> None:
+        self.count += 1
+        if self.count % self.every == 0:
+            self._evaluate()
+
+    def _on_rollout_end(self) -> None:
+        if self.on_rollouts:
+            self._tick()
+
+    def _on_step(self) -> bool:
+        if not self.on_rollouts:
+            self._tick()
+        return True
+
+    def _on_training_end(self) -> None:
+        self._evaluate()
+
+
+class SB3Scheduler(Scheduler):
+    """A stable-baselines3 algorithm as an AdaInf scheduler (see the module docstring). ``algo`` picks it;
+    ``None`` values take the per-algorithm :data:`DEFAULTS`; ``algo_kwargs`` are passed to the SB3 constructor."""
+
+    name = "sb3"
+
+    def __init__(self, *, algo: str = "ppo", total_timesteps: int | None = None, n_envs: int | None = None,
+                 learning_rate: float | None = None, lam: float = 1.0, hidden: Sequence[int] = (64, 64),
+                 plans: str | Sequence[int] = "pareto", val_fraction: float = 0.2, eval_every: int = 10,
+                 restrict_to_budget: bool = True, algo_kwargs: dict[str, Any] | None = None,
+                 tensorboard_log: str | None = None, checkpoint_dir: str | None = None,
+                 progress: bool = False) -> None:
+        if algo not in ALGOS:
+            raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
+        d = DEFAULTS[algo]
+        self.algo = algo
+        self.name = algo  # results name = algorithm name (instance attribute shadows the class default)
+        self.total_timesteps = int(total_timesteps if total_timesteps is not None else d["total_timesteps"])
+        self.n_envs = int(n_envs if n_envs is not None else d["n_envs"])
+        self.learning_rate = float(learning_rate if learning_rate is not None else d["learning_rate"])
+        if self.total_timesteps < 1 or self.n_envs < 1 or not self.learning_rate > 0:
+            raise ConfigError("total_timesteps and n_envs must be ≥ 1 and learning_rate > 0")
+        if not lam >= 0:
+            raise ConfigError(f"lam (λ) must be ≥ 0, got {lam}")
+        if not 0.0 <= val_fraction < 1.0:
+            raise ConfigError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        self.lam = float(lam)
+        self.hidden = [int(h) for h in hidden]
+        self.plans = plans if isinstance(plans, str) else [int(p) for p in plans]
+        self.val_fraction = float(val_fraction)
+        self.eval_every = int(eval_every)
+        self.restrict_to_budget = bool(restrict_to_budget)
+        self.algo_kwargs = {**d["algo_kwargs"], **dict(algo_kwargs or {})}
+        self.tensorboard_log = tensorboard_log
+        self.checkpoint_dir = checkpoint_dir
+        self.progress = bool(progress)
+        self.policy: Any = None
+        self.candidates: np.ndarray | None = None
+        self.builder: ObsBuilder | None = None
+        self.history: list[dict[str, float]] = []
+
+    def config(self) -> dict[str, Any]:
+        return {"algo": self.algo, "total_timesteps": self.total_timesteps, "n_envs": self.n_envs,
+                "learning_rate": self.learning_rate, "lam": self.lam, "hidden": self.hidden, "plans": self.plans,
+                "val_fraction": self.val_fraction, "eval_every": self.eval_every,
+                "restrict_to_budget": self.restrict_to_budget, "algo_kwargs": self.algo_kwargs}
+
+    # ----------------------------------------------------------------- policy construction
+    def _policy_kwargs(self) -> dict[str, Any]:
+        return {"net_arch": list(self.hidden)}
+
+    def _build_policy(self) -> Any:
+        assert self.builder is not None and self.candidates is not None
+        cls = _policy_class(self.algo)
+        return cls(self.builder.space, spaces.Discrete(len(self.candidates)), lambda _: self.learning_rate,
+                   **self._policy_kwargs())
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        assert self.policy is not None and self.builder is not None and self.candidates is not None
+        out = {f"w_{k}": v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()}
+        out.update(candidates=self.candidates, obs_mean=self.builder.mean, obs_std=self.builder.std,
+                   obs_acc=self.builder.cand_acc)
+        return out
+
+    def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        assert self.plan_space is not None
+        self.candidates = arrays["candidates"].astype(np.int64)
+        self.builder = ObsBuilder(arrays["obs_mean"], arrays["obs_std"], self.plan_space.plan_cost[self.candidates],
+                                  arrays["obs_acc"])
+        self.policy = self._build_policy()
+        try:
+            self.policy.load_state_dict({k[2:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("w_")})
+        except RuntimeError as e:
+            raise CheckpointError(f"{self.name}: saved weights do not fit the policy: {str(e)[:300]}") from None
+        self.policy.set_training_mode(False)
+
+    # ----------------------------------------------------------------- inference
+    def _scores(self, obs: np.ndarray) -> torch.Tensor:
+        o = torch.as_tensor(obs)
+        with torch.no_grad():
+            if self.algo == "dqn":
+                return self.policy.q_net(o).double()
+            return self.policy.get_distribution(o).distribution.logits.double()
+
+    def _select_idx(self, features: np.ndarray, budgets: np.ndarray, restrict: bool = True) -> np.ndarray:
+        assert self.builder is not None and self.candidates is not None
+        self.policy.set_training_mode(False)
+        scores = self._scores(self.builder(features, budgets))
+        if restrict:
+            scores = scores.masked_fill(~torch.as_tensor(self.builder.fits(budgets)), -math.inf)
+        return self.candidates[scores.argmax(dim=1).numpy()]
+
+    def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
+        if self.policy is None or self.plan_space is None:
+            raise ConfigError(f"{self.name}: call fit() before select()")
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
+            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
+                              f"{features.shape}")
+        budgets = check_budgets(budgets, features.shape[0])
+        return self._select_idx(features, budgets, restrict=self.restrict_to_budget)
+
+    # ----------------------------------------------------------------- training
+    def make_env(self, table: OutcomeTable, seed: int, cost_unit: str = "macs") -> SchedulerObsWrapper:
+        from adainf_env.vec_env import make_vec_env
+
+        venv = make_vec_env(table, self.n_envs, "bandit", seed=int(seed), lam=self.lam, cost_unit=cost_unit)
+        return SchedulerObsWrapper(venv, self.builder, self.candidates)
+
+    def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs") -> "SB3Scheduler":
+        self.plan_space = PlanSpace.from_table(table, cost_unit)
+        cost = self.plan_space.plan_cost
+        perm = np.random.default_rng(seed).permutation(table.num_samples)
+        n_val = int(round(self.val_fraction * table.num_samples))
+        val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+        if fit_rows.size == 0:
+            raise ConfigError(f"{self.name}: no rows left to fit after holding out val_fraction={self.val_fraction}")
+        # candidate set and (after selection) the LUT statistics use all calibration rows, like the LUT itself
+        self.candidates = candidate_plans(table, cost, self.plans, np.arange(table.num_samples))
+        self.builder = ObsBuilder.fit(table.features[fit_rows], cost[self.candidates],
+                                      table.correct[fit_rows][:, self.candidates].mean(axis=0))
+        env = self.make_env(table.subset(fit_rows), seed, cost_unit)
+        cls = _algo_class(self.algo)
+        kwargs = dict(self.algo_kwargs)
+        model = cls("MlpPolicy", env, learning_rate=self.learning_rate, seed=int(seed), device="cpu", verbose=0,
+                    policy_kwargs=self._policy_kwargs(), tensorboard_log=self.tensorboard_log, **kwargs)
+        self.policy = model.policy
+        ckpt = Path(self.checkpoint_dir) / "last.pt" if self.checkpoint_dir else None
+        cb = _SelectionCallback(self, table, val_rows if val_rows.size else fit_rows, self.eval_every, ckpt,
+                                on_rollouts=self.algo != "dqn")
+        if self.algo == "dqn":
+            cb.every = max(1, self.total_timesteps // (self.n_envs * 10))  # ~10 evaluations per run
+        model.learn(total_timesteps=self.total_timesteps, callback=cb, progress_bar=self.progress,
+                    tb_log_name=f"{self.algo}_seed{seed}")
+        if cb.best_state is not None:
+            self.policy.load_state_dict(cb.best_state)
+        self.builder.cand_acc = table.correct[:, self.candidates].mean(axis=0)
+        self.policy.set_training_mode(False)
+        self.history = cb.history
+        env.close()
+        return self
+
+
+def _named(algo: str) -> type[SB3Scheduler]:
+    class _Named(SB3Scheduler):
+        def __init__(self, *, algo: str = algo, **kwargs: Any) -> None:
+            if algo != type(self).name:
+                raise ConfigError(f"{type(self).__name__} runs {type(self).name!r}, not {algo!r}; "
+                                  "use SB3Scheduler(algo=...) to pick another algorithm")
+            super().__init__(algo=algo, **kwargs)
+
+    _Named.name = algo
+    return _Named
+
+
+PPOScheduler = type("PPOScheduler", (_named("ppo"),), {"__doc__": "SB3 PPO scheduler [``ppo``]."})
+A2CScheduler = type("A2CScheduler", (_named("a2c"),), {"__doc__": "SB3 A2C scheduler [``a2c``]."})
+DQNScheduler = type("DQNScheduler", (_named("dqn"),), {"__doc__": "SB3 DQN scheduler [``dqn``]."})
+MaskablePPOScheduler = type("MaskablePPOScheduler", (_named("maskable_ppo"),),
+                            {"__doc__": "sb3-contrib MaskablePPO scheduler [``maskable_ppo``] (plans over budget "
+                                        "masked during training)."})

@@ -1,0 +1,215 @@
+"""Learned schedulers (hinge, reinforce, blockdrop, SB3 algorithms): they learn, their gradients are right, they are
+deterministic, and bad input is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adainf_env.errors import ConfigError, TableMismatchError
+from adainf_env.toy import make_toy_table, toy_optimal_plans
+
+BUDGETS = (0.3, 0.6)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    return make_toy_table(1500, seed=0), make_toy_table(1500, seed=1, split="test")
+
+
+def _acc(table, plans):
+    return float(table.correct[np.arange(table.num_samples), plans].mean())
+
+
+def _random_acc(table, b, seed=0):
+    cost = table.plan_cost()
+    ok = np.flatnonzero(cost <= b + 1e-12)
+    return _acc(table, np.random.default_rng(seed).choice(ok, table.num_samples))
+
+
+def _check_learns(sched, test, *, near_optimum: bool):
+    cost = test.plan_cost()
+    for b in BUDGETS:
+        budgets = np.full(test.num_samples, b)
+        plans = sched.select(test.features, budgets)
+        assert (cost[plans] <= b + 1e-9).all(), "restricted inference must never overrun"
+        acc, rnd = _acc(test, plans), _random_acc(test, b)
+        opt = _acc(test, toy_optimal_plans(test, budgets))
+        assert acc > rnd + 0.05, (sched.name, b, acc, rnd)
+        if near_optimum:
+            assert acc >= opt - 0.03, (sched.name, b, acc, opt)
+
+
+TORCH_LEARNERS = [
+    ("hinge", {"epochs": 5}),
+    ("hinge", {"epochs": 8, "train_mask": True, "prior_temp": None}),
+    ("reinforce", {"epochs": 6}),
+    ("reinforce", {"epochs": 8, "policy": "blocks"}),
+    ("blockdrop", {"epochs": 12}),
+]
+
+
+@pytest.mark.parametrize("name,kw", TORCH_LEARNERS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(TORCH_LEARNERS)])
+def test_torch_learner_beats_random_on_toy(toy, name, kw):
+    from agents.registry import make_scheduler
+
+    train, test = toy
+    s = make_scheduler(name, progress=False, **kw).fit(train, seed=0)
+    _check_learns(s, test, near_optimum=name != "blockdrop")
+
+
+@pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "maskable_ppo"])
+def test_sb3_learner_beats_random_on_toy(toy, algo):
+    from agents.sb3_agents import SB3Scheduler
+
+    train, test = toy
+    kw = {"total_timesteps": 6000, "n_envs": 16, "eval_every": 5} if algo == "dqn" else \
+        {"total_timesteps": 8192, "n_envs": 64, "eval_every": 4}
+    if algo == "dqn":
+        kw["algo_kwargs"] = {"learning_starts": 500, "buffer_size": 10_000, "target_update_interval": 200}
+    s = SB3Scheduler(algo=algo, **kw).fit(train, seed=0)
+    assert s.name == algo
+    _check_learns(s, test, near_optimum=False)
+
+
+def test_hinge_loss_gradient_matches_finite_differences():
+    from agents.hinge import hinge_loss
+
+    g = torch.Generator().manual_seed(0)
+    n, k = 5, 4
+    logits = torch.randn(n, k, generator=g, dtype=torch.float64, requires_grad=True)
+    plan_loss = torch.rand(n, k, generator=g, dtype=torch.float64) * 3
+    cost = torch.tensor([0.1, 0.35, 0.6, 0.95], dtype=torch.float64)
+    budget = torch.tensor([0.2, 0.5, 0.7, 0.3, 1.0], dtype=torch.float64)  # no budget equals a cost: relu smooth
+    assert torch.autograd.gradcheck(lambda z: hinge_loss(z, plan_loss, cost, budget, 3.0), (logits,))
+    mask = cost[None, :] <= budget[:, None]
+    assert torch.autograd.gradcheck(lambda z: hinge_loss(z, plan_loss, cost, budget, 3.0, mask), (logits,))
+
+
+def test_hinge_policy_parameter_gradient_matches_finite_differences():
+    """End to end through the policy network: d loss / d weights by autograd = by finite differences."""
+    from torch.func import functional_call
+
+    from agents.hinge import hinge_loss
+    from agents.policy_nets import PlanPolicy
+
+    torch.manual_seed(0)
+    cost = np.array([0.1, 0.35, 0.6, 0.95])
+    pol = PlanPolicy(3, cost, hidden=(6,), plan_prior=np.array([0.2, 0.5, 0.7, 0.9]) / 0.1).double()
+    for p in pol.parameters():  # leave the zero-init of the last layer: gradcheck a generic point
+        torch.nn.init.normal_(p, std=0.5)
+    x = torch.randn(4, 3, dtype=torch.float64)
+    b = torch.tensor([0.2, 0.5, 0.7, 0.3], dtype=torch.float64)
+    plan_loss = torch.rand(4, 4, dtype=torch.float64)
+    names = [n for n, _ in pol.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for _, p in pol.named_parameters())
+
+    def f(*ps):
+        logits = functional_call(pol, dict(zip(names, ps)), (x, b))
+        return hinge_loss(logits, plan_loss, torch.as_tensor(cost), b, 2.0)
+
+    assert torch.autograd.gradcheck(f, params)
+
+
+def _state(s):
+    return {k: v for k, v in s.state_arrays().items()}
+
+
+@pytest.mark.parametrize("name", ["hinge", "reinforce", "blockdrop"])
+def test_same_seed_same_numbers_torch(toy, name):
+    from agents.registry import make_scheduler
+
+    train, _ = toy
+    runs = [make_scheduler(name, epochs=3, progress=False).fit(train, seed=7) for _ in range(2)]
+    a, b = _state(runs[0]), _state(runs[1])
+    assert a.keys() == b.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert runs[0].history == runs[1].history
+    other = make_scheduler(name, epochs=3, progress=False).fit(train, seed=8)
+    assert any(not np.array_equal(a[k], _state(other)[k]) for k in a if k.startswith("w_"))
+
+
+def test_same_seed_same_numbers_ppo(toy):
+    from agents.sb3_agents import SB3Scheduler
+
+    train, test = toy
+    runs = [SB3Scheduler(algo="ppo", total_timesteps=4096, n_envs=32).fit(train, seed=3) for _ in range(2)]
+    a, b = _state(runs[0]), _state(runs[1])
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    assert runs[0].history == runs[1].history
+
+
+def test_unknown_algorithm_and_bad_arguments():
+    from agents.registry import make_scheduler
+    from agents.sb3_agents import PPOScheduler, SB3Scheduler
+
+    with pytest.raises(ConfigError, match="unknown SB3 algorithm"):
+        SB3Scheduler(algo="sac")
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        make_scheduler("ppo2")
+    with pytest.raises(ConfigError):
+        PPOScheduler(algo="a2c")
+    with pytest.raises(ConfigError):
+        make_scheduler("hinge", lam=-1.0)
+    with pytest.raises(ConfigError):
+        make_scheduler("hinge", target="mse")
+    with pytest.raises(ConfigError):
+        make_scheduler("reinforce", policy="tree")
+    with pytest.raises(ConfigError):
+        make_scheduler("blockdrop", alpha=0.3)
+    with pytest.raises(ConfigError):
+        make_scheduler("hinge", plans="best")
+
+
+def test_budgets_and_features_checked(toy):
+    from agents.hinge import HingeScheduler
+
+    train, test = toy
+    s = HingeScheduler(epochs=1, progress=False).fit(train, seed=0)
+    for bad in (0.0, -0.1, 1.5, np.nan):
+        with pytest.raises(ConfigError):
+            s.select(test.features[:3], np.full(3, bad))
+    with pytest.raises(ConfigError):
+        s.select(test.features[:3, :2], np.full(3, 0.5))
+    with pytest.raises(ConfigError):
+        HingeScheduler().select(test.features[:3], np.full(3, 0.5))
+
+
+@pytest.mark.parametrize("name", ["hinge", "reinforce", "blockdrop", "ppo"])
+def test_save_load_roundtrip_and_plan_space_refusal(toy, tmp_path, name):
+    from agents.base import Scheduler
+    from agents.registry import make_scheduler
+
+    train, test = toy
+    kw = {"total_timesteps": 2048, "n_envs": 16} if name == "ppo" else {"epochs": 2, "progress": False}
+    s = make_scheduler(name, **kw).fit(train, seed=0)
+    path = s.save(tmp_path / f"{name}.npz")
+    loaded = Scheduler.load(path, table=test)
+    assert type(loaded) is type(s) and loaded.name == name
+    budgets = np.linspace(0.1, 1.0, test.num_samples)
+    np.testing.assert_array_equal(loaded.select(test.features, budgets), s.select(test.features, budgets))
+    other = make_toy_table(200, num_blocks=3, seed=2)
+    with pytest.raises(TableMismatchError):
+        Scheduler.load(path, table=other)
+    with pytest.raises(TableMismatchError):
+        make_scheduler("lut").load(path)  # a saved ppo/hinge is not a lut
+
+
+def test_policy_prior_makes_untrained_policy_the_lut(toy):
+    """With the accuracy prior and a zero-initialised last layer, the untrained policy is the look-up table."""
+    from agents.hinge import HingeScheduler
+
+    train, _ = toy
+    s = HingeScheduler(epochs=1, progress=False)
+    s.fit(train, seed=0)
+    assert s.history[0]["epoch"] == 0.0  # the untrained policy was scored as a selection candidate
+    cost = train.plan_cost()
+    acc = train.accuracy_by_plan()
+    for b in (0.3, 0.6, 1.0):
+        ok = np.flatnonzero(cost <= b + 1e-12)
+        lut = ok[np.argmax(acc[ok])]
+        s2 = HingeScheduler(epochs=1, progress=False, lr=1e-12).fit(train, seed=0)
+        assert (s2.select(train.features, np.full(train.num_samples, b)) == lut).mean() > 0.99
