@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
 
@@ -185,3 +186,25 @@ def test_resnet18_reference_mixed_plans_match_single_runs_and_table(reference_ch
     table_pred = test_table.pred[idx, plans]
     assert (res.pred == table_pred).mean() >= 25 / 26
     np.testing.assert_allclose(res.cost, test_table.plan_cost()[plans])
+
+
+def test_benchmark_script_smoke_runs(tmp_path: Path) -> None:
+    """benchmarks/bench_executor.py end to end at toy sizes (random weights): JSON summary and files written."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_executor.py"
+    spec = importlib.util.spec_from_file_location("bench_executor", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["bench_executor"] = mod  # dataclasses look their module up there
+    try:
+        spec.loader.exec_module(mod)  # type: ignore[union-attr]
+    finally:
+        sys.modules.pop("bench_executor", None)
+    summary = mod.main(["--checkpoint", "", "--threads", "1", "--big-batch", "4", "--b1-requests", "2",
+                        "--rounds", "1", "--latency-repeats", "1", "--validate-plans", "1", "--out", str(tmp_path)])
+    assert summary["speedup_b1"] > 0 and summary["speedup_b4"] > 0 and summary["device"].startswith("cpu")
+    assert summary["mix_macs_fraction"] == pytest.approx(0.5, abs=1e-3)
+    assert np.isfinite(summary["latency_mean_rel_err_b4"])
+    assert (tmp_path / "results.json").is_file() and (tmp_path / "latency_profile.json").is_file()
+    with pytest.raises(ConfigError, match="strategy"):
+        mod.main(["--strategy", "fastest"])

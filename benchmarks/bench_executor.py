@@ -1,0 +1,276 @@
+"""Wall-clock throughput of the batched adaptive executor vs the full model, and the error of the latency model.
+
+One run, on one device:
+
+* **Plan mix.** Every request gets its own plan, drawn i.i.d. from the whole reference plan space (all 2^B block
+  masks) with probability ∝ exp(θ · MACs fraction); θ is solved so that the expected MACs fraction is
+  ``--target-macs`` (0.5: "a plan mix averaging 50 % of the MACs"; θ is small there because the uniform mix over the
+  256 ResNet18 plans already averages 0.507). Each timing round's set of plans is redrawn until its mean MACs fraction
+  is within ±0.01 of the target, so every round really runs a 50 % mix. Such a mix is the hard case for batching: in a batch of 256 almost every
+  row has a different plan, so grouping by plan cannot help and the executor must gather/scatter rows per block.
+* **Throughput** (images/s) of ``AdaptiveExecutor.run`` (stem → features → scheduler → per-block gathered execution
+  → head) against the plain full model ``backbone(x)``, at batch 1 (``--b1-requests`` single-image requests) and
+  batch ``--big-batch`` (256). Full model and engine are timed alternately, ``--rounds`` times; the speedup is the
+  median over rounds of the paired ratio (robust to load drifting during the run).
+* **Latency model.** A :func:`adainf_env.latency.profile_latency` profile at batch 1 and 256, and
+  :func:`adainf_env.latency.validate_latency_model` on ``--validate-plans`` plans from the mix (plus the empty and
+  full plans): mean / max relative error of the additive per-block model against end-to-end plan forwards.
+
+Usage (CPU, the project's numbers): ``OMP_NUM_THREADS=2 python benchmarks/bench_executor.py``.
+GPU: ``python benchmarks/bench_executor.py --device cuda [--compile] [--cuda-graphs] [--channels-last]``
+(timings are bracketed by ``torch.cuda.synchronize()``, with warm-up calls first).
+The last output line is JSON with ``speedup_b1``, ``speedup_b256`` (``speedup_b<big-batch>``) and ``device``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from adainf_env.backbones import load_backbone  # noqa: E402
+from adainf_env.errors import ConfigError  # noqa: E402
+from adainf_env.executor import AdaptiveExecutor  # noqa: E402
+from adainf_env.fileio import atomic_write_json  # noqa: E402
+from adainf_env.latency import (  # noqa: E402
+    device_name,
+    plan_latency_ms,
+    profile_latency,
+    save_profile,
+    validate_latency_model,
+)
+from adainf_env.outcomes import masks_from_codes  # noqa: E402
+
+_REFERENCE_CKPT = Path(__file__).resolve().parents[2] / "shared" / "reference" / "resnet18_sd_cifar10.pt"
+
+
+@dataclasses.dataclass
+class Config:
+    backbone: str = "resnet18_cifar"
+    checkpoint: str = str(_REFERENCE_CKPT)  # "" → random init (throughput does not depend on the weights)
+    device: str = "cpu"
+    threads: int = 2  # torch CPU threads (the project's CPU numbers use 2)
+    target_macs: float = 0.5  # mean MACs fraction of the plan mix
+    big_batch: int = 256
+    b1_requests: int = 48  # single-image requests per round at batch 1
+    rounds: int = 3  # alternating full / engine timing rounds
+    strategy: str = "auto"  # executor strategy: auto | gather | group
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the engine's parts and the full model (dynamic shapes)
+    cuda_graphs: bool = False  # torch.compile(mode="reduce-overhead") = CUDA graphs; implies --compile, bucket 32
+    bucket: int = 0  # pad gathered subsets to a multiple of this many rows (few shapes for compile / graphs)
+    latency_repeats: int = 3  # timing repeats per part in the latency profile / validation
+    validate_plans: int = 6  # plans from the mix timed end to end (plus the empty and full plans)
+    skip_latency: bool = False
+    seed: int = 0
+    out: str = ""  # optional directory: results.json + latency_profile.json
+
+
+def _parse(argv: list[str] | None = None) -> Config:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for f in dataclasses.fields(Config):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            ap.add_argument(flag, type=type(f.default), default=f.default)
+    cfg = Config(**vars(ap.parse_args(argv)))
+    if cfg.strategy not in ("auto", "gather", "group"):
+        raise ConfigError(f"--strategy must be auto, gather or group, got {cfg.strategy!r}")
+    if not 0.0 < cfg.target_macs <= 1.0:
+        raise ConfigError(f"--target-macs must be in (0, 1], got {cfg.target_macs}")
+    if min(cfg.big_batch, cfg.b1_requests, cfg.rounds, cfg.latency_repeats, cfg.threads) < 1:
+        raise ConfigError("--big-batch, --b1-requests, --rounds, --latency-repeats and --threads must be ≥ 1")
+    if cfg.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {cfg.device} requested but CUDA is not available on this machine")
+    return cfg
+
+
+def tilted_plan_probs(cost: np.ndarray, target: float) -> tuple[np.ndarray, float]:
+    """Probabilities ∝ exp(θ·cost) over plans with expected cost ``target`` (θ by bisection)."""
+    if not cost.min() < target < cost.max():
+        raise ConfigError(f"target MACs fraction {target} outside the plan space's range "
+                          f"({cost.min():.3f}, {cost.max():.3f})")
+
+    def probs(theta: float) -> np.ndarray:
+        z = theta * (cost - cost.mean())
+        w = np.exp(z - z.max())
+        return w / w.sum()
+
+    lo, hi = -200.0, 200.0
+    for _ in range(200):
+        mid = 0.5 * (lo + hi)
+        if probs(mid) @ cost < target:
+            lo = mid
+        else:
+            hi = mid
+    theta = 0.5 * (lo + hi)
+    return probs(theta), theta
+
+
+def _draw_mix(rng: np.random.Generator, probs: np.ndarray, cost: np.ndarray, n_req: int, bs: int,
+              target: float, tol: float = 0.01) -> list[np.ndarray]:
+    """``n_req`` plan arrays of ``bs`` rows drawn i.i.d. from ``probs``, redrawn until their mean cost is within
+    ``tol`` of ``target`` (a round that runs a 0.45 mix would not measure "a 50 % mix")."""
+    for _ in range(10_000):
+        plans = [rng.choice(len(probs), size=bs, p=probs) for _ in range(n_req)]
+        if abs(float(np.mean([cost[p].mean() for p in plans])) - target) <= tol:
+            return plans
+    raise ConfigError(f"could not draw a plan mix within ±{tol} of MACs fraction {target}; use more requests")
+
+
+def _sync(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _timed(fn: Callable[[], Any], dev: torch.device) -> float:
+    _sync(dev)
+    t0 = time.perf_counter()
+    fn()
+    _sync(dev)
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    cfg = _parse(argv)
+    if cfg.cuda_graphs:
+        cfg.compile = True
+        cfg.bucket = cfg.bucket or 32
+    torch.set_num_threads(cfg.threads)
+    dev = torch.device(cfg.device)
+    load_start = os.getloadavg()
+    ckpt = cfg.checkpoint if cfg.checkpoint and Path(cfg.checkpoint).is_file() else None
+    if cfg.checkpoint and ckpt is None:
+        print(f"note: checkpoint {cfg.checkpoint} not found; using random weights (speed does not depend on them)")
+    bb = load_backbone(cfg.backbone, checkpoint=ckpt, device=dev)
+    nb = bb.num_blocks
+    if nb > 16:
+        raise ConfigError(f"{cfg.backbone} has {nb} blocks; this benchmark enumerates all 2^B plans (B ≤ 16)")
+    masks = masks_from_codes(np.arange(1 << nb), nb)
+    compile_mode = "reduce-overhead" if cfg.cuda_graphs else None
+    ex = AdaptiveExecutor(bb, masks, strategy=cfg.strategy, channels_last=cfg.channels_last, compile=cfg.compile,
+                          compile_mode=compile_mode, bucket=cfg.bucket)
+    macs_frac = ex.plan_cost  # MACs fractions (no plan_cost given)
+    probs, theta = tilted_plan_probs(macs_frac, cfg.target_macs)
+    rng = np.random.default_rng(cfg.seed)
+    dev_name = device_name(dev)
+    print(f"device: {dev_name}; backbone {cfg.backbone} ({'checkpoint' if ckpt else 'random init'}), {nb} blocks, "
+          f"{len(masks)} plans; load average at start {load_start[0]:.2f}")
+    print(f"plan mix: i.i.d. per request, p ∝ exp({theta:.3f}·MACs), expected MACs fraction "
+          f"{probs @ macs_frac:.3f}; strategy {cfg.strategy}, compile {cfg.compile}, CUDA graphs {cfg.cuda_graphs}")
+
+    full_fn: Callable[[torch.Tensor], torch.Tensor] = bb
+    if cfg.channels_last:
+        bb.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        full_fn = torch.compile(bb, mode=compile_mode, dynamic=False)
+
+    def full(x: torch.Tensor) -> torch.Tensor:
+        if cfg.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        return full_fn(x)
+
+    gen = torch.Generator().manual_seed(cfg.seed)
+    x_big = torch.rand((cfg.big_batch,) + tuple(bb.input_size), generator=gen).to(dev)
+    if cfg.channels_last:
+        x_big = x_big.contiguous(memory_format=torch.channels_last)
+    budgets = 1.0  # the scheduler below ignores budgets; the mix fixes the plans
+
+    results: dict[str, Any] = {"config": dataclasses.asdict(cfg), "device": dev_name, "theta": theta}
+    speedups: dict[int, float] = {}
+    with torch.inference_mode():
+        for bs in (1, cfg.big_batch):
+            n_req = cfg.b1_requests if bs == 1 else 1
+            xs = [x_big[(i * bs) % cfg.big_batch:][:bs] for i in range(n_req)]
+            # warm-up: both paths, so lazy initialisation / compilation is not timed
+            for _ in range(2 if (cfg.compile or dev.type == "cuda") else 1):
+                full(xs[0])
+                ex.run(xs[0], lambda f, b: rng.choice(len(masks), size=bs, p=probs), budgets)
+            t_full, t_eng, mix_cost = [], [], []
+            for r in range(cfg.rounds):
+                plans = _draw_mix(rng, probs, macs_frac, n_req, bs, cfg.target_macs)
+                mix_cost.append(float(np.mean([macs_frac[p].mean() for p in plans])))
+                t_full.append(_timed(lambda: [full(x) for x in xs], dev))
+                t_eng.append(_timed(lambda: [ex.run(x, lambda f, b, p=p: p, budgets) for x, p in zip(xs, plans)],
+                                    dev))
+                print(f"  batch {bs:>4} round {r}: full {n_req * bs / t_full[-1]:8.1f} img/s, engine "
+                      f"{n_req * bs / t_eng[-1]:8.1f} img/s (mix MACs {mix_cost[-1]:.3f}), "
+                      f"ratio {t_full[-1] / t_eng[-1]:.2f}")
+            ratio = float(np.median(np.array(t_full) / np.array(t_eng)))
+            speedups[bs] = ratio
+            results[f"b{bs}"] = {
+                "full_img_s": n_req * bs / float(np.median(t_full)),
+                "engine_img_s": n_req * bs / float(np.median(t_eng)),
+                "speedup_median_paired": ratio,
+                "speedup_best": float(min(t_full) / min(t_eng)),
+                "mix_macs_fraction": float(np.mean(mix_cost)),
+                "full_s": t_full,
+                "engine_s": t_eng,
+            }
+            print(f"batch {bs}: speedup {ratio:.2f}× (engine {results[f'b{bs}']['engine_img_s']:.1f} img/s vs full "
+                  f"{results[f'b{bs}']['full_img_s']:.1f} img/s)")
+
+    if not cfg.skip_latency:
+        prof = profile_latency(bb, batch_sizes=(1, cfg.big_batch), repeats=cfg.latency_repeats, warmup=1,
+                               seed=cfg.seed)
+        check = rng.choice(len(masks), size=cfg.validate_plans, p=probs, replace=False)
+        check_masks = masks[np.unique(np.concatenate([[0, len(masks) - 1], check]))]
+        lat: dict[str, Any] = {"device": prof.device}
+        for bs in (1, cfg.big_batch):
+            val = validate_latency_model(bb, prof, check_masks, batch_size=bs, repeats=cfg.latency_repeats)
+            # Per-row additive prediction of the engine's speedup on the mix (ignores gather/scatter overhead).
+            pred = prof.full_ms(bs) / float(probs @ plan_latency_ms(prof, masks, bs))
+            lat[f"b{bs}"] = {"mean_rel_err": val.mean_rel_err, "max_rel_err": val.max_rel_err,
+                             "predicted_mix_speedup": pred, "validation": val.to_dict()}
+            print(f"latency model b{bs}: mean rel. error {val.mean_rel_err:.1%}, max {val.max_rel_err:.1%} over "
+                  f"{len(check_masks)} plans; predicts mix speedup {pred:.2f}×")
+        results["latency_model"] = lat
+        if cfg.out:
+            save_profile(prof, Path(cfg.out) / "latency_profile.json")
+
+    load_end = os.getloadavg()
+    summary = {
+        "speedup_b1": round(speedups[1], 3),
+        f"speedup_b{cfg.big_batch}": round(speedups[cfg.big_batch], 3),
+        "device": dev_name,
+        "threads": torch.get_num_threads(),
+        "mix_macs_fraction": round(float(probs @ macs_frac), 4),
+        "engine_img_s_b1": round(results["b1"]["engine_img_s"], 2),
+        "full_img_s_b1": round(results["b1"]["full_img_s"], 2),
+        f"engine_img_s_b{cfg.big_batch}": round(results[f"b{cfg.big_batch}"]["engine_img_s"], 2),
+        f"full_img_s_b{cfg.big_batch}": round(results[f"b{cfg.big_batch}"]["full_img_s"], 2),
+        "strategy": cfg.strategy,
+        "compile": cfg.compile,
+        "cuda_graphs": cfg.cuda_graphs,
+        "load_avg_start": round(load_start[0], 2),
+        "load_avg_end": round(load_end[0], 2),
+        "torch": torch.__version__,
+    }
+    if "latency_model" in results:
+        for bs in (1, cfg.big_batch):
+            summary[f"latency_mean_rel_err_b{bs}"] = round(results["latency_model"][f"b{bs}"]["mean_rel_err"], 4)
+            summary[f"latency_max_rel_err_b{bs}"] = round(results["latency_model"][f"b{bs}"]["max_rel_err"], 4)
+    results["summary"] = summary
+    if cfg.out:
+        atomic_write_json(Path(cfg.out) / "results.json", results)
+    print(json.dumps(summary))
+    return summary
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
