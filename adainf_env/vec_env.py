@@ -34,6 +34,9 @@ from adainf_env.outcomes import OutcomeTable, load_table
 __all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos"]
 
 
+_REFILL_BLOCK = 128  # envs per transposed block write at a refill (a 512 B contiguous run per destination row)
+
+
 class LazyInfos(Sequence):
     """A list-like of N info dicts built on first access (and cached, so callers may mutate them)."""
 
@@ -117,12 +120,13 @@ class AdaInfVecEnv(VecEnv):
         self._loss_flat = c.loss.reshape(-1).astype(np.float64) if c.reward == "neg_ce" else None
         self._ar = np.arange(n)
         self._rngs: list[np.random.Generator | None] = [None] * n
-        # Row i = env i's buffer: refills write contiguous rows; a step reads one (strided) column.
+        # Transposed buffers (row k = every env's k-th draw) so that a step reads one contiguous row. Refills
+        # generate env by env into a small row-major block and transpose it in (see _draw): no strided writes.
         # int32 halves the permutation memory (N=1024 envs × 10k rows = 40 MB).
         idx_dtype = np.int32 if self._ns < 2**31 else np.int64
-        self._perm = np.zeros((n, self._ns), dtype=idx_dtype)
+        self._perm = np.zeros((self._ns, n), dtype=idx_dtype)
         # Bandit budgets depend only on the uniform, so bandit mode stores budgets instead of uniforms.
-        self._ubuf = np.zeros((n, RNG_CHUNK), dtype=np.float64)
+        self._ubuf = np.zeros((RNG_CHUNK, n), dtype=np.float64)
         self._ones = np.ones(n, dtype=bool)
         self._zeros = np.zeros(n, dtype=bool)
         self._pos = self._ns
@@ -145,18 +149,28 @@ class AdaInfVecEnv(VecEnv):
         refill_s = self._pos >= self._ns
         refill_u = self._upos >= RNG_CHUNK
         if refill_s or refill_u:
-            for i in range(self.num_envs):
-                r = self._rng(i)
+            blk = _REFILL_BLOCK
+            perm_tmp = np.empty((blk, self._ns), dtype=self._perm.dtype) if refill_s else None
+            u_tmp = np.empty((blk, RNG_CHUNK)) if refill_u else None
+            for i0 in range(0, self.num_envs, blk):
+                i1 = min(i0 + blk, self.num_envs)
+                for i in range(i0, i1):
+                    r = self._rng(i)  # per env: permutation first, then uniforms (the protocol's order)
+                    if refill_s:
+                        perm_tmp[i - i0] = r.permutation(self._ns)
+                    if refill_u:
+                        r.random(RNG_CHUNK, out=u_tmp[i - i0])
                 if refill_s:
-                    self._perm[i] = r.permutation(self._ns)
+                    self._perm[:, i0:i1] = perm_tmp[: i1 - i0].T
                 if refill_u:
-                    u = r.random(RNG_CHUNK)
-                    self._ubuf[i] = self.cfg.process.start(u)[0] if self._bandit else u
+                    u = u_tmp[: i1 - i0]
+                    # Processes are elementwise in u, so one call per block equals one call per env (tested).
+                    self._ubuf[:, i0:i1] = (self.cfg.process.start(u)[0] if self._bandit else u).T
             if refill_s:
                 self._pos = 0
             if refill_u:
                 self._upos = 0
-        s = self._perm[:, self._pos].astype(np.int64)
+        s = self._perm[self._pos].astype(np.int64)
         self._pos += 1
         k = self._upos
         self._upos += 1
@@ -192,10 +206,10 @@ class AdaInfVecEnv(VecEnv):
         """Begin an episode in every env: first request (rows ``s``, uniform row ``k``)."""
         self._s = s
         if self._bandit:
-            b = self._ubuf[:, k]  # holds budgets in bandit mode
+            b = self._ubuf[k]  # holds budgets in bandit mode
             self._budget = b if self._pin_b is None else np.where(np.isnan(self._pin_b), b, self._pin_b)
         else:
-            b0, self._aux = self.cfg.process.start(self._ubuf[:, k])
+            b0, self._aux = self.cfg.process.start(self._ubuf[k])
             self._proc_b = b0 if self._pin_b is None else np.where(np.isnan(self._pin_b), b0, self._pin_b)
             self._t = 0
             if self._bucket_on:
@@ -273,7 +287,7 @@ class AdaInfVecEnv(VecEnv):
         else:
             s2, k = self._draw()
             self._s = s2
-            u = self._ubuf[:, k]
+            u = self._ubuf[k]
             if self._pin_b is None:
                 self._proc_b = c.process.next(self._t, self._proc_b, self._aux, u)
             else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -94,7 +95,8 @@ def main() -> None:
     print(f"AdaInfVecEnv x{cfg.num_envs} ({cfg.mode})       : {vec:12,.0f} env-steps/s")
     print(json.dumps({"single_vs_cartpole": round(ada_sps / cart_sps, 3), "vec_steps_per_s": round(vec),
                       "single_steps_per_s": round(ada_sps), "cartpole_steps_per_s": round(cart_sps),
-                      "num_envs": cfg.num_envs, "mode": cfg.mode, "table": cfg.table}))
+                      "num_envs": cfg.num_envs, "mode": cfg.mode, "table": cfg.table,
+                      "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}))
 
 
 if __name__ == "__main__":
