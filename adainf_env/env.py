@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -329,7 +329,7 @@ class AdaInfEnv(gym.Env):
         return None
 
     def close(self) -> None:
-        self._live = self._live  # nothing to release; live backbones are owned by the caller
+        """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
 
 
 class _LiveRunner:
@@ -395,7 +395,3 @@ class _LiveRunner:
             y = torch.tensor([int(self.labels[s])], device=self._device)
             ce = float(torch.nn.functional.cross_entropy(logits, y))
         return bool(int(logits.argmax(1)) == int(self.labels[s])), ce
-
-    def outcomes(self, rows: Sequence[int], plans: Sequence[int]) -> np.ndarray:
-        """[len(rows), len(plans)] bool correctness (used by tests to compare with a table)."""
-        return np.array([[self.run(int(s), int(p))[0] for p in plans] for s in rows], dtype=bool)
