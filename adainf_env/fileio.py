@@ -104,6 +104,14 @@ def safe_np_load(path: str | os.PathLike) -> dict[str, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise TableFormatError(f"{path}: no such file")
+    # np.load treats any file that is neither a zip nor an .npy as a pickle; classify by magic bytes first so that
+    # garbage is reported as garbage and only a real pickle stream (protocol ≥ 2 starts with 0x80) as unsafe.
+    with open(path, "rb") as fh:
+        magic = fh.read(6)
+    if magic[:2] != b"PK" and magic != b"\x93NUMPY":
+        if magic[:1] == b"\x80":
+            raise UnsafeFileError(f"{path}: is a pickle stream; AdaInf never unpickles files")
+        raise TableFormatError(f"{path}: not an .npz archive (unrecognised header {magic!r})")
     try:
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
