@@ -290,6 +290,8 @@ class SB3Scheduler(Scheduler):
         self.lam = float(lam)
         self.hidden = [int(h) for h in hidden]
         self.plans = plans if isinstance(plans, str) else [int(p) for p in plans]
+        if isinstance(plans, str) and plans not in ("pareto", "all"):
+            raise ConfigError(f"plans must be 'pareto', 'all' or a list of plan indices, got {plans!r}")
         self.val_fraction = float(val_fraction)
         self.eval_every = int(eval_every)
         self.restrict_to_budget = bool(restrict_to_budget)

@@ -72,6 +72,8 @@ class TorchTableLearner(Scheduler):
         self.weight_decay = float(weight_decay)
         self.hidden = [int(h) for h in hidden]
         self.plans = plans if isinstance(plans, str) else [int(p) for p in plans]
+        if isinstance(plans, str) and plans not in ("pareto", "all"):
+            raise ConfigError(f"plans must be 'pareto', 'all' or a list of plan indices, got {plans!r}")
         self.val_fraction = float(val_fraction)
         self.restrict_to_budget = bool(restrict_to_budget)
         self.progress = progress
