@@ -16,8 +16,10 @@ import hashlib
 import json
 import os
 import pickle
+import struct
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Mapping
 
@@ -121,7 +123,10 @@ def safe_np_load(path: str | os.PathLike) -> dict[str, np.ndarray]:
         if "allow_pickle" in str(e) or "pickle" in str(e).lower():
             raise UnsafeFileError(f"{path}: contains pickled objects; AdaInf never unpickles files") from None
         raise TableFormatError(f"{path}: unreadable array archive ({e})") from None
-    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+    except (zipfile.BadZipFile, zlib.error, struct.error, EOFError, OSError, KeyError, NotImplementedError,
+            RuntimeError, OverflowError, MemoryError) as e:
+        # zlib.error: corrupt deflate stream; NotImplementedError / RuntimeError: a zip member with an unsupported
+        # compression method or encryption; MemoryError / OverflowError: a corrupt header claiming a huge array.
         raise TableFormatError(f"{path}: corrupt or truncated .npz ({type(e).__name__}: {e})") from None
 
 

@@ -332,6 +332,14 @@ def _from_project_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable
 def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable:
     """Adapt the reference layout (``../shared/reference/table_{calib,test}.npz``) to :class:`OutcomeTable`."""
     ref_dir = path.parent
+    # Shapes and kinds first, so that the conversions below cannot fail with a bare numpy error.
+    for k in sorted(_REFERENCE_KEYS):
+        if raw[k].dtype.kind not in "iuf" or (k != "label" and raw[k].ndim != 2):
+            raise TableFormatError(f"{path}: reference array {k!r} must be numeric and 2-D (label 1-D), got "
+                                   f"{raw[k].dtype} {raw[k].shape}")
+    if raw["label"].ndim != 1 or any(raw[k].shape[0] != raw["label"].shape[0] for k in _REFERENCE_KEYS):
+        raise TableFormatError(f"{path}: reference arrays disagree on the number of rows "
+                               f"({ {k: raw[k].shape for k in sorted(_REFERENCE_KEYS)} })")
     summary_path = ref_dir / "summary.json"
     if not summary_path.is_file():
         raise TableFormatError(f"{path}: reference-layout table needs summary.json beside it (for MACs)")
