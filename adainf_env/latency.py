@@ -78,22 +78,39 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _clock(clock: str, device: torch.device) -> Callable[[], float]:
+    if clock == "wall":
+        return time.perf_counter
+    if clock == "process":
+        if device.type != "cpu":
+            raise ConfigError("clock='process' (CPU time of this process) only measures CPU work; use 'wall' on "
+                              f"{device.type}")
+        return time.process_time
+    raise ConfigError(f"clock must be 'wall' or 'process', got {clock!r}")
+
+
 def time_callable(fn: Callable[[], Any], *, repeats: int, warmup: int = 1,
-                  device: torch.device | str = "cpu") -> np.ndarray:
-    """Wall-clock milliseconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls), one per call."""
+                  device: torch.device | str = "cpu", clock: str = "wall") -> np.ndarray:
+    """Milliseconds of ``repeats`` calls of ``fn`` (after ``warmup`` untimed calls), one per call.
+
+    ``clock="wall"`` is elapsed time (what a request waits); ``clock="process"`` is the CPU time of this process,
+    all threads summed — on a CPU shared with other jobs it excludes time spent waiting for a core, so profiles
+    taken under changing load stay comparable (divide by the thread count for a dedicated-machine wall estimate).
+    """
     if repeats < 1 or warmup < 0:
         raise ConfigError(f"repeats must be ≥ 1 and warmup ≥ 0, got repeats={repeats}, warmup={warmup}")
     device = torch.device(device)
+    now = _clock(clock, device)
     for _ in range(warmup):
         fn()
     _sync(device)
     out = np.empty(repeats, dtype=np.float64)
     for r in range(repeats):
         _sync(device)
-        t0 = time.perf_counter()
+        t0 = now()
         fn()
         _sync(device)
-        out[r] = (time.perf_counter() - t0) * 1e3
+        out[r] = (now() - t0) * 1e3
     return out
 
 
@@ -186,12 +203,13 @@ def profile_latency(
     repeats: int = 10,
     warmup: int = 2,
     seed: int = 0,
+    clock: str = "wall",
     progress: bool = True,
 ) -> LatencyProfile:
     """Measure a :class:`LatencyProfile` of ``backbone`` (moved to ``device`` if given; eval mode).
 
     Each block is timed on the hidden state the full model feeds it, from a seeded random [0, 1] image batch.
-    Cost: about ``2 × (repeats + warmup)`` full-model forwards per batch size.
+    Cost: about ``2 × (repeats + warmup)`` full-model forwards per batch size. ``clock``: see :func:`time_callable`.
     """
     from tqdm.auto import tqdm
 
@@ -203,12 +221,13 @@ def profile_latency(
         backbone.to(device)
     backbone.eval()
     dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
+    _clock(clock, dev)  # validate before any timing
     nb = len(backbone.blocks)
     gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[Any]] = {k: [] for k in ("stem_ms", "head_ms") + _PART_KEYS}
 
     def med(fn: Callable[[], Any]) -> float:
-        return float(np.median(time_callable(fn, repeats=repeats, warmup=warmup, device=dev)))
+        return float(np.median(time_callable(fn, repeats=repeats, warmup=warmup, device=dev, clock=clock)))
 
     steps = len(batch_sizes) * (2 + 4 * nb)
     with tqdm(total=steps, desc=f"latency profile {_backbone_name(backbone)}", disable=not progress) as bar:
@@ -232,7 +251,7 @@ def profile_latency(
             for k in _PART_KEYS:
                 rows[k].append(per[k])
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats, "warmup": warmup,
-            "statistic": "median", "created_unix": time.time()}
+            "statistic": "median", "clock": clock, "created_unix": time.time()}
     return LatencyProfile(backbone=_backbone_name(backbone), num_blocks=nb, device=device_name(dev),
                           batch_sizes=tuple(int(b) for b in batch_sizes), meta=meta,
                           **{k: np.asarray(v, dtype=np.float64) for k, v in rows.items()})
@@ -295,12 +314,13 @@ class LatencyValidation:
     rel_err: np.ndarray  # [K] |predicted − measured| / measured
     mean_rel_err: float
     max_rel_err: float
+    clock: str = "wall"
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch_size": self.batch_size, "plans": self.plan_masks.astype(int).tolist(),
                 "predicted_ms": self.predicted_ms.tolist(), "measured_ms": self.measured_ms.tolist(),
                 "rel_err": self.rel_err.tolist(), "mean_rel_err": self.mean_rel_err,
-                "max_rel_err": self.max_rel_err}
+                "max_rel_err": self.max_rel_err, "clock": self.clock}
 
 
 @torch.inference_mode()
@@ -313,9 +333,13 @@ def validate_latency_model(
     repeats: int = 5,
     warmup: int = 1,
     seed: int = 0,
+    clock: str | None = None,
     progress: bool = True,
 ) -> LatencyValidation:
-    """Time ``backbone.forward(x, mask=m)`` for each plan mask and compare with :func:`plan_latency_ms`."""
+    """Time ``backbone.forward(x, mask=m)`` for each plan mask and compare with :func:`plan_latency_ms`.
+
+    ``clock`` defaults to the one the profile was measured with.
+    """
     from tqdm.auto import tqdm
 
     masks = _masks(profile, plan_masks)
@@ -323,6 +347,7 @@ def validate_latency_model(
         raise ConfigError(f"profile is for {profile.backbone!r} ({profile.num_blocks} blocks), backbone is "
                           f"{_backbone_name(backbone)!r} ({len(backbone.blocks)} blocks)")
     predicted = plan_latency_ms(profile, masks, batch_size)
+    clock = str(profile.meta.get("clock", "wall")) if clock is None else clock
     dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((int(batch_size),) + tuple(backbone.input_size), generator=gen).to(dev)
@@ -330,11 +355,11 @@ def validate_latency_model(
     for k, m in enumerate(tqdm(masks, desc=f"validate latency model b{batch_size}", disable=not progress)):
         mt = torch.from_numpy(m)
         measured[k] = np.median(time_callable(lambda: backbone(x, mask=mt), repeats=repeats, warmup=warmup,
-                                              device=dev))
+                                              device=dev, clock=clock))
     rel = np.abs(predicted - measured) / measured
     return LatencyValidation(batch_size=int(batch_size), plan_masks=masks, predicted_ms=predicted,
                              measured_ms=measured, rel_err=rel, mean_rel_err=float(rel.mean()),
-                             max_rel_err=float(rel.max()))
+                             max_rel_err=float(rel.max()), clock=clock)
 
 
 # ---------------------------------------------------------------------- files

@@ -45,7 +45,7 @@ class _SleepBlock(SkippableBlock):
 class SleepyNet(SkippableBackbone):
     name = "sleepy"
 
-    def __init__(self, block_ms=(2.0, 4.0, 6.0, 8.0)) -> None:
+    def __init__(self, block_ms=(5.0, 10.0, 15.0, 20.0)) -> None:
         super().__init__(num_classes=3, input_size=(3, 4, 4), mean=(0.5,) * 3, std=(0.25,) * 3)
         self.blocks = torch.nn.ModuleList(_SleepBlock(ms) for ms in block_ms)
         self.fc = torch.nn.Linear(3, 3)
@@ -110,7 +110,7 @@ def test_additive_model_predicts_end_to_end_time() -> None:
     """On a backbone whose parts take known times, the profile recovers them and predicts plan times."""
     bb = SleepyNet()
     prof = profile_latency(bb, batch_sizes=(2,), repeats=3, warmup=1, progress=False)
-    np.testing.assert_allclose(prof.block_ms[0], [2.0, 4.0, 6.0, 8.0], rtol=0.5, atol=1.0)
+    np.testing.assert_allclose(prof.block_ms[0], [5.0, 10.0, 15.0, 20.0], rtol=0.5, atol=2.0)
     assert (prof.skip_ms[0] < 0.5).all()
     masks = masks_from_codes(np.array([0, 3, 9, 15]), 4)
     val = validate_latency_model(bb, prof, masks, batch_size=2, repeats=3, progress=False)
@@ -118,7 +118,15 @@ def test_additive_model_predicts_end_to_end_time() -> None:
     assert val.mean_rel_err < 0.2, val.to_dict()
     assert np.all(np.diff(val.predicted_ms[[0, 1, 3]]) > 0)
     frac = plan_latency(prof, masks, 2)
-    assert frac[-1] == pytest.approx(1.0) and frac[0] < 0.25
+    assert frac[-1] == pytest.approx(1.0) and frac[0] < 0.2
+
+
+def test_process_clock_counts_cpu_work_not_sleep() -> None:
+    busy = time_callable(lambda: sum(i * i for i in range(200_000)), repeats=3, clock="process")
+    idle = time_callable(lambda: time.sleep(0.02), repeats=3, clock="process")
+    assert np.median(busy) > 1.0 and np.median(idle) < 5.0
+    prof = profile_latency(SleepyNet(), batch_sizes=(1,), repeats=1, warmup=0, clock="process", progress=False)
+    assert prof.meta["clock"] == "process" and prof.block_ms.max() < 5.0  # sleeping costs no CPU
 
 
 def test_attach_latency_returns_a_table_copy_with_latency_costs() -> None:
@@ -146,6 +154,10 @@ def test_bad_profiles_and_arguments_are_refused(tmp_path: Path) -> None:
         _synthetic_profile(batch_sizes=(1, 1))
     with pytest.raises(ConfigError, match="repeats"):
         time_callable(lambda: None, repeats=0)
+    with pytest.raises(ConfigError, match="clock"):
+        time_callable(lambda: None, repeats=1, clock="cycles")
+    with pytest.raises(ConfigError, match="only measures CPU work"):
+        time_callable(lambda: None, repeats=1, device="cuda", clock="process")
     with pytest.raises(ConfigError, match="no such"):
         load_profile(tmp_path / "missing.json")
     bad = tmp_path / "bad.json"
