@@ -172,7 +172,7 @@ def test_bad_inputs_raise_clear_errors():
         (dict(meta={"backbone": "resnet18_cifar"}), "backbone"),
     ]
     for override, msg in cases:
-        kw = dict(images=imgs, labels=labels, sample_index=idx, progress=False, **override)
+        kw = {**dict(images=imgs, labels=labels, sample_index=idx, progress=False), **override}
         with pytest.raises(ConfigError, match=msg):
             build_table(model, kw.pop("images"), kw.pop("labels"), **kw)
     big = TinyResNet(num_blocks=11, width=2)
@@ -190,8 +190,9 @@ def test_reference_images_agree_with_reference_table(reference_checkpoint, cifar
     model = load_backbone("resnet18_cifar", reference_checkpoint)
     imgs, labels = load_images(cifar_archive, "cifar10", "test")
     n = 32
-    # A structured subset (≈ 70 of the 256 plans) keeps this test fast on 2 shared cores.
-    masks = structured_plan_subset(8, num_random=40, seed=0)
+    # A structured subset (40 of the 256 plans) keeps this test fast on 2 shared cores.
+    masks = structured_plan_subset(8, num_random=10, seed=0)
+    assert len(masks) == 40
     t = build_table(model, imgs[:n], labels[:n], sample_index=np.arange(n), plan_masks=masks, batch_size=n,
                     progress=False)
     cols = codes_from_masks(masks)
