@@ -70,6 +70,8 @@ class AdaptiveExecutor:
             on the 2-core CPU it did not help (see ``benchmarks/bench_executor.py --channels-last``); on GPUs with
             tensor cores it usually does.
         compile: wrap each block's run/skip path, the stem and the head in ``torch.compile(dynamic=True)``.
+        compile_mode: ``torch.compile`` mode; ``"reduce-overhead"`` = CUDA graphs (then the gather strategy is
+            always used, so each graph replays at most once per batch).
         bucket: when > 0, gathered subsets are padded (by repeating a row) to a multiple of ``bucket`` rows so that
             compiled kernels / CUDA graphs see few distinct shapes; padded rows are computed and discarded.
         feature_format: ``"numpy"`` (default, float32 array on the CPU) or ``"torch"`` (tensor on the device) for
@@ -256,10 +258,16 @@ class AdaptiveExecutor:
             x = x.to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            return self.execute_hidden(self._stem_fn(x), p)
+            out = self.execute_hidden(self._stem_fn(x), p)
+            # A CUDA-graph output lives in the graph's memory pool and is overwritten by the next replay.
+            return out.clone() if self._cudagraphs else out
 
     def choose_strategy(self, plans: np.ndarray) -> str:
-        """The strategy ``auto`` uses for this batch of plan indices."""
+        """The strategy used for this batch of plan indices."""
+        if self._cudagraphs:
+            # CUDA graphs (cudagraph trees) replay each compiled block at most once per step: only the gather
+            # strategy guarantees that (grouping would call a block once per plan group).
+            return "gather"
         if self.strategy != "auto":
             return self.strategy
         distinct = int(np.unique(plans).size)

@@ -16,7 +16,7 @@ so environments and schedulers can budget in measured time (``OutcomeTable.plan_
 :func:`attach_latency`); :func:`plan_latency_ms` gives milliseconds. :func:`validate_latency_model` times real
 end-to-end plan forwards and reports how far the additive prediction is from them.
 
-Timings are medians over ``repeats`` calls after ``warmup`` calls; on CUDA every call is bracketed by
+Timings are medians over ``repeats`` passes after ``warmup`` passes; on CUDA every call is bracketed by
 ``torch.cuda.synchronize()`` so the wall clock measures the kernels, not their launch.
 Profiles are JSON (no pickles), written atomically, and carry the device name, thread count and torch version.
 """
@@ -208,48 +208,63 @@ def profile_latency(
 ) -> LatencyProfile:
     """Measure a :class:`LatencyProfile` of ``backbone`` (moved to ``device`` if given; eval mode).
 
-    Each block is timed on the hidden state the full model feeds it, from a seeded random [0, 1] image batch.
-    Cost: about ``2 × (repeats + warmup)`` full-model forwards per batch size. ``clock``: see :func:`time_callable`.
+    Each block is timed in context (one network pass per repeat, see the comment below) on the hidden state the full
+    model feeds it, from a seeded random [0, 1] image batch. Cost: about ``2 × (repeats + warmup)`` full-model
+    forwards per batch size. ``clock``: see :func:`time_callable`.
     """
     from tqdm.auto import tqdm
 
     if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
         raise ConfigError(f"batch_sizes must be positive ints, got {list(batch_sizes)}")
-    if repeats < 1:
-        raise ConfigError(f"repeats must be ≥ 1, got {repeats}")
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be ≥ 1 and warmup ≥ 0, got repeats={repeats}, warmup={warmup}")
     if device is not None:
         backbone.to(device)
     backbone.eval()
     dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
-    _clock(clock, dev)  # validate before any timing
     nb = len(backbone.blocks)
     gen = torch.Generator().manual_seed(seed)
     rows: dict[str, list[Any]] = {k: [] for k in ("stem_ms", "head_ms") + _PART_KEYS}
 
-    def med(fn: Callable[[], Any]) -> float:
-        return float(np.median(time_callable(fn, repeats=repeats, warmup=warmup, device=dev, clock=clock)))
+    now = _clock(clock, dev)
 
-    steps = len(batch_sizes) * (2 + 4 * nb)
-    with tqdm(total=steps, desc=f"latency profile {_backbone_name(backbone)}", disable=not progress) as bar:
+    def timed(fn: Callable[[torch.Tensor], torch.Tensor], arg: torch.Tensor) -> tuple[float, torch.Tensor]:
+        _sync(dev)
+        t0 = now()
+        out = fn(arg)
+        _sync(dev)
+        return (now() - t0) * 1e3, out
+
+    # In-context timing: each repeat is one pass through the network in execution order, timing every part on the
+    # hidden state the full model feeds it. Timing a block many times in a row instead keeps its weights hot in
+    # the CPU caches and under-predicts a real forward, where each block's weights arrive cold (at batch 1 on the
+    # 2-core CPU that bias was ~2×). The executed block is timed first (cold, as in a forward), then its skip path,
+    # then the two branches (for inspection only).
+    with tqdm(total=len(batch_sizes) * (warmup + repeats), desc=f"latency profile {_backbone_name(backbone)}",
+              disable=not progress) as bar:
         for bs in batch_sizes:
             x = torch.rand((int(bs),) + tuple(backbone.input_size), generator=gen).to(dev)
-            rows["stem_ms"].append(med(lambda: backbone.stem(backbone.prepare(x))))
-            bar.update()
-            h = backbone.stem(backbone.prepare(x))
-            per: dict[str, list[float]] = {k: [] for k in _PART_KEYS}
-            for blk in backbone.blocks:
-                hin = h
-                per["block_ms"].append(med(lambda: blk(hin)))
-                per["skip_ms"].append(med(lambda: blk.skip(hin)))
-                per["residual_ms"].append(med(lambda: blk.residual(hin)))
-                per["shortcut_ms"].append(med(lambda: blk.shortcut(hin)))
-                bar.update(4)
-                h = blk(hin)
-            hl = h
-            rows["head_ms"].append(med(lambda: backbone.head(hl)))
-            bar.update()
+            t = {k: np.empty((repeats, nb)) for k in _PART_KEYS}
+            t_stem, t_head = np.empty(repeats), np.empty(repeats)
+            for r in range(-warmup, repeats):
+                ms_stem, h = timed(lambda a: backbone.stem(backbone.prepare(a)), x)
+                row = {k: np.empty(nb) for k in _PART_KEYS}
+                for b, blk in enumerate(backbone.blocks):
+                    row["block_ms"][b], h_next = timed(blk, h)
+                    row["skip_ms"][b], _ = timed(blk.skip, h)
+                    row["residual_ms"][b], _ = timed(blk.residual, h)
+                    row["shortcut_ms"][b], _ = timed(blk.shortcut, h)
+                    h = h_next
+                ms_head, _ = timed(backbone.head, h)
+                bar.update()
+                if r >= 0:
+                    t_stem[r], t_head[r] = ms_stem, ms_head
+                    for k in _PART_KEYS:
+                        t[k][r] = row[k]
+            rows["stem_ms"].append(float(np.median(t_stem)))
+            rows["head_ms"].append(float(np.median(t_head)))
             for k in _PART_KEYS:
-                rows[k].append(per[k])
+                rows[k].append(np.median(t[k], axis=0))
     meta = {"threads": torch.get_num_threads(), "torch": torch.__version__, "repeats": repeats, "warmup": warmup,
             "statistic": "median", "clock": clock, "created_unix": time.time()}
     return LatencyProfile(backbone=_backbone_name(backbone), num_blocks=nb, device=device_name(dev),
@@ -351,11 +366,18 @@ def validate_latency_model(
     dev = next((p.device for p in backbone.parameters()), torch.device("cpu"))
     gen = torch.Generator().manual_seed(seed)
     x = torch.rand((int(batch_size),) + tuple(backbone.input_size), generator=gen).to(dev)
-    measured = np.empty(len(masks))
-    for k, m in enumerate(tqdm(masks, desc=f"validate latency model b{batch_size}", disable=not progress)):
-        mt = torch.from_numpy(m)
-        measured[k] = np.median(time_callable(lambda: backbone(x, mask=mt), repeats=repeats, warmup=warmup,
-                                              device=dev, clock=clock))
+    mts = [torch.from_numpy(m) for m in masks]
+    # Round-robin over plans (one timed call of each plan per round, median over rounds): on a shared machine the
+    # load drifts over minutes, and timing plan after plan would charge that drift to whichever plan came last.
+    for mt in mts:
+        for _ in range(warmup):
+            backbone(x, mask=mt)
+    times = np.empty((repeats, len(mts)))
+    for r in tqdm(range(repeats), desc=f"validate latency model b{batch_size}", disable=not progress):
+        for k, mt in enumerate(mts):
+            times[r, k] = time_callable(lambda: backbone(x, mask=mt), repeats=1, warmup=0, device=dev,
+                                        clock=clock)[0]
+    measured = np.median(times, axis=0)
     rel = np.abs(predicted - measured) / measured
     return LatencyValidation(batch_size=int(batch_size), plan_masks=masks, predicted_ms=predicted,
                              measured_ms=measured, rel_err=rel, mean_rel_err=float(rel.mean()),
