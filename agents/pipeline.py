@@ -27,7 +27,7 @@ import inspect
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 import numpy as np
 
@@ -42,8 +42,8 @@ __all__ = ["PipelineConfig", "resolve_mode", "obtain_tables", "prepare_run", "fi
 #: The demo at ``demo_scale = 1`` (≈ 3 min on 2 CPU cores): narrow ResNet18 (width 16 = 1/16 of the MACs of the
 #: reference width 64; same 8 skippable blocks and 256 plans), trained on the sample's images not held out for
 #: calibration; tables on ``calib_images`` held-out train images and ``test_images`` test images.
-DEMO: dict[str, Any] = {"width": 16, "train_epochs": 6, "calib_images": 1500, "test_images": 2000,
-                        "timesteps": 60_000}
+DEMO: dict[str, Any] = {"width": 16, "train_epochs": 3, "calib_images": 600, "test_images": 500,
+                        "timesteps": 100_000}
 
 
 def demo_settings(scale: float) -> dict[str, Any]:
@@ -57,6 +57,8 @@ def demo_settings(scale: float) -> dict[str, Any]:
         "test_images": max(64, int(DEMO["test_images"] * scale)),
         "train_images": None if scale >= 1 else max(128, int(3500 * scale)),
         "timesteps": max(2048, int(DEMO["timesteps"] * scale)),
+        "batch_size": 128 if scale >= 1 else 32,
+        "eval_images": max(32, int(300 * scale)),
     }
 
 
@@ -71,7 +73,8 @@ class PipelineConfig:
     algo: str = _h("scheduler to train (registry name: ppo, a2c, dqn, maskable_ppo, reinforce, blockdrop, hinge)",
                    default="ppo")
     backbone: str = _h("backbone (resnet18_cifar, resnet32_cifar)", default="resnet18_cifar")
-    dataset: Literal["cifar10", "cifar100"] = _h("dataset", default="cifar10")
+    dataset: str = _h("dataset: cifar10, cifar100 (torchvision root or archive), imagefolder / imagenet (a local "
+                      "<root>/train|val/<class>/ copy)", default="cifar10")
     table_dir: Path | None = _h("start from prebuilt tables: a directory with table_calib.npz and table_test.npz "
                                 "(project format or ../shared/reference)", default=None)
     data: Path | None = _h("data: a torchvision root holding the dataset or an image-folder archive (.tgz); default: "
@@ -95,8 +98,9 @@ class PipelineConfig:
     final_survival: float = _h("stochastic depth: survival probability of the last block (linear decay)",
                                default=0.5)
     num_calib: int = _h("train images held out as the calibration split (full mode)", default=10_000)
-    calib_limit: int | None = _h("use only the first N calibration images for the table", default=None)
-    test_limit: int | None = _h("use only the first N test images for the table", default=None)
+    calib_limit: int | None = _h("use only N calibration images (of the seeded calibration split) for the table",
+                                 default=None)
+    test_limit: int | None = _h("use only N evenly spaced test images for the table", default=None)
     device: str = _h("torch device for backbone training / table building (auto = cuda if available)",
                      default="auto")
     demo: bool = _h("run the offline demo on the shipped sample even if data is available", default=False)
@@ -108,7 +112,11 @@ class PipelineConfig:
         from agents.base import check_budgets
         from agents.registry import scheduler_class
 
+        from adainf_env.data import DATASETS
+
         scheduler_class(self.algo)  # unknown names fail before any work
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"--dataset {self.dataset!r}: expected one of {', '.join(DATASETS)}")
         check_budgets(np.asarray(self.budgets, dtype=np.float64))
         if not self.budgets:
             raise ConfigError("--budgets is empty")
@@ -163,11 +171,32 @@ def _device(name: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+class _Clock:
+    """Wall and process-CPU seconds since the last ``lap`` (logged per stage, so a slow step is visible)."""
+
+    def __init__(self) -> None:
+        self.t, self.c = time.perf_counter(), time.process_time()
+
+    def lap(self) -> str:
+        t, c = time.perf_counter(), time.process_time()
+        out = f"{t - self.t:.1f} s wall, {c - self.c:.1f} s CPU"
+        self.t, self.c = t, c
+        return out
+
+
+def _spread(indices: np.ndarray, n: int | None) -> np.ndarray:
+    """``n`` evenly spaced entries of sorted ``indices`` (all when None or ≥ len). Subsets are spread out because
+    image-folder archives are sorted by class: "the first N" of a split would hold one or two classes."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if n is None or n >= len(indices):
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, int(n)).round().astype(np.int64))]
+
+
 def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callable[[str], None] = print,
                   plan_masks: np.ndarray | None = None) -> tuple[OutcomeTable, OutcomeTable, dict[str, Any]]:
     """``(calib, test, provenance)`` for the run: from ``table_dir``, or data → backbone → cached tables."""
     from adainf_env.data import load_images, make_splits
-    from adainf_env.fileio import sha256_file
     from agents.pipeline_backbone import obtain_backbone
     from agents.pipeline_tables import cached_table, default_table_cache, tables_from_dir
 
@@ -177,27 +206,33 @@ def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callab
                              "checkpoint_sha256": calib.meta.get("checkpoint_sha256")}
     choice = mode.data
     demo = demo_settings(cfg.demo_scale) if mode.kind == "demo" else None
-    t0 = time.perf_counter()
+    clock = _Clock()
     train_x, train_y = load_images(choice.source, cfg.dataset, "train", download=choice.download)
     test_x, test_y = load_images(choice.source, cfg.dataset, "test", download=choice.download)
     log(f"[data] {cfg.dataset} from {choice.source}: {len(train_y)} train / {len(test_y)} test images "
-        f"({time.perf_counter() - t0:.1f} s)")
+        f"({clock.lap()})")
     num_calib = demo["calib_images"] if demo else cfg.num_calib
     if num_calib >= len(train_y):
         raise ConfigError(f"--num-calib {num_calib} leaves no training images (train split has {len(train_y)})")
     splits = make_splits(len(train_y), seed=cfg.seed, num_calib=num_calib)
     fit_idx = splits["fit"]
     if demo and demo["train_images"] is not None:
-        fit_idx = fit_idx[: demo["train_images"]]
-    calib_idx = splits["calib"][: cfg.calib_limit] if cfg.calib_limit else splits["calib"]
+        fit_idx = _spread(fit_idx, demo["train_images"])
+    calib_idx = _spread(splits["calib"], cfg.calib_limit)
     test_n = min(len(test_y), demo["test_images"] if demo else len(test_y), cfg.test_limit or len(test_y))
-    test_idx = np.arange(test_n, dtype=np.int64)
+    test_idx = _spread(np.arange(len(test_y), dtype=np.int64), test_n)
     device = _device(cfg.device)
-    model, ckpt_path = obtain_backbone(cfg, train_x[fit_idx], train_y[fit_idx], run_dir,
-                                       width=demo["width"] if demo else cfg.width,
-                                       epochs=demo["train_epochs"] if demo else cfg.train_epochs,
-                                       device=device, log=log)
-    sha = sha256_file(ckpt_path)
+    names = class_names_for(cfg.dataset, choice.source)
+    # held-out accuracy while training: calibration images (never trained on); a few hundred suffice in the demo
+    eval_idx = _spread(splits["calib"], demo["eval_images"]) if demo else splits["calib"]
+    model, weights_id, ckpt_path = obtain_backbone(cfg, train_x[fit_idx], train_y[fit_idx], run_dir,
+                                                   width=demo["width"] if demo else cfg.width,
+                                                   epochs=demo["train_epochs"] if demo else cfg.train_epochs,
+                                                   device=device, num_classes=len(names), class_names=names,
+                                                   eval_images=train_x[eval_idx], eval_labels=train_y[eval_idx],
+                                                   batch_size=demo["batch_size"] if demo else 128, log=log)
+    sha = weights_id
+    log(f"[backbone] ready ({clock.lap()})")
     cache = cfg.table_cache or default_table_cache()
     common = dict(checkpoint_sha256=sha, dataset=cfg.dataset, source_id=choice.source_id, cache=cache,
                   device=device, progress=cfg.progress, plan_masks=plan_masks, log=log,
@@ -206,10 +241,23 @@ def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callab
                                                    sample_index=calib_idx, split="calib", **common)
     test, test_path, test_reused = cached_table(model, test_x[test_idx], test_y[test_idx], sample_index=test_idx,
                                                 split="test", **common)
-    return calib, test, {"checkpoint": str(ckpt_path), "checkpoint_sha256": sha, "data": str(choice.source),
+    log(f"[tables] ready ({clock.lap()})")
+    return calib, test, {"checkpoint": str(ckpt_path) if ckpt_path else None, "checkpoint_sha256": sha, "data": str(choice.source),
                          "data_kind": choice.kind, "calib_table": str(calib_path), "test_table": str(test_path),
                          "tables_reused": {"calib": calib_reused, "test": test_reused},
                          "num_fit_images": int(len(fit_idx))}
+
+
+def class_names_for(dataset: str, source: Any) -> list[str]:
+    """Class names in label order: built-in for CIFAR, folder names (``_`` → space) for image folders."""
+    from adainf_env.data import class_names
+
+    if dataset in ("cifar10", "cifar100"):
+        return list(class_names(dataset))
+    root = Path(source) / "train"
+    if not root.is_dir():
+        raise ConfigError(f"{source}: cannot read class names (no train/<class>/ folders)")
+    return [d.name.replace("_", " ") for d in sorted(root.iterdir()) if d.is_dir()]
 
 
 def _accepts(cls: type, name: str) -> bool:
@@ -265,10 +313,10 @@ def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, write
     what = f"{kw['total_timesteps']} env steps" if "total_timesteps" in kw else "default settings"
     log(f"[{cfg.algo}] training on the calibration table ({calib.num_samples} samples, {calib.num_plans} plans, "
         f"{what})")
-    t0 = time.perf_counter()
+    t0, clock = time.perf_counter(), _Clock()
     sched.fit(calib, seed=cfg.seed, **fit_kw)
     fit_s = time.perf_counter() - t0
-    log(f"[{cfg.algo}] trained in {fit_s:.1f} s")
+    log(f"[{cfg.algo}] trained ({clock.lap()})")
     sched.save(run_dir / f"scheduler_{cfg.algo}.npz")
     return sched, fit_s
 
@@ -296,12 +344,17 @@ def _gaps(records: list[dict[str, Any]], learned: str, ref: str = "lut") -> dict
 
 def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True, script: str = "ppo_resnet18.py",
                 full_command: str | None = None, log: Callable[[str], None] = print,
-                extra_config: dict[str, Any] | None = None, plan_masks: np.ndarray | None = None):
+                extra_config: dict[str, Any] | None = None, plan_masks: np.ndarray | None = None,
+                demo_description: str | None = None):
     """Resolve the mode, create the run directory (config.json + git revision), print the demo banner, and get the
     calibration and test tables. Returns ``(mode, run_dir, calib, test, provenance, full_command)``."""
     from agents.rundir import make_run_dir, save_config
 
     mode = resolve_mode(cfg, allow_demo=allow_demo)
+    if mode.kind == "tables":
+        from adainf_env.outcomes import find_split_tables
+
+        find_split_tables(cfg.table_dir)  # a wrong --table-dir fails before a run directory is made
     backbone_label = cfg.backbone if mode.kind != "demo" else f"{cfg.backbone}-demo"
     run_dir = make_run_dir(backbone=backbone_label, algo=algo_label, seed=cfg.seed, out=cfg.out, root=cfg.runs_root)
     full_cmd = full_command or (f"python experiments/{script} --data /path/to/cifar10   "
@@ -310,10 +363,12 @@ def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True
                                 f"python experiments/{script} --table-dir DIR")
     if mode.kind == "demo":
         bar = "=" * 100
+        what = demo_description or (
+            f"a narrow stochastic-depth ResNet18 (width {DEMO['width']}) trained for about a minute, its outcome "
+            f"tables for all 256 plans, {algo_label} trained on the calibration table and evaluated against the "
+            f"references on held-out test images")
         log(f"{bar}\nDEMO MODE ({mode.reason}).\nThis is a small but real end-to-end run on the "
-            f"{len_demo_note()} shipped in the package: a narrow stochastic-depth ResNet18 (width "
-            f"{DEMO['width']}) trained for about a minute, its outcome tables for all 256 plans, {algo_label} "
-            f"trained on the calibration table and evaluated against the references on held-out test images.\n"
+            f"{len_demo_note()} shipped in the package: {what}.\n"
             f"Numbers from the demo are NOT the paper-scale results. For the full experiment run:\n    {full_cmd}"
             f"\n{bar}")
     else:
@@ -327,7 +382,9 @@ def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True
 
 
 def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = "ppo_resnet18.py",
-                 full_command: str | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
+                 full_command: str | None = None, log: Callable[[str], None] = print,
+                 plan_masks: np.ndarray | None = None, extra_config: dict[str, Any] | None = None,
+                 title_note: str = "", demo_description: str | None = None) -> dict[str, Any]:
     """Run one experiment end to end (see module docstring); returns a summary dict (also ``run_summary.json``)."""
     from torch.utils.tensorboard import SummaryWriter
 
@@ -337,7 +394,9 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
 
     t_start = time.perf_counter()
     mode, run_dir, calib, test, prov, full_cmd = prepare_run(cfg, algo_label=cfg.algo, allow_demo=allow_demo,
-                                                             script=script, full_command=full_command, log=log)
+                                                             script=script, full_command=full_command, log=log,
+                                                             plan_masks=plan_masks, extra_config=extra_config,
+                                                             demo_description=demo_description)
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     try:
         sched, fit_s = fit_scheduler(cfg, calib, run_dir, writer, log=log,
@@ -351,7 +410,8 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
         figure = None
         if cfg.plots:
             figure = plot_run(records, run_dir / "accuracy_cost_vs_budget.png", full_accuracy=full_acc,
-                              title=f"{'DEMO — ' if mode.kind == 'demo' else ''}{calib.meta.get('backbone')} on "
+                              title=f"{'DEMO — ' if mode.kind == 'demo' else ''}{title_note}"
+                                    f"{calib.meta.get('backbone')} on "
                                     f"{calib.meta.get('dataset')} test ({test.num_samples} images): {cfg.algo} vs "
                                     f"lut (calib-chosen) and oracle (bound)")
         log_test_records(writer, scheds, test, records, lam=cfg.lam)
@@ -373,7 +433,8 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
                "provenance": prov, "files": sorted(p.name for p in run_dir.iterdir()),
                "figure": str(figure) if figure else None}
     atomic_write_json(run_dir / "run_summary.json", summary)
-    log(f"[run] done in {wall:.1f} s → {run_dir}/results.json")
+    log(f"[run] done in {wall:.1f} s wall ({time.process_time():.0f} s CPU in this process) → "
+        f"{run_dir}/results.json")
     if mode.kind == "demo":
         log(f"[run] that was the DEMO. Full experiment: {full_cmd}")
     return summary

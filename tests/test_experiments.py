@@ -1,0 +1,225 @@
+"""Every experiment script smoke-runs with a tiny budget and leaves a complete run directory; the offline demo runs
+with no ../shared, no data and no network; scripts without data fail with a clear DataSourceError.
+
+Tables for the table-driven scripts are the synthetic toy tables (adainf_env.toy) saved in the project format, so
+these tests need nothing outside the repository.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+RECORD_KEYS = {"scheduler", "setting", "budget", "seed", "accuracy", "mean_cost", "overrun_rate"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path_factory, monkeypatch):
+    """No ../shared, no user data, caches in a temp dir, cwd without ./data: what a fresh machine sees."""
+    home = tmp_path_factory.mktemp("home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("ADAINF_CACHE", str(home / "cache"))
+    monkeypatch.setenv("ADAINF_SHARED", str(home / "no-shared"))
+    monkeypatch.delenv("ADAINF_DATA", raising=False)
+    monkeypatch.chdir(home)
+    sys.path.insert(0, str(ROOT / "experiments"))
+    yield
+    sys.path.remove(str(ROOT / "experiments"))
+
+
+@pytest.fixture(scope="module")
+def toy_table_dir(tmp_path_factory) -> Path:
+    from adainf_env.outcomes import save_table
+    from adainf_env.toy import make_toy_table
+
+    d = tmp_path_factory.mktemp("toy_tables")
+    save_table(make_toy_table(1200, seed=0, split="calib"), d / "table_calib.npz")
+    save_table(make_toy_table(600, seed=1, split="test"), d / "table_test.npz")
+    return d
+
+
+def check_run_dir(run: Path, *, schedulers: set[str], setting: str = "bandit") -> list[dict]:
+    """The run directory holds config.json (config + git revision), results.json in the issue-4 record format, a
+    TensorBoard events file and at least one PNG."""
+    cfg = json.loads((run / "config.json").read_text())
+    assert "config" in cfg and "git" in cfg and set(cfg["git"]) >= {"commit", "dirty"}
+    records = json.loads((run / "results.json").read_text())
+    assert records and all(RECORD_KEYS <= set(r) for r in records)
+    assert {r["scheduler"] for r in records} >= schedulers
+    assert {r["setting"] for r in records} == {setting}
+    for r in records:
+        assert 0.0 <= r["accuracy"] <= 1.0 and 0.0 <= r["overrun_rate"] <= 1.0 and 0.0 < r["mean_cost"] <= 1.0
+    events = list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and any(e.stat().st_size > 0 for e in events)
+    pngs = list(run.glob("*.png"))
+    assert pngs and all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    return records
+
+
+def _tb_tags(run: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags: set[str] = set()
+    for ev in (run / "tensorboard").rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(ev))
+        acc.Reload()
+        tags |= set(acc.Tags().get("scalars", []))
+    return tags
+
+
+def test_ppo_from_table_dir(toy_table_dir, tmp_path):
+    import ppo_resnet18
+
+    out = tmp_path / "run"
+    summary = ppo_resnet18.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--timesteps", "6144",
+                                 "--scheduler-kwargs", '{"n_envs": 64}', "--budgets", "0.4,0.7,1.0",
+                                 "--no-progress"])
+    records = check_run_dir(out, schedulers={"ppo", "lut", "oracle"})
+    assert summary["mode"] == "tables"
+    assert {r["budget"] for r in records} == {0.4, 0.7, 1.0}
+    assert [r["is_bound"] for r in records if r["scheduler"] == "oracle"] == [True] * 3
+    assert (out / "accuracy_cost_vs_budget.png").is_file()
+    # the learned scheduler respects budgets and the oracle bound is an upper bound on the test table
+    acc = {(r["scheduler"], r["budget"]): r for r in records}
+    for b in (0.4, 0.7, 1.0):
+        assert acc[("ppo", b)]["overrun_rate"] <= 0.02
+        assert acc[("oracle", b)]["accuracy"] >= acc[("ppo", b)]["accuracy"]
+    tags = _tb_tags(out)
+    assert {"test/ppo/accuracy", "test/lut/accuracy", "test/ppo/plan_entropy", "test/ppo/reward"} <= tags
+    assert any(t.startswith("adainf/") for t in tags)  # SB3 training curves (held-out calibration rows)
+    assert (out / "tensorboard" / "hparams").is_dir()
+
+
+@pytest.mark.parametrize("script,algo", [("reinforce_resnet18", "reinforce"), ("hinge_resnet18", "hinge")])
+def test_torch_learner_scripts(script, algo, toy_table_dir, tmp_path):
+    mod = __import__(script)
+    out = tmp_path / algo
+    mod.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--epochs", "3", "--budgets", "0.5,1.0",
+              "--no-progress"])
+    check_run_dir(out, schedulers={algo, "lut", "oracle"})
+    tags = _tb_tags(out)
+    # training curves from the TrainingMonitor (calibration rows) + the final test metrics
+    assert {"train/reward", "train/accuracy", "train/mean_cost", "train/overrun_rate", "train/plan_entropy",
+            f"test/{algo}/accuracy"} <= tags
+
+
+def test_shifting_budgets(toy_table_dir, tmp_path):
+    import shifting_budgets
+
+    out = tmp_path / "shift"
+    shifting_budgets.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--epochs", "2", "--horizon", "60",
+                           "--num-streams", "3", "--window", "10", "--no-progress"])
+    records = check_run_dir(out, schedulers={"hinge", "lut", "hull_mix", "oracle"}, setting="stream")
+    assert {r["variant"] for r in records} == {"drift", "step", "periodic", "trace"}
+    assert all(r["num_requests"] == 180 for r in records)
+    assert (out / "stream_traces.png").is_file() and (out / "synthetic_trace.csv").is_file()
+    traces = np.load(out / "traces.npz", allow_pickle=False)
+    assert traces["step__lut__budget"].shape == (3, 60)
+    # the lut never pays more than the budget it was given (its plan is the best one within budget)
+    assert (traces["periodic__lut__cost"] <= traces["periodic__lut__budget"] + 1e-9).all()
+
+
+def test_resnet32_cifar100_needs_data(tmp_path):
+    import resnet32_cifar100
+
+    from adainf_env.errors import DataSourceError
+
+    with pytest.raises(DataSourceError, match="no cifar100 data found.*--download"):
+        resnet32_cifar100.main(["--out", str(tmp_path / "r32")])
+    assert not (tmp_path / "r32").exists()  # nothing half-made
+
+
+def _fake_cifar100_archive(path: Path, per_class: dict[str, int]) -> Path:
+    """A tiny image-folder archive with CIFAR-100's 100 class folders (random-noise JPEGs): exercises the same code
+    path as the real dataset without shipping it."""
+    from PIL import Image
+
+    from adainf_env.data import CIFAR100_CLASSES
+
+    rng = np.random.default_rng(0)
+    with tarfile.open(path, "w:gz") as tar:
+        for split, n in per_class.items():
+            for c in CIFAR100_CLASSES:
+                for i in range(n):
+                    buf = io.BytesIO()
+                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
+                    info = tarfile.TarInfo(f"{split}/{c}/{i:04d}.jpg")
+                    info.size = buf.tell()
+                    buf.seek(0)
+                    tar.addfile(info, buf)
+    return path
+
+
+def test_resnet32_cifar100_smoke(tmp_path):
+    import resnet32_cifar100
+
+    archive = _fake_cifar100_archive(tmp_path / "c100.tgz", {"train": 3, "test": 1})
+    out = tmp_path / "r32"
+    summary = resnet32_cifar100.main(["--data", str(archive), "--out", str(out), "--num-calib", "100",
+                                      "--train-epochs", "1", "--width", "4", "--num-random-plans", "0",
+                                      "--epochs", "2", "--budgets", "0.5,1.0", "--no-progress"])
+    check_run_dir(out, schedulers={"hinge", "lut", "oracle"})
+    assert summary["mode"] == "full" and summary["num_plans"] < 2 ** 15  # the structured subset, not 2^15
+    assert (out / "backbone" / "checkpoint.pt").is_file()
+    # the tables were cached: a second run with the same checkpoint reuses them (validated by checkpoint hash)
+    again = resnet32_cifar100.main(["--data", str(archive), "--out", str(tmp_path / "r32b"), "--checkpoint",
+                                    str(out / "backbone" / "checkpoint.pt"), "--width", "4", "--num-calib", "100",
+                                    "--num-random-plans", "0", "--epochs", "1", "--budgets", "1.0", "--no-progress"])
+    assert again["provenance"]["tables_reused"] == {"calib": True, "test": True}
+
+
+def test_clip_vitb_random_weights_says_so(tmp_path, capsys):
+    import clip_vitb
+
+    out = tmp_path / "clip"
+    clip_vitb.main(["--out", str(out), "--calib-limit", "8", "--test-limit", "8", "--epochs", "1",
+                    "--budgets", "0.5,1.0", "--no-progress"])
+    printed = capsys.readouterr().out
+    assert "RANDOM WEIGHTS" in printed and "DEMO MODE" in printed
+    check_run_dir(out, schedulers={"hinge", "lut", "oracle"})
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["random_weights"] is True and cfg["num_plans"] == clip_vitb.RANDOM_SUBSET["num_plans"]
+
+
+def test_demo_offline_subprocess(tmp_path):
+    """`python experiments/ppo_resnet18.py` on a machine with no ../shared, no data and no network: the demo runs
+    on the shipped sample, says so, and writes results.json (shrunk with --demo-scale to keep the test short)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAINF_")}
+    env.update(HOME=str(tmp_path), ADAINF_CACHE=str(tmp_path / "cache"), ADAINF_SHARED=str(tmp_path / "none"),
+               PYTHONPATH=str(ROOT), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+               # no network: point every proxy at a closed port, so any download attempt fails loudly
+               HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "ppo_resnet18.py"), "--out", str(out),
+                           "--demo-scale", "0.03", "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "DEMO MODE" in proc.stdout and "python experiments/ppo_resnet18.py --data" in proc.stdout
+    check_run_dir(out, schedulers={"ppo", "lut", "oracle"})
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mode"] == "demo"
+    assert (out / "backbone" / "checkpoint.pt").is_file()
+
+
+def test_bad_input_is_a_clear_error(toy_table_dir, tmp_path):
+    import ppo_resnet18
+
+    from adainf_env.errors import ConfigError, TableFormatError
+
+    with pytest.raises(ConfigError, match="unknown scheduler"):
+        ppo_resnet18.main(["--algo", "nope", "--table-dir", str(toy_table_dir)])
+    with pytest.raises(ConfigError, match="budgets must lie in"):
+        ppo_resnet18.main(["--budgets", "0,1.5", "--table-dir", str(toy_table_dir)])
+    with pytest.raises(ConfigError, match="cannot be combined"):
+        ppo_resnet18.main(["--table-dir", str(toy_table_dir), "--checkpoint", "x.pt"])
+    with pytest.raises(TableFormatError, match="table_calib.npz"):
+        ppo_resnet18.main(["--table-dir", str(tmp_path), "--out", str(tmp_path / "o")])
