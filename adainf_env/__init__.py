@@ -25,6 +25,10 @@ def __getattr__(name: str):
         from adainf_env import vec_env
 
         return getattr(vec_env, name)
+    if name == "AdaptiveExecutor":
+        from adainf_env.executor import AdaptiveExecutor
+
+        return AdaptiveExecutor
     raise AttributeError(f"module 'adainf_env' has no attribute {name!r}")
 
 
@@ -37,6 +41,7 @@ __all__ = [
     "AdaInfEnv",
     "AdaInfVecEnv",
     "make_vec_env",
+    "AdaptiveExecutor",
     "AdaInfError",
     "CheckpointError",
     "ConfigError",

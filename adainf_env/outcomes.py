@@ -124,7 +124,7 @@ class OutcomeTable:
             if self.plan_latency is None:
                 raise TableMismatchError(
                     "this table carries no latency profile; attach one with "
-                    "adainf_env.costs.attach_latency(table, profile) or use cost_unit='macs'"
+                    "adainf_env.latency.attach_latency(table, profile, batch_size) or use cost_unit='macs'"
                 )
             return np.asarray(self.plan_latency, dtype=np.float64)
         from adainf_env.errors import ConfigError
