@@ -16,7 +16,7 @@ One run, on one device:
   :func:`adainf_env.latency.validate_latency_model` on ``--validate-plans`` plans from the mix (plus the empty and
   full plans): mean / max relative error of the additive per-block model against end-to-end plan forwards.
 
-Usage (CPU, the project's numbers): ``OMP_NUM_THREADS=2 python benchmarks/bench_executor.py``.
+Usage (CPU, the project's numbers): ``OMP_NUM_THREADS=2 python benchmarks/bench_executor.py`` (``--mix depth``: few plans).
 GPU: ``python benchmarks/bench_executor.py --device cuda [--compile] [--cuda-graphs] [--channels-last]``
 (timings are bracketed by ``torch.cuda.synchronize()``, with warm-up calls first).
 The last output line is JSON with ``speedup_b1``, ``speedup_b256`` (``speedup_b<big-batch>``) and ``device``.
@@ -67,6 +67,7 @@ class Config:
     device: str = "cpu"
     threads: int = 2  # torch CPU threads (the project's CPU numbers use 2)
     target_macs: float = 0.5  # mean MACs fraction of the plan mix
+    mix: str = "all"  # plans the mix draws from: all (2^B, one plan per row) | depth (B+1 "run the first k blocks")
     big_batch: int = 256
     b1_requests: int = 48  # single-image requests per round at batch 1
     rounds: int = 3  # alternating full / engine timing rounds
@@ -92,6 +93,8 @@ def _parse(argv: list[str] | None = None) -> Config:
         else:
             ap.add_argument(flag, type=type(f.default), default=f.default)
     cfg = Config(**vars(ap.parse_args(argv)))
+    if cfg.mix not in ("all", "depth"):
+        raise ConfigError(f"--mix must be all or depth, got {cfg.mix!r}")
     if cfg.strategy not in ("auto", "gather", "group"):
         raise ConfigError(f"--strategy must be auto, gather or group, got {cfg.strategy!r}")
     if cfg.latency_clock not in ("wall", "process"):
@@ -175,12 +178,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ex = AdaptiveExecutor(bb, masks, strategy=cfg.strategy, channels_last=cfg.channels_last, compile=cfg.compile,
                           compile_mode=compile_mode, bucket=cfg.bucket)
     macs_frac = ex.plan_cost  # MACs fractions (no plan_cost given)
-    probs, theta = tilted_plan_probs(macs_frac, cfg.target_macs)
+    # "depth" restricts the mix to the B+1 plans that run blocks 0..k-1 — what a scheduler choosing among few plans
+    # (a LUT, a Pareto set) produces; a batch then holds few distinct plans and grouping by plan pays off.
+    allowed = np.arange(len(masks)) if cfg.mix == "all" else np.array([(1 << k) - 1 for k in range(nb + 1)])
+    sub_probs, theta = tilted_plan_probs(macs_frac[allowed], cfg.target_macs)
+    probs = np.zeros(len(masks))
+    probs[allowed] = sub_probs
     rng = np.random.default_rng(cfg.seed)
     dev_name = device_name(dev)
     print(f"device: {dev_name}; backbone {cfg.backbone} ({'checkpoint' if ckpt else 'random init'}), {nb} blocks, "
           f"{len(masks)} plans; load average at start {load_start[0]:.2f}")
-    print(f"plan mix: i.i.d. per request, p ∝ exp({theta:.3f}·MACs), expected MACs fraction "
+    print(f"plan mix ({cfg.mix}, {len(allowed)} plans): i.i.d. per request, p ∝ exp({theta:.3f}·MACs), expected MACs fraction "
           f"{probs @ macs_frac:.3f}; strategy {cfg.strategy}, compile {cfg.compile}, CUDA graphs {cfg.cuda_graphs}")
 
     full_fn: Callable[[torch.Tensor], torch.Tensor] = bb
@@ -270,6 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if dev.type == "cpu" else None,
         "device": dev_name,
         "threads": torch.get_num_threads(),
+        "mix": cfg.mix,
         "mix_macs_fraction": round(float(probs @ macs_frac), 4),
         "engine_img_s_b1": round(results["b1"]["engine_img_s"], 2),
         "full_img_s_b1": round(results["b1"]["full_img_s"], 2),
