@@ -24,6 +24,7 @@ SCHEDULERS: dict[str, str] = {
     "reinforce": "agents.reinforce:ReinforceScheduler",
     "blockdrop": "agents.blockdrop:BlockDropScheduler",
     "hinge": "agents.hinge:HingeScheduler",
+    "lagrangian": "agents.lagrangian:LagrangianScheduler",
     "lut": "agents.baselines:LUTScheduler",
     "lut_upper": "agents.baselines:LUTUpperScheduler",
     "hull_mix": "agents.baselines:HullMixScheduler",
@@ -32,7 +33,7 @@ SCHEDULERS: dict[str, str] = {
     "confidence_cascade": "agents.cascades:ConfidenceCascade",
     "agreement_cascade": "agents.cascades:AgreementCascade",
 }
-LEARNERS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge")
+LEARNERS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian")
 BASELINES: tuple[str, ...] = ("lut", "lut_upper", "hull_mix", "random", "oracle", "confidence_cascade",
                               "agreement_cascade")
 
