@@ -24,7 +24,7 @@ def state_dict_sha256(model: Any) -> str:
 
 def obtain_backbone(cfg: Any, images: np.ndarray, labels: np.ndarray, run_dir: Path, *, width: int, epochs: int,
                     device: str, num_classes: int, eval_images: np.ndarray, eval_labels: np.ndarray,
-                    batch_size: int = 128, log: Callable[[str], None] = print,
+                    batch_size: int = 128, lr: float = 0.1, log: Callable[[str], None] = print,
                     class_names: list[str] | None = None) -> tuple[Any, str, Path | None]:
     """``(model in eval mode, weights_id, checkpoint path or None)``.
 
@@ -56,7 +56,7 @@ def obtain_backbone(cfg: Any, images: np.ndarray, labels: np.ndarray, run_dir: P
 
     settings = TrainSettings(backbone=cfg.backbone, num_classes=int(num_classes), width=int(width),
                              final_survival=float(cfg.final_survival), epochs=int(epochs), batch_size=int(batch_size),
-                             lr=0.1, momentum=0.9, weight_decay=5e-4, seed=int(cfg.seed))
+                             lr=float(lr), momentum=0.9, weight_decay=5e-4, seed=int(cfg.seed))
     out = Path(run_dir) / "backbone"
     fit_x = np.ascontiguousarray(images)
     log(f"[backbone] training {cfg.backbone} (width {width}) with stochastic depth (final survival "

@@ -142,25 +142,33 @@ def _by(records: Sequence[Mapping[str, Any]], name: str) -> list[Mapping[str, An
 
 
 def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: str,
-             full_accuracy: float | None = None) -> Path:
+             full_accuracy: float | None = None, learned: str | None = None) -> Path:
     """The run's headline figure: accuracy vs budget (left) and mean cost paid vs budget (right), one line per
     scheduler; bounds dashed and labelled "(bound)"; the y = budget diagonal on the right shows budgets are respected
-    (points above it overran). Written atomically."""
+    (points above it overran). The ``learned`` scheduler is drawn last, thin with × markers, over wide translucent
+    reference lines, so that where it coincides with ``lut`` both stay visible. Written atomically."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["scheduler"] for r in records if r.get("setting") == "bandit"))
+    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    if learned in names:  # draw the learned scheduler on top
+        names = [n for n in names if n != learned] + [learned]
     fig, (ax_a, ax_c) = plt.subplots(1, 2, figsize=(11, 4.3))
-    for i, n in enumerate(names):
+    for n in names:
         rs = _by(records, n)
         if not rs:
             continue
         bound = rs[0]["is_bound"]
         x = [r["budget"] for r in rs]
-        style = dict(color=f"C{i % 10}", marker="o", ms=4, linestyle="--" if bound else "-",
-                     label=f"{n} (bound)" if bound else n)
+        style: dict[str, Any] = dict(color=colors[n], marker="o", ms=4, linestyle="--" if bound else "-",
+                                     label=f"{n} (bound)" if bound else n)
+        if n == learned:
+            style.update(marker="x", ms=7, lw=1.4, zorder=4)
+        elif not bound and learned is not None:
+            style.update(lw=4, alpha=0.45, zorder=2)
         ax_a.plot(x, [100 * r["accuracy"] for r in rs], **style)
         ax_c.plot(x, [r["mean_cost"] for r in rs], **style)
     if full_accuracy is not None:
