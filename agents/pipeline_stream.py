@@ -105,10 +105,11 @@ def _rolling(x: np.ndarray, w: int) -> np.ndarray:
 
 def plot_stream_traces(traces: Mapping[str, Mapping[str, Mapping[str, np.ndarray]]], path: str | Path, *,
                        bounds: Sequence[str] = ("oracle", "lut_upper"), window: int = 50,
-                       title: str = "") -> Path:
+                       title: str = "", learned: str | None = None) -> Path:
     """One row per budget process: left, the budget given to stream 0 and each scheduler's chosen cost on stream 0
     (trailing mean over ``window // 5`` requests); right, rolling accuracy (trailing ``window`` requests, mean over
-    streams). Bounds dashed and labelled "(bound)"."""
+    streams). Bounds dashed and labelled "(bound)"; the ``learned`` scheduler is drawn last and thin over wide
+    translucent reference lines, so it stays visible where it coincides with a reference."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -121,13 +122,17 @@ def plot_stream_traces(traces: Mapping[str, Mapping[str, Mapping[str, np.ndarray
         first = next(iter(traces[p].values()))
         t = np.arange(first["budget"].shape[1])
         ax_c.plot(t, first["budget"][0], color="k", lw=1.6, label="budget (stream 0)")
-        for j, (s, tr) in enumerate(traces[p].items()):
+        colors = {s: f"C{j}" for j, s in enumerate(traces[p])}
+        order = [s for s in traces[p] if s != learned] + ([learned] if learned in traces[p] else [])
+        for s in order:
+            tr = traces[p][s]
             bound = s in bounds
-            ls = "--" if bound else "-"
-            lab = f"{s} (bound)" if bound else s
-            ax_c.plot(t, _rolling(tr["cost"][0], max(1, window // 5)), color=f"C{j}", lw=1, ls=ls, label=lab)
-            ax_a.plot(t, 100 * _rolling(tr["correct"].mean(axis=0), window), color=f"C{j}", lw=1.2, ls=ls,
-                      label=lab)
+            st: dict[str, Any] = dict(color=colors[s], lw=1.1, ls="--" if bound else "-",
+                                      label=f"{s} (bound)" if bound else s)
+            if learned is not None and s != learned and not bound:
+                st.update(lw=3.2, alpha=0.45)
+            ax_c.plot(t, _rolling(tr["cost"][0], max(1, window // 5)), **st)
+            ax_a.plot(t, 100 * _rolling(tr["correct"].mean(axis=0), window), **st)
         ax_c.set_ylabel("cost / budget\n(fraction of full MACs)")
         ax_c.set_ylim(0, 1.05)
         ax_c.set_title(f"{p}: budget and chosen cost over time", fontsize=9)

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     fig = None
     if cfg.plots:
         kind = "shared token bucket" if cfg.shared else "per-request budgets"
-        fig = plot_stream_traces(traces, run_dir / "stream_traces.png", window=cfg.window,
+        fig = plot_stream_traces(traces, run_dir / "stream_traces.png", window=cfg.window, learned=cfg.algo,
                                  title=f"{'DEMO — ' if mode.kind == 'demo' else ''}{calib.meta.get('backbone')} "
                                        f"test table, {cfg.num_streams} streams × {cfg.horizon} requests ({kind})"
                                        + (f"; trace: {trace_note}" if trace_note else ""))
