@@ -181,7 +181,7 @@ def test_clip_vitb_random_weights_says_so(tmp_path, capsys):
     import clip_vitb
 
     out = tmp_path / "clip"
-    clip_vitb.main(["--out", str(out), "--calib-limit", "8", "--test-limit", "8", "--epochs", "1",
+    clip_vitb.main(["--out", str(out), "--calib-limit", "5", "--test-limit", "5", "--epochs", "1",
                     "--budgets", "0.5,1.0", "--no-progress"])
     printed = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in printed and "DEMO MODE" in printed
