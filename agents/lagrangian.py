@@ -42,7 +42,7 @@ from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler, check_budgets
 from agents.policy_nets import FeatureScaler, candidate_plans, mlp
 
-__all__ = ["LagrangianScheduler", "CorrectnessModel", "price_for_budget", "route"]
+__all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_budget", "route"]
 
 _COST_TOL = 1e-9
 
@@ -74,23 +74,33 @@ def route(prob: np.ndarray, cost: np.ndarray, mu: np.ndarray | float, limit: np.
     return score.argmax(axis=1)
 
 
-def price_for_budget(prob: np.ndarray, cost: np.ndarray, avg_budget: float, *, iters: int = 60) -> float:
-    """Smallest price μ ≥ 0 whose rule :func:`route` has mean cost ≤ ``avg_budget`` on the rows of ``prob``
-    (bisection; the mean cost is non-increasing in μ). A budget the μ = 0 rule already meets gives 0."""
-    if cost[route(prob, cost, 0.0)].mean() <= avg_budget + _COST_TOL:
-        return 0.0
-    # at μ above max Δprob/Δcost every row takes the cheapest candidate
-    hi = 1.0
-    while cost[route(prob, cost, hi)].mean() > avg_budget + _COST_TOL and hi < 1e6:
-        hi *= 2.0
-    lo = 0.0
+def _mean_cost(prob: np.ndarray, cost: np.ndarray, mu: np.ndarray) -> np.ndarray:
+    """Mean cost of the unrestricted rule at each price of ``mu`` [G] → [G] (vectorised over prices)."""
+    k = (prob[None, :, :] - mu[:, None, None] * cost[None, None, :]).argmax(axis=2)  # [G, N]
+    return cost[k].mean(axis=1)
+
+
+def price_curve(prob: np.ndarray, cost: np.ndarray, avg_budgets: np.ndarray, *, iters: int = 50) -> np.ndarray:
+    """For each average budget, the smallest price μ ≥ 0 whose rule :func:`route` has mean cost ≤ it on the rows of
+    ``prob`` (bisection, all budgets at once; the mean cost is non-increasing in μ). A budget the μ = 0 rule already
+    meets gives 0; one below the cheapest candidate gives the price at which every row takes the cheapest."""
+    b = np.asarray(avg_budgets, dtype=np.float64).reshape(-1) + _COST_TOL
+    prob = np.asarray(prob, dtype=np.float64)
+    # above max Δprob / Δcost every row takes the cheapest candidate
+    gaps = np.diff(np.unique(cost))
+    hi_all = 2.0 / max(float(gaps.min()) if gaps.size else 1.0, 1e-12)
+    lo, hi = np.zeros_like(b), np.full_like(b, hi_all)
+    done = _mean_cost(prob, cost, lo) <= b
     for _ in range(iters):
         mid = 0.5 * (lo + hi)
-        if cost[route(prob, cost, mid)].mean() > avg_budget + _COST_TOL:
-            lo = mid
-        else:
-            hi = mid
-    return hi
+        over = _mean_cost(prob, cost, mid) > b
+        lo, hi = np.where(over, mid, lo), np.where(over, hi, mid)
+    return np.where(done, 0.0, hi)
+
+
+def price_for_budget(prob: np.ndarray, cost: np.ndarray, avg_budget: float, *, iters: int = 50) -> float:
+    """:func:`price_curve` for one average budget."""
+    return float(price_curve(prob, cost, np.array([avg_budget]), iters=iters)[0])
 
 
 class LagrangianScheduler(Scheduler):
@@ -102,7 +112,7 @@ class LagrangianScheduler(Scheduler):
 
     def __init__(self, *, epochs: int = 25, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto", val_fraction: float = 0.3,
-                 gain: float = 1.0, target_level: float = 0.5, price_grid: int = 200,
+                 gain: float = 1.0, target_level: float = 0.5, price_grid: int = 64,
                  progress: bool | None = None) -> None:
         if int(epochs) < 1 or int(batch_size) < 1 or int(price_grid) < 2:
             raise ConfigError(f"epochs, batch_size ≥ 1 and price_grid ≥ 2 required, got {epochs}, {batch_size}, "
@@ -241,5 +251,5 @@ class LagrangianScheduler(Scheduler):
         prob_val = self.predict_correct(table.features[val_rows])
         cand_cost = cost_all[self.candidates]
         self.grid_budget = np.linspace(float(cand_cost.min()), 1.0, self.price_grid)
-        self.grid_price = np.array([price_for_budget(prob_val, cand_cost, b) for b in self.grid_budget])
+        self.grid_price = price_curve(prob_val, cand_cost, self.grid_budget)
         return self
