@@ -427,7 +427,8 @@ def make_budget_process(spec: "str | Mapping[str, Any] | BudgetProcess") -> Budg
                     k, eq, v = item.partition("=")
                     if not eq:
                         raise ConfigError(f"budget spec {spec!r}: expected key=value, got {item!r}")
-                    kwargs[k.strip()] = _parse_scalar(v)
+                    # A path is taken verbatim: "/" is the list shorthand of _parse_scalar, not of file names.
+                    kwargs[k.strip()] = v.strip() if k.strip() == "path" else _parse_scalar(v)
         spec = {"name": name.strip(), **kwargs}
     if not isinstance(spec, Mapping):
         raise ConfigError(f"budget process spec must be a name, a dict or a BudgetProcess, got {type(spec).__name__}")

@@ -174,3 +174,14 @@ def test_make_budget_process_only_raises_config_error(spec):
         return
     b = _run(p, 30, n=2)
     assert np.isfinite(b).all() and (b > 0).all() and (b <= 1).all()
+
+
+def test_trace_spec_with_key_value_path(tmp_path):
+    """``trace:path=/abs/dir/file.csv`` keeps the path intact ("/" is not the list shorthand there)."""
+    from adainf_env.budgets import make_budget_process
+
+    csv = tmp_path / "sub" / "trace.csv"
+    csv.parent.mkdir()
+    csv.write_text("budget\n0.3\n0.6\n0.9\n")
+    proc = make_budget_process(f"trace:path={csv},start=zero")
+    assert proc.__class__.__name__ == "TraceBudget"
