@@ -305,8 +305,13 @@ class _SelectionCallback(BaseCallback):
         self.best_state: dict[str, torch.Tensor] | None = None
         self.base_accs: list[float] | None = None  # held-out accuracy per grid budget of the untrained policy
         self.history: list[dict[str, float]] = []
+        self._reward_sum, self._reward_n = 0.0, 0  # env reward since the last evaluation (our vec env emits no
+        # Monitor "episode" infos, so SB3's rollout/ep_rew_mean would stay empty)
 
     def _evaluate(self) -> None:
+        if self._reward_n:
+            self.logger.record("adainf/train_reward", self._reward_sum / self._reward_n)
+            self._reward_sum, self._reward_n = 0.0, 0
         s = self.sched
         cost = s.plan_space.plan_cost
         grid = [b for b in VAL_BUDGETS if b >= cost.min()] or [1.0]
@@ -352,6 +357,10 @@ class _SelectionCallback(BaseCallback):
             self._tick()
 
     def _on_step(self) -> bool:
+        rewards = self.locals.get("rewards")
+        if rewards is not None:
+            self._reward_sum += float(np.sum(rewards))
+            self._reward_n += int(np.size(rewards))
         if not self.on_rollouts:
             self._tick()
         return True
@@ -361,6 +370,7 @@ class _SelectionCallback(BaseCallback):
 
     def _on_training_end(self) -> None:
         self._evaluate()
+        self.logger.dump(self.num_timesteps)  # flush the final held-out scores to TensorBoard
 
 
 class SB3Scheduler(Scheduler):
