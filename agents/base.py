@@ -113,6 +113,17 @@ class Scheduler:
         return Decisions(plan=plan, cost=self.plan_space.plan_cost[plan])
 
     # ----------------------------------------------------------------- helpers
+    def _validated_inputs(self, features: np.ndarray, budgets: np.ndarray, *, fitted: bool = True
+                          ) -> tuple[np.ndarray, np.ndarray]:
+        """``select``'s argument checks: fitted, features [N, F] of the fitted width, budgets in (0, 1]."""
+        if not fitted or self.plan_space is None:
+            raise ConfigError(f"{self.name}: call fit() before select()")
+        features = np.asarray(features)
+        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
+            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
+                              f"{features.shape}")
+        return features, check_budgets(budgets, features.shape[0])
+
     def _check_table(self, table: OutcomeTable) -> None:
         if self.plan_space is None:
             raise ConfigError(f"{self.name}: call fit() before using the scheduler")

@@ -179,13 +179,7 @@ class LagrangianScheduler(Scheduler):
         return np.interp(np.asarray(avg_budget, dtype=np.float64), self.grid_budget, self.grid_price)
 
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
-        if self.model is None or self.plan_space is None:
-            raise ConfigError(f"{self.name}: call fit() before select()")
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
-            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
-                              f"{features.shape}")
-        budgets = check_budgets(budgets, features.shape[0])
+        features, budgets = self._validated_inputs(features, budgets, fitted=self.model is not None)
         cost = self.plan_space.plan_cost[self.candidates]
         prob = self.predict_correct(features)
         mu = np.zeros(features.shape[0])

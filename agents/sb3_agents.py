@@ -48,7 +48,7 @@ from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import atomic_torch_save
 from adainf_env.outcomes import OutcomeTable
-from agents.base import PlanSpace, Scheduler, check_budgets
+from agents.base import PlanSpace, Scheduler
 from agents.policy_nets import candidate_plans
 from agents.torch_learner import VAL_BUDGETS
 
@@ -479,13 +479,7 @@ class SB3Scheduler(Scheduler):
         return self.candidates[scores.argmax(dim=1).numpy()]
 
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
-        if self.policy is None or self.plan_space is None:
-            raise ConfigError(f"{self.name}: call fit() before select()")
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
-            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
-                              f"{features.shape}")
-        budgets = check_budgets(budgets, features.shape[0])
+        features, budgets = self._validated_inputs(features, budgets, fitted=self.policy is not None)
         return self._select_idx(features, budgets, restrict=self.restrict_to_budget)
 
     # ----------------------------------------------------------------- training

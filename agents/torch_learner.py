@@ -36,7 +36,7 @@ from torch import nn
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
-from agents.base import PlanSpace, Scheduler, check_budgets
+from agents.base import PlanSpace, Scheduler
 from agents.policy_nets import PlanPolicy, candidate_plans
 
 __all__ = ["TorchTableLearner", "EpochCallback", "VAL_BUDGETS"]
@@ -146,13 +146,7 @@ class TorchTableLearner(Scheduler):
         return self.candidates[scores.argmax(dim=1).numpy()]
 
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
-        if self.policy is None or self.plan_space is None:
-            raise ConfigError(f"{self.name}: call fit() before select()")
-        features = np.asarray(features)
-        if features.ndim != 2 or features.shape[1] != self.plan_space.feature_dim:
-            raise ConfigError(f"{self.name}: features must be [N, {self.plan_space.feature_dim}], got "
-                              f"{features.shape}")
-        budgets = check_budgets(budgets, features.shape[0])
+        features, budgets = self._validated_inputs(features, budgets, fitted=self.policy is not None)
         return self._select_idx(features, budgets)
 
     # ----------------------------------------------------------------- training
