@@ -225,11 +225,7 @@ class AdaptiveExecutor:
         n = int(x.shape[0])
         b = self._check_budgets(budgets, n)
         with torch.inference_mode():
-            if self._cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._to_device(x)
             h = self._stem_fn(x)
             feats = self.backbone.features(h)
             if feats.ndim != 2 or feats.shape[1] != self.feature_dim:
@@ -248,16 +244,19 @@ class AdaptiveExecutor:
                 logits=logits.float().cpu().numpy(),
             )
 
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        """Move a checked batch to the engine's device/layout (and open a new CUDA-graph step when graphs are on)."""
+        if self._cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
+        x = x.to(self.device, non_blocking=True)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
     def execute(self, images: Any, plans: Any) -> torch.Tensor:
         """Logits [N, C] for images under given per-row plan indices (no scheduler; used by benchmarks/tests)."""
         x = self._check_images(images)
         p = self._check_plans(plans, int(x.shape[0]))
         with torch.inference_mode():
-            if self._cudagraphs:
-                torch.compiler.cudagraph_mark_step_begin()
-            x = x.to(self.device, non_blocking=True)
-            if self.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = self._to_device(x)
             out = self.execute_hidden(self._stem_fn(x), p)
             # A CUDA-graph output lives in the graph's memory pool and is overwritten by the next replay.
             return out.clone() if self._cudagraphs else out
