@@ -24,8 +24,24 @@ within the budget (``restrict_to_budget=True``, the default; ``False`` = SB3's u
 
 Logging: with ``tensorboard_log`` SB3 writes its TensorBoard events there, and the selection callback adds
 ``adainf/val_score``, ``adainf/val_accuracy@M``, ``adainf/mean_cost``, ``adainf/overrun_rate`` and
-``adainf/plan_entropy`` on the held-out rows. With ``checkpoint_dir`` the policy parameters (and optimiser state) are
-saved atomically at each evaluation as ``last.pt`` (``torch.load(weights_only=True)``-loadable).
+``adainf/plan_entropy`` on the held-out rows.
+
+Resume (issue 7; PPO, A2C, MaskablePPO). With ``checkpoint_dir`` (``fit(..., checkpoint_dir=)`` or the constructor's)
+``last.pt`` is written atomically at the first rollout boundary after each evaluation — i.e. at the *start* of the
+next rollout, after SB3's ``train()`` on the evaluated rollout, when the rollout buffer holds nothing that is still
+needed. It holds everything the rest of the run depends on: policy + optimiser state, ``num_timesteps`` (from which
+SB3 derives the learning-rate/clip-range progress once ``learn(remaining, reset_num_timesteps=False)`` restores
+``_total_timesteps``), ``_n_updates``, the global torch / numpy / ``random`` RNG states (action sampling uses torch's,
+``RolloutBuffer.get`` permutes minibatches with numpy's), the vec env's per-env generators, permutation and budget
+buffers, positions and current observation, SB3's ``_last_obs``/``_last_episode_starts``, and the selection state
+(history, best parameters and score, the untrained policy's accuracies, reward accumulators). Only tensors and plain
+containers: ``torch.load(weights_only=True)`` loads it. ``fit`` on a directory holding a checkpoint of the same
+scheduler, config, seed, table and cost unit continues from it and ends bit-identical to an uninterrupted run
+(tests/test_resume_sb3.py); a checkpoint of another run is refused (:class:`~adainf_env.errors.CheckpointError`).
+DQN's checkpoint (written at each evaluation) holds the parameters only — its replay buffer (``buffer_size`` ×
+observation) is not saved, so a DQN run restarts from scratch (with a warning) instead of resuming.
+``fit(..., callback=f)`` calls ``f(num_timesteps, metrics)`` after each evaluation's checkpoint (metrics = the
+held-out scores); it may raise (the tests use it to simulate a kill).
 
 Saving: SB3's own ``.zip`` stores parts of the model with cloudpickle, which AdaInf never loads. ``save()`` writes the
 policy's ``state_dict`` as arrays + a JSON config (:meth:`agents.base.Scheduler.save`); ``load()`` rebuilds the policy
@@ -34,9 +50,12 @@ network from the config and loads the arrays — nothing is unpickled.
 
 from __future__ import annotations
 
+import json
 import math
+import random
+import warnings
 from pathlib import Path
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -46,16 +65,21 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from adainf_env.errors import CheckpointError, ConfigError
-from adainf_env.fileio import atomic_torch_save
+from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
 from agents.policy_nets import candidate_plans
 from agents.torch_learner import VAL_BUDGETS
 
 __all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "MaskablePPOScheduler",
-           "SchedulerObsWrapper", "ObsBuilder", "ALGOS"]
+           "SchedulerObsWrapper", "ObsBuilder", "ALGOS", "RESUMABLE_ALGOS", "StepCallback"]
 
 ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo")
+#: On-policy algorithms whose training resumes bit-identically from ``last.pt`` (DQN's replay buffer is not saved).
+RESUMABLE_ALGOS = ("ppo", "a2c", "maskable_ppo")
+
+#: ``callback(num_timesteps, metrics)`` after each evaluation's checkpoint; may raise (tests simulate a kill so).
+StepCallback = Callable[[int, dict[str, float]], None]
 
 #: Per-algorithm defaults, chosen on held-out *calibration* rows (never the test split) for a 2-core CPU (issue 5:
 #: ``ppo_resnet18.py --table-dir`` ≤ 2 min). ``lut_prior`` = s of the residual-around-LUT policy (:class:`_LUTPrior`):
@@ -291,16 +315,87 @@ class SchedulerObsWrapper(VecEnvWrapper):
         return self.venv.env_method(method_name, *args, indices=indices, **kwargs)
 
 
+# --------------------------------------------------------------------- resume state (tensors and plain containers)
+_BIT_GENERATORS = ("PCG64", "MT19937", "PCG64DXSM", "Philox", "SFC64")
+
+
+def _t(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.array(a, copy=True))
+
+
+def _generator_from_state(state: dict[str, Any]) -> np.random.Generator:
+    name = state.get("bit_generator") if isinstance(state, dict) else None
+    if name not in _BIT_GENERATORS:
+        raise CheckpointError(f"checkpoint holds an unknown numpy bit generator {name!r}")
+    bg = getattr(np.random, name)()
+    bg.state = state
+    return np.random.Generator(bg)
+
+
+def _env_state(venv: Any) -> dict[str, Any]:
+    """The bandit-mode :class:`~adainf_env.vec_env.AdaInfVecEnv` state that its next steps depend on: per-env
+    generators (bit-generator state dicts: python ints), the pre-drawn permutation/budget buffers and positions, the
+    current requests and observation. (Stream-mode fields are not captured: the SB3 schedulers train in bandit mode.)"""
+    if not getattr(venv, "_bandit", False):
+        raise CheckpointError("SB3 resume captures bandit-mode AdaInfVecEnv state only")
+    if not venv._started or any(r is None for r in venv._rngs):
+        raise CheckpointError("vec env state requested before its first reset")
+    return {"rngs": [r.bit_generator.state for r in venv._rngs], "perm": _t(venv._perm), "ubuf": _t(venv._ubuf),
+            "pos": int(venv._pos), "upos": int(venv._upos), "s": _t(venv._s), "budget": _t(venv._budget),
+            "pin_b": None if venv._pin_b is None else _t(venv._pin_b),
+            "obs": {k: _t(v) for k, v in venv._obs.items()}}
+
+
+def _restore_env_state(venv: Any, st: dict[str, Any]) -> None:
+    if len(st["rngs"]) != venv.num_envs or tuple(st["perm"].shape) != venv._perm.shape:
+        raise CheckpointError("checkpoint's vec env state does not fit this env (num_envs / table size differ)")
+    venv._rngs = [_generator_from_state(r) for r in st["rngs"]]
+    venv._perm[...] = st["perm"].numpy()
+    venv._ubuf[...] = st["ubuf"].numpy()
+    venv._pos, venv._upos = int(st["pos"]), int(st["upos"])
+    venv._s = st["s"].numpy().copy()
+    venv._pin_b = None if st["pin_b"] is None else st["pin_b"].numpy().copy()
+    budget = st["budget"].numpy()
+    k = venv._upos - 1
+    # In bandit mode the env's budget is a *view* of the budget buffer's current row (see AdaInfVecEnv._start);
+    # restore the aliasing too, so that everything (lazy info dicts included) behaves as in the uninterrupted run.
+    if venv._pin_b is None and 0 <= k < venv._ubuf.shape[0] and np.array_equal(venv._ubuf[k], budget):
+        venv._budget = venv._ubuf[k]
+    else:
+        venv._budget = budget.copy()
+    venv._obs = {k2: v.numpy().copy() for k2, v in st["obs"].items()}
+    venv._started = True
+    venv._reset_seeds()  # the model constructor's pending env.seed(): no reset follows on resume
+
+
+def _np_global_state() -> dict[str, Any]:
+    st = np.random.get_state(legacy=False)
+    return {"bit_generator": st["bit_generator"], "key": _t(st["state"]["key"].astype(np.int64)),
+            "pos": int(st["state"]["pos"]), "has_gauss": int(st["has_gauss"]), "gauss": float(st["gauss"])}
+
+
+def _set_np_global_state(st: dict[str, Any]) -> None:
+    np.random.set_state({"bit_generator": st["bit_generator"],
+                         "state": {"key": st["key"].numpy().astype(np.uint32), "pos": int(st["pos"])},
+                         "has_gauss": int(st["has_gauss"]), "gauss": float(st["gauss"])})
+
+
 class _SelectionCallback(BaseCallback):
-    """Every ``every`` calls of ``_on_rollout_end`` (PPO/A2C) or ``every`` steps (DQN): score the policy on held-out
-    calibration rows, log to TensorBoard, keep the best parameters, write an atomic checkpoint."""
+    """Every ``every`` calls of ``_on_rollout_end`` (PPO/A2C/MaskablePPO) or ``every`` steps (DQN): score the policy
+    on held-out calibration rows, log to TensorBoard, keep the best parameters; then write an atomic checkpoint and
+    call the user callback — on-policy: at the next rollout start (a resumable point, see the module docstring);
+    DQN: at once (parameters only)."""
 
     def __init__(self, sched: "SB3Scheduler", table: OutcomeTable, rows: np.ndarray, every: int,
-                 checkpoint: Path | None, on_rollouts: bool) -> None:
+                 checkpoint: Path | None, on_rollouts: bool, ident: dict[str, Any] | None = None,
+                 user_callback: StepCallback | None = None) -> None:
         super().__init__()
         self.sched, self.table, self.rows, self.every = sched, table, rows, max(1, int(every))
         self.checkpoint, self.on_rollouts = checkpoint, on_rollouts
-        self.count = 0
+        self.ident, self.user_callback = ident, user_callback
+        self.count = 0  # completed rollouts (PPO/A2C) or steps (DQN)
+        self.resumed = False  # True: state restored from a checkpoint, the untrained policy was scored before
+        self._pending = False  # an evaluation happened; checkpoint + user callback at the next rollout boundary
         self.best_score = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
         self.base_accs: list[float] | None = None  # held-out accuracy per grid budget of the untrained policy
@@ -342,15 +437,69 @@ class _SelectionCallback(BaseCallback):
         if eligible and score > self.best_score:
             self.best_score = score
             self.best_state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
+
+    def _save(self, resumable: bool) -> None:
+        m = self.model
+        ckpt: dict[str, Any] = {"ident": self.ident, "timesteps": int(m.num_timesteps),
+                                "policy": m.policy.state_dict(), "optimizer": m.policy.optimizer.state_dict(),
+                                "best_state": self.best_state, "best_score": float(self.best_score)}
+        if resumable:
+            ckpt["resume"] = {
+                "num_timesteps": int(m.num_timesteps), "n_updates": int(m._n_updates),
+                "episode_num": int(m._episode_num),
+                "last_obs": _t(m._last_obs), "last_episode_starts": _t(m._last_episode_starts),
+                "torch_rng": torch.get_rng_state(), "np_rng": _np_global_state(),
+                "py_rng": [int(x) for x in random.getstate()[1]], "py_gauss": random.getstate()[2],
+                "env": _env_state(m.env.venv),
+                "selection": {"count": self.count, "history": self.history, "base_accs": self.base_accs,
+                              "reward_sum": self._reward_sum, "reward_n": self._reward_n}}
+        atomic_torch_save(ckpt, self.checkpoint)
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        """Load the state written by :meth:`_save` into ``self.model`` (already built with the same seed) and self."""
+        m, r = self.model, saved["resume"]
+        m.policy.load_state_dict(saved["policy"])
+        m.policy.optimizer.load_state_dict(saved["optimizer"])
+        m.num_timesteps, m._n_updates, m._episode_num = int(r["num_timesteps"]), int(r["n_updates"]), \
+            int(r["episode_num"])
+        m._last_obs = r["last_obs"].numpy().copy()
+        m._last_episode_starts = r["last_episode_starts"].numpy().copy()
+        _restore_env_state(m.env.venv, r["env"])
+        m.env._budget = np.asarray(m.env.venv._obs["budget"], dtype=np.float64).reshape(-1)  # as _convert sets it
+        torch.set_rng_state(r["torch_rng"])
+        _set_np_global_state(r["np_rng"])
+        st = random.getstate()
+        gauss = r.get("py_gauss")
+        random.setstate((st[0], tuple(int(x) for x in r["py_rng"]), None if gauss is None else float(gauss)))
+        sel = r["selection"]
+        self.count = int(sel["count"])
+        self.history = [dict(h) for h in sel["history"]]
+        self.base_accs = None if sel["base_accs"] is None else [float(a) for a in sel["base_accs"]]
+        self._reward_sum, self._reward_n = float(sel["reward_sum"]), int(sel["reward_n"])
+        self.best_state, self.best_score = saved["best_state"], float(saved["best_score"])
+        self.resumed = True
+
+    def _after_evaluation(self) -> None:
+        """Checkpoint (if asked) + user callback. On-policy algorithms call this at the next rollout start, when
+        the evaluated rollout has been trained on and the rollout buffer holds nothing still needed."""
         if self.checkpoint is not None:
-            atomic_torch_save({"timesteps": int(self.num_timesteps), "policy": self.model.policy.state_dict(),
-                               "optimizer": self.model.policy.optimizer.state_dict(),
-                               "best_state": self.best_state, "best_score": self.best_score}, self.checkpoint)
+            self._save(resumable=self.on_rollouts)
+        if self.user_callback is not None:
+            self.user_callback(int(self.num_timesteps), dict(self.history[-1]))
 
     def _tick(self) -> None:
         self.count += 1
         if self.count % self.every == 0:
             self._evaluate()
+            if self.on_rollouts:
+                self._pending = True
+            else:
+                self._after_evaluation()
+
+    def _on_rollout_start(self) -> None:
+        if self._pending:
+            self._pending = False
+            self._after_evaluation()
 
     def _on_rollout_end(self) -> None:
         if self.on_rollouts:
@@ -366,7 +515,8 @@ class _SelectionCallback(BaseCallback):
         return True
 
     def _on_training_start(self) -> None:
-        self._evaluate()  # the untrained policy (= the LUT with ``lut_prior``) is a selection candidate too
+        if not self.resumed:
+            self._evaluate()  # the untrained policy (= the LUT with ``lut_prior``) is a selection candidate too
 
     def _on_training_end(self) -> None:
         self._evaluate()
@@ -489,7 +639,11 @@ class SB3Scheduler(Scheduler):
         venv = make_vec_env(table, self.n_envs, "bandit", seed=int(seed), lam=self.lam, cost_unit=cost_unit)
         return SchedulerObsWrapper(venv, self.builder, self.candidates)
 
-    def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs") -> "SB3Scheduler":
+    def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs",
+            checkpoint_dir: str | Path | None = None, callback: StepCallback | None = None) -> "SB3Scheduler":
+        """Train on the calibration ``table``. ``checkpoint_dir`` (default: the constructor's) holds ``last.pt``;
+        one from the same scheduler/config/seed/table/cost unit is resumed (see the module docstring), one from
+        another run is refused. ``callback(num_timesteps, metrics)`` runs after each evaluation's checkpoint."""
         self.plan_space = PlanSpace.from_table(table, cost_unit)
         cost = self.plan_space.plan_cost
         perm = np.random.default_rng(seed).permutation(table.num_samples)
@@ -507,18 +661,42 @@ class SB3Scheduler(Scheduler):
         model = cls(_policy_class(self.algo), env, learning_rate=self.learning_rate, seed=int(seed), device="cpu", verbose=0,
                     policy_kwargs=self._policy_kwargs(), tensorboard_log=self.tensorboard_log, **kwargs)
         self.policy = model.policy
-        ckpt = Path(self.checkpoint_dir) / "last.pt" if self.checkpoint_dir else None
+        if checkpoint_dir is None:
+            checkpoint_dir = self.checkpoint_dir
+        ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir else None
+        ident = {"scheduler": self.name, "config": json.dumps(self.config(), sort_keys=True), "seed": int(seed),
+                 "table": table.meta.get("content_sha256") or table.content_hash(), "cost_unit": cost_unit}
         cb = _SelectionCallback(self, table, val_rows if val_rows.size else fit_rows, self.eval_every, ckpt,
-                                on_rollouts=self.algo != "dqn")
+                                on_rollouts=self.algo != "dqn", ident=ident, user_callback=callback)
         if self.algo == "dqn":
             cb.every = max(1, self.total_timesteps // (self.n_envs * 10))  # ~10 evaluations per run
+        remaining = self.total_timesteps
+        if ckpt is not None and ckpt.is_file():
+            saved = safe_torch_load(ckpt)
+            if not isinstance(saved, dict) or saved.get("ident") != ident:
+                why = "scheduler/config/seed/table differ" if isinstance(saved, dict) and "ident" in saved else \
+                    "it carries no run identity: an older AdaInf wrote it"
+                raise CheckpointError(f"{ckpt}: checkpoint was written for another run ({why}); "
+                                      "use another checkpoint_dir or delete it")
+            if "resume" in saved:
+                cb.model = model  # learn() initialises the callback again (same model)
+                try:
+                    cb.restore(saved)
+                except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+                    raise CheckpointError(f"{ckpt}: incomplete or inconsistent resume state "
+                                          f"({type(e).__name__}: {str(e)[:200]})") from None
+                remaining = max(0, self.total_timesteps - model.num_timesteps)
+            else:
+                warnings.warn(f"{ckpt}: {self.algo} training is not resumable (its replay buffer is not "
+                              "checkpointed); training from scratch and overwriting it", stacklevel=2)
         threads = torch.get_num_threads()
         # A 64-unit MLP on 512-row batches gains nothing from intra-op threads; on a shared 2-core machine the extra
         # thread's spin-waits cost up to 5× the CPU time (measured). Same numbers either way (determinism tests).
         torch.set_num_threads(1)
         try:
-            model.learn(total_timesteps=self.total_timesteps, callback=cb, progress_bar=self.progress,
-                        tb_log_name=f"{self.algo}_seed{seed}")
+            # On resume SB3 adds num_timesteps back: _total_timesteps (the progress denominator) = total_timesteps.
+            model.learn(total_timesteps=remaining, callback=cb, progress_bar=self.progress,
+                        tb_log_name=f"{self.algo}_seed{seed}", reset_num_timesteps=not cb.resumed)
         finally:
             torch.set_num_threads(threads)
         if cb.best_state is not None:
