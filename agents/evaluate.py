@@ -357,7 +357,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
         for xkey, xlabel, fname in (("budget", "average budget" if setting == "stream" else "budget",
                                      f"accuracy_vs_budget_{setting}_{variant}.png"),
                                     ("mean_cost_mean", "mean cost paid", f"accuracy_vs_cost_{setting}_{variant}.png")):
-            fig, ax = plt.subplots(figsize=(7.5, 5))
+            fig, ax = plt.subplots(figsize=(9.5, 5))
             for i, n in enumerate(names):
                 rs = sorted((s for s in rows if s["scheduler"] == n), key=lambda s: s["budget"])
                 bound = rs[0]["is_bound"]
@@ -369,15 +369,16 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
                 worst = max(s.get("overrun_rate_mean", 0.0) for s in rs)
                 if worst > 0.02:  # meets its budget only on average: say so in the legend
                     label += f" [overruns ≤{100 * worst:.0f}%]"
-                ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="o", ms=3, capsize=3, color=f"C{i % 10}",
-                            linestyle="--" if bound else "-", label=label)
+                # tab20 + a marker cycle: 15 schedulers stay distinguishable (the default cycle repeats after 10)
+                ax.errorbar(x, y, yerr=yerr, xerr=xerr, marker="os^vDP*X"[i % 8], ms=4, capsize=3,
+                            color=plt.get_cmap("tab20")(i % 20), linestyle="--" if bound else "-", label=label)
             if xkey == "mean_cost_mean":
                 ax.set_xlim(0, 1.02)
             ax.set_xlabel(f"{xlabel} (fraction of full-model cost)")
             ax.set_ylabel("accuracy (%)")
             ax.set_title(f"{setting} / {variant}: accuracy vs {xlabel} (error bars: std over seeds)")
             ax.grid(alpha=0.3)
-            ax.legend(fontsize=8, loc="lower right")
+            ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
             path = out_dir / fname
             buf = io.BytesIO()
