@@ -270,7 +270,9 @@ class AdaInfVecEnv(VecEnv):
             rew64 = base - c.lam * over if c.lam != 0.0 else base
         rewards = rew64.astype(np.float32)
         prev_obs = self._obs
-        step_data = (a, cost, correct, over, b, s)
+        # b may be a row of the pre-drawn budget buffer (bandit mode) that _draw() refills below: copy it for the
+        # lazily built infos.
+        step_data = (a, cost, correct, over, b.copy(), s)
         if c.mode == "bandit":
             done = True
         else:

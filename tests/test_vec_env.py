@@ -199,3 +199,17 @@ def test_reference_table_vec_env(reference_dir):
     assert obs["features"].shape == (16, 64) and obs["bucket"].shape == (16, 3)
     masks = v.action_masks()
     assert masks.shape == (16, 256) and masks.any(axis=1).all()
+
+
+def test_info_budget_is_the_observed_budget_across_buffer_refills(toy):
+    """info["budget"] of a step equals the budget the agent observed for it, also on steps that refill the
+    pre-drawn random buffers (every 1024 steps); infos are read lazily, after the refill."""
+    from adainf_env.vec_env import RNG_CHUNK
+
+    venv = make_vec_env(toy, 3, mode="bandit", seed=5)
+    obs = venv.reset()
+    for _ in range(RNG_CHUNK + 10):
+        seen = obs["budget"][:, 0].copy()
+        obs, _, _, infos = venv.step(np.zeros(3, dtype=np.int64))
+        got = np.array([infos[i]["budget"] for i in range(3)], dtype=np.float32)
+        np.testing.assert_array_equal(got, seen)
