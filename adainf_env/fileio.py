@@ -36,6 +36,7 @@ __all__ = [
     "atomic_torch_save",
     "sha256_file",
     "sha256_arrays",
+    "save_figure",
 ]
 
 
@@ -159,3 +160,17 @@ def call_atomically(path: str | os.PathLike, writer: Callable[[IO[bytes]], None]
     """Run ``writer(fileobj)`` against a temp file and rename it over ``path`` when it succeeds."""
     with atomic_write(path, "wb") as fh:
         writer(fh)
+
+
+def save_figure(fig: Any, path: str | os.PathLike, *, dpi: int = 110) -> Path:
+    """Render a matplotlib figure to PNG and write it atomically; closes the figure."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    path = Path(path)
+    atomic_write_bytes(path, buf.getvalue())
+    return path

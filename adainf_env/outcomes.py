@@ -37,7 +37,7 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 

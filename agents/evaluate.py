@@ -34,7 +34,6 @@ request, ``cap`` the bucket capacity (float), ``step`` (int) and ``horizon`` (in
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import math
@@ -346,7 +345,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    from adainf_env.fileio import atomic_write
+    from adainf_env.fileio import save_figure
 
     out_dir = Path(out_dir)
     paths = []
@@ -380,13 +379,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
             ax.grid(alpha=0.3)
             ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
             fig.tight_layout()
-            path = out_dir / fname
-            buf = io.BytesIO()
-            fig.savefig(buf, format="png", dpi=120)
-            plt.close(fig)
-            with atomic_write(path, "wb") as fh:
-                fh.write(buf.getvalue())
-            paths.append(path)
+            paths.append(save_figure(fig, out_dir / fname, dpi=120))
     return paths
 
 

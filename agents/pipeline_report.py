@@ -19,14 +19,13 @@ SB3 learners additionally write their own ``rollout/*`` / ``train/*`` curves und
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from adainf_env.fileio import atomic_write
+from adainf_env.fileio import save_figure
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Scheduler
 
@@ -188,13 +187,7 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
     ax_c.legend(fontsize=8, loc="upper left")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def format_comparison(records: Sequence[Mapping[str, Any]], learned: str, *, reference: str = "lut") -> str:

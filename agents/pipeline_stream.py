@@ -16,13 +16,12 @@ Budget processes (``adainf_env.budgets`` specs; phases fixed so the streams are 
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from adainf_env.fileio import atomic_write
+from adainf_env.fileio import atomic_write, save_figure
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler
 
@@ -146,10 +145,4 @@ def plot_stream_traces(traces: Mapping[str, Mapping[str, Mapping[str, np.ndarray
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    path = Path(path)
-    with atomic_write(path, "wb") as fh:
-        fh.write(buf.getvalue())
-    return path
+    return save_figure(fig, path, dpi=100)

@@ -23,7 +23,6 @@ What every learner gets from :class:`TorchTableLearner`:
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
