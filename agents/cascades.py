@@ -117,6 +117,13 @@ class _Cascade(Scheduler):
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
         raise ConfigError(f"{self.name} decides after running its cheap plans; use decide() with a table")
 
+    def _rows_and_configs(self, table: OutcomeTable, rows: np.ndarray, budgets: np.ndarray,
+                          state: dict[str, Any] | None) -> tuple[np.ndarray, np.ndarray]:
+        """decide()'s shared prologue: check the table and budgets, pick each row's fitted configuration."""
+        self._check_table(table)
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows, self.chosen_configs(check_budgets(budgets, len(rows)), state)
+
     def chosen_configs(self, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
         """Index of the configuration used for each budget.
 
@@ -176,10 +183,7 @@ class ConfidenceCascade(_Cascade):
 
     def decide(self, table: OutcomeTable, rows: np.ndarray, budgets: np.ndarray,
                state: dict[str, Any] | None = None) -> Decisions:
-        self._check_table(table)
-        rows = np.asarray(rows, dtype=np.int64)
-        budgets = check_budgets(budgets, len(rows))
-        cfg = self.chosen_configs(budgets, state)
+        rows, cfg = self._rows_and_configs(table, rows, budgets, state)
         cost = self.plan_space.plan_cost
         a, b, thr = self.configs["cheap"][cfg], self.configs["big"][cfg], self.configs["threshold"][cfg]
         esc = (table.conf[rows, a] < thr) & (a != b)
@@ -251,10 +255,7 @@ class AgreementCascade(_Cascade):
 
     def decide(self, table: OutcomeTable, rows: np.ndarray, budgets: np.ndarray,
                state: dict[str, Any] | None = None) -> Decisions:
-        self._check_table(table)
-        rows = np.asarray(rows, dtype=np.int64)
-        budgets = check_budgets(budgets, len(rows))
-        cfg = self.chosen_configs(budgets, state)
+        rows, cfg = self._rows_and_configs(table, rows, budgets, state)
         cost = self.plan_space.plan_cost
         masks = self.plan_space.plan_masks
         plan = np.empty(len(rows), dtype=np.int64)
