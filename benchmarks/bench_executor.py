@@ -24,7 +24,6 @@ The last output line is JSON with ``speedup_b1``, ``speedup_b256`` (``speedup_b<
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -85,14 +84,9 @@ class Config:
 
 
 def _parse(argv: list[str] | None = None) -> Config:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for f in dataclasses.fields(Config):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-        else:
-            ap.add_argument(flag, type=type(f.default), default=f.default)
-    cfg = Config(**vars(ap.parse_args(argv)))
+    from agents.cli import parse_config
+
+    cfg = parse_config(Config, argv, description=__doc__)
     if cfg.mix not in ("all", "depth"):
         raise ConfigError(f"--mix must be all or depth, got {cfg.mix!r}")
     if cfg.strategy not in ("auto", "gather", "group"):

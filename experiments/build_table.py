@@ -16,7 +16,6 @@ arguments; the checkpoint is deleted once the table is written (atomically).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -51,18 +50,6 @@ class BuildTableConfig:
     download: bool = False  # let torchvision download CIFAR when --data is a root without it
     threads: Optional[int] = None  # torch intra-op threads (default: torch's choice)
     progress: bool = True
-
-
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
-    for f in dataclasses.fields(BuildTableConfig):
-        flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
-            continue
-        typ = {"int": int, "Optional[int]": int, "str": str, "Optional[str]": str}[str(f.type)]
-        p.add_argument(flag, type=typ, default=f.default, help=f"default: {f.default}")
-    return p
 
 
 def _select_split(cfg: BuildTableConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict]:
@@ -131,7 +118,9 @@ def run(cfg: BuildTableConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from adainf_env.errors import AdaInfError
 
-    cfg = BuildTableConfig(**vars(_parser().parse_args(argv)))
+    from agents.cli import parse_config
+
+    cfg = parse_config(BuildTableConfig, argv, description=__doc__.split("\n\n")[0])
     try:
         run(cfg)
     except AdaInfError as e:

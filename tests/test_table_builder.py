@@ -201,3 +201,29 @@ def test_reference_images_agree_with_reference_table(reference_checkpoint, cifar
     assert agree >= 0.995, agree
     np.testing.assert_array_equal(t.plan_macs, test_table.plan_macs[cols])
     np.testing.assert_allclose(t.features, test_table.features[:n], atol=2e-2)  # reference stores float16
+
+
+def test_build_table_script_smoke(tmp_path):
+    """experiments/build_table.py end to end on the shipped demo sample (random weights, 4 images): writes a table
+    that load_table accepts with the expected metadata, and refuses a bad --split with one clear line."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from adainf_env.data import demo_archive_path
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "ADAINF_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "t.npz"
+    args = [sys.executable, "experiments/build_table.py", "--backbone", "resnet18_cifar", "--data",
+            str(demo_archive_path()), "--split", "test", "--limit", "4", "--batch-size", "4", "--out", str(out),
+            "--no-progress"]
+    done = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    t = load_table(out, backbone="resnet18_cifar", split="test")
+    assert t.num_samples == 4 and t.num_plans == 256
+    bad = subprocess.run(args[:6] + ["--split", "nope", "--out", str(tmp_path / "x.npz")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 2 and "--split must be test, calib or fit" in bad.stderr
+    assert not (tmp_path / "x.npz").exists()
