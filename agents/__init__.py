@@ -7,7 +7,7 @@ Importing ``agents`` does not import stable-baselines3 or torch: learners are im
 from __future__ import annotations
 
 from agents.base import Decisions, PlanSpace, Scheduler, check_budgets
-from agents.evaluate import (
+from agents.evaluation import (
     evaluate_bandit,
     evaluate_stream,
     markdown_tables,

@@ -84,7 +84,7 @@ class Config:
 
 
 def _parse(argv: list[str] | None = None) -> Config:
-    from agents.cli import parse_config
+    from adainf_lab.cli import parse_config
 
     cfg = parse_config(Config, argv, description=__doc__)
     if cfg.mix not in ("all", "depth"):

@@ -118,7 +118,7 @@ def run(cfg: BuildTableConfig) -> Path:
 def main(argv: list[str] | None = None) -> int:
     from adainf_env.errors import AdaInfError
 
-    from agents.cli import parse_config
+    from adainf_lab.cli import parse_config
 
     cfg = parse_config(BuildTableConfig, argv, description=__doc__.split("\n\n")[0])
     try:

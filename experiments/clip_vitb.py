@@ -30,7 +30,7 @@ if __package__ in (None, ""):  # allow `python experiments/clip_vitb.py` from a 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adainf_env.errors import ConfigError  # noqa: E402
-from agents.pipeline import PipelineConfig  # noqa: E402
+from adainf_lab.pipeline import PipelineConfig  # noqa: E402
 
 __all__ = ["ClipViTBConfig", "main", "RANDOM_SUBSET"]
 
@@ -64,8 +64,8 @@ class ClipViTBConfig(PipelineConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     from adainf_env.table_builder import structured_plan_subset
-    from agents.cli import parse_config
-    from agents.pipeline import run_pipeline
+    from adainf_lab.cli import parse_config
+    from adainf_lab.pipeline import run_pipeline
 
     cfg = parse_config(ClipViTBConfig, argv)
     random_weights = cfg.pretrained is None

@@ -4,7 +4,7 @@
 
 ``--table-dir`` holds ``table_calib.npz`` and ``table_test.npz`` (project tables from experiments/build_table.py, or
 the reference directory). Writes into the run directory: ``config.json`` (config + git revision), ``results.json`` /
-``results.csv`` (one record per scheduler × setting × budget × seed, see :mod:`agents.evaluate`), ``summary.*``
+``results.csv`` (one record per scheduler × setting × budget × seed, see :mod:`agents.evaluation.harness`), ``summary.*``
 (mean ± std over seeds), PNGs (accuracy vs budget; bounds dashed), TensorBoard events under ``tb/``; prints the
 markdown tables.
 """
@@ -21,7 +21,7 @@ if __package__ in (None, ""):  # allow `python experiments/compare_schedulers.py
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adainf_env.errors import AdaInfError, ConfigError  # noqa: E402
-from agents.evaluate import BANDIT_BUDGETS  # noqa: E402
+from agents.evaluation.harness import BANDIT_BUDGETS  # noqa: E402
 
 __all__ = ["CompareConfig", "main", "load_split_tables"]
 
@@ -89,10 +89,10 @@ def load_split_tables(table_dir: Path, cost_unit: str = "macs"):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from agents.cli import parse_config
-    from agents.evaluate import run_comparison, write_results, write_tensorboard
+    from adainf_lab.cli import parse_config
+    from agents.evaluation.harness import run_comparison, write_results, write_tensorboard
     from agents.registry import available_schedulers
-    from agents.rundir import make_run_dir, save_config
+    from adainf_lab.rundir import make_run_dir, save_config
 
     cfg = parse_config(CompareConfig, argv)
     calib, test = load_split_tables(cfg.table_dir, cfg.cost_unit)

@@ -20,7 +20,7 @@ if str(ROOT) not in sys.path:  # allow running as a plain script from a checkout
 
 from adainf_env.data import demo_archive_path, write_archive_subset  # noqa: E402
 from adainf_env.fileio import sha256_file  # noqa: E402
-from agents.cli import parse_config  # noqa: E402
+from adainf_lab.cli import parse_config  # noqa: E402
 
 
 @dataclass

@@ -4,9 +4,9 @@
     python experiments/ppo_resnet18.py --table-dir ../shared/reference   # from prebuilt tables (≈ 1–2 min on 2 cores)
     python experiments/ppo_resnet18.py --data ~/data --checkpoint ckpt.pt
 
-Pipeline (:mod:`agents.pipeline`): data → backbone (trained with stochastic depth, or ``--checkpoint``) → calibration
+Pipeline (:mod:`adainf_lab.pipeline`): data → backbone (trained with stochastic depth, or ``--checkpoint``) → calibration
 and test outcome tables (cached, reused) → PPO on the calibration table → test evaluation against ``lut`` (plan
-chosen on calibration) and ``oracle`` (a bound) → ``results.json`` (records of :mod:`agents.evaluate`), CSV, PNGs,
+chosen on calibration) and ``oracle`` (a bound) → ``results.json`` (records of :mod:`agents.evaluation.harness`), CSV, PNGs,
 TensorBoard events (``tensorboard --logdir runs``) and ``config.json`` (config + git revision) in the run directory.
 With no data and no network it runs a real, small demo on the CIFAR-10 sample shipped in the package and says so.
 """
@@ -26,7 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if __package__ in (None, ""):  # allow `python experiments/ppo_resnet18.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.pipeline import PipelineConfig  # noqa: E402
+from adainf_lab.pipeline import PipelineConfig  # noqa: E402
 
 __all__ = ["PPOResNet18Config", "main"]
 
@@ -39,8 +39,8 @@ class PPOResNet18Config(PipelineConfig):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from agents.cli import parse_config
-    from agents.pipeline import run_pipeline
+    from adainf_lab.cli import parse_config
+    from adainf_lab.pipeline import run_pipeline
 
     cfg = parse_config(PPOResNet18Config, argv)
     return run_pipeline(cfg, script="ppo_resnet18.py")

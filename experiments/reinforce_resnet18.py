@@ -3,7 +3,7 @@
     python experiments/reinforce_resnet18.py                                   # data found → full run; else the offline demo
     python experiments/reinforce_resnet18.py --table-dir ../shared/reference   # from prebuilt tables
 
-Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`agents.pipeline`): only the
+Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`adainf_lab.pipeline`): only the
 scheduler differs. ``--epochs`` sets the learner's training epochs (held-out calibration rows pick the best epoch).
 """
 
@@ -22,7 +22,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 if __package__ in (None, ""):  # allow `python experiments/reinforce_resnet18.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agents.pipeline import PipelineConfig  # noqa: E402
+from adainf_lab.pipeline import PipelineConfig  # noqa: E402
 
 __all__ = ["ReinforceResNet18Config", "main"]
 
@@ -35,8 +35,8 @@ class ReinforceResNet18Config(PipelineConfig):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from agents.cli import parse_config
-    from agents.pipeline import run_pipeline
+    from adainf_lab.cli import parse_config
+    from adainf_lab.pipeline import run_pipeline
 
     cfg = parse_config(ReinforceResNet18Config, argv)
     return run_pipeline(cfg, script="reinforce_resnet18.py")

@@ -4,7 +4,7 @@
     python experiments/resnet32_cifar100.py --download               # let torchvision download it (network)
     python experiments/resnet32_cifar100.py --data ~/data --checkpoint resnet32.pt --algo ppo
 
-Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`agents.pipeline`). ResNet-32 has
+Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`adainf_lab.pipeline`). ResNet-32 has
 15 skippable blocks: 2^15 plans are too many to table, so the tables hold the documented structured + sampled subset
 of :func:`adainf_env.table_builder.structured_plan_subset` (``--num-random-plans``). There is no offline demo for
 CIFAR-100: with no data this script stops with a DataSourceError naming the options.
@@ -26,7 +26,7 @@ if __package__ in (None, ""):  # allow `python experiments/resnet32_cifar100.py`
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adainf_env.errors import ConfigError  # noqa: E402
-from agents.pipeline import PipelineConfig  # noqa: E402
+from adainf_lab.pipeline import PipelineConfig  # noqa: E402
 
 __all__ = ["ResNet32Cifar100Config", "main"]
 
@@ -51,8 +51,8 @@ class ResNet32Cifar100Config(PipelineConfig):
 
 def main(argv: list[str] | None = None) -> dict:
     from adainf_env.table_builder import structured_plan_subset
-    from agents.cli import parse_config
-    from agents.pipeline import run_pipeline
+    from adainf_lab.cli import parse_config
+    from adainf_lab.pipeline import run_pipeline
 
     cfg = parse_config(ResNet32Cifar100Config, argv)
     masks = None

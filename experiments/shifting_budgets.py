@@ -5,9 +5,9 @@
 
 The learned scheduler (``--algo``, default ``hinge``) and the references (``--references``: ``lut``, ``hull_mix``,
 ``oracle`` — a bound) are fitted on the calibration table; each then serves ``--num-streams`` streams of ``--horizon``
-test requests whose budget follows each process (:mod:`agents.pipeline_stream`). With ``--shared`` the requests share a
+test requests whose budget follows each process (:mod:`agents.evaluation.traces`). With ``--shared`` the requests share a
 token bucket refilled by the process (the average cost is what is constrained). Writes ``results.json`` (stream
-records of :mod:`agents.evaluate`, ``variant`` = process), ``stream_traces.png`` (budget and chosen cost over time,
+records of :mod:`agents.evaluation.harness`, ``variant`` = process), ``stream_traces.png`` (budget and chosen cost over time,
 rolling accuracy, per scheduler), ``traces.npz``, TensorBoard events and ``config.json`` into the run directory.
 Without ``--table-dir`` the tables come from the same data → backbone → tables pipeline as ppo_resnet18.py (demo
 sample when no data is found).
@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # allow `python experiments/shifting_budgets.py` 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adainf_env.errors import ConfigError  # noqa: E402
-from agents.pipeline import PipelineConfig  # noqa: E402
+from adainf_lab.pipeline import PipelineConfig  # noqa: E402
 
 __all__ = ["ShiftingBudgetsConfig", "main"]
 
@@ -53,7 +53,7 @@ class ShiftingBudgetsConfig(PipelineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from agents.pipeline_stream import DEFAULT_PROCESSES
+        from agents.evaluation.traces import DEFAULT_PROCESSES
         from agents.registry import scheduler_class
 
         for r in self.references:
@@ -72,10 +72,10 @@ def main(argv: list[str] | None = None) -> dict:
     from torch.utils.tensorboard import SummaryWriter
 
     from adainf_env.fileio import atomic_write, atomic_write_json
-    from agents.cli import parse_config
-    from agents.evaluate import summarize, write_results, write_tensorboard
-    from agents.pipeline import demo_settings, fit_scheduler, prepare_run
-    from agents.pipeline_stream import DEFAULT_PROCESSES, plot_stream_traces, run_stream_traces, synthetic_trace
+    from adainf_lab.cli import parse_config
+    from agents.evaluation.harness import summarize, write_results, write_tensorboard
+    from adainf_lab.pipeline import demo_settings, fit_scheduler, prepare_run
+    from agents.evaluation.traces import DEFAULT_PROCESSES, plot_stream_traces, run_stream_traces, synthetic_trace
     from agents.registry import make_scheduler
 
     cfg = parse_config(ShiftingBudgetsConfig, argv)

@@ -2,11 +2,11 @@
 
     python experiments/stream_ceiling.py --table-dir ../shared/reference --avg-budget 0.2 --seeds 3
 
-Compares, on the test table, under a token bucket refilled with the average budget b̄ (``agents.evaluate.
+Compares, on the test table, under a token bucket refilled with the average budget b̄ (``agents.evaluation.harness.
 evaluate_stream``, the harness's shared setting):
 
 * ``hull_mix``   — static mixture of two calibration-hull plans (the feature-blind optimum for an average budget);
-* ``lagrangian`` — per-sample router argmax_p P̂(correct | x, p) − μ·c_p (:mod:`agents.lagrangian`), fitted on calib;
+* ``lagrangian`` — per-sample router argmax_p P̂(correct | x, p) − μ·c_p (:mod:`agents.learners.lagrangian`), fitted on calib;
 * ``lagrangian fitted on test`` — the same router with its correctness model and price fitted on the *test* split
   (70 % fit / 30 % early stopping + price), then evaluated on that same split: **a bound** for this model class on
   these features (no calibration→test shift, partly in-sample);
@@ -81,8 +81,8 @@ def roc_auc(score: np.ndarray, label: np.ndarray) -> float:
 
 def _label_router_class():
     from agents.base import Decisions, Scheduler, check_budgets
-    from agents.lagrangian import price_for_budget, route
-    from agents.policy_nets import pareto_plans
+    from agents.learners.lagrangian import price_for_budget, route
+    from agents.learners.policy_nets import pareto_plans
 
     class LabelRouter(Scheduler):
         """argmax_p 1[correct(x, p)] − μ·c_p within what may be spent, μ set on the evaluated table's labels — a
@@ -117,7 +117,7 @@ LabelRouter = None  # set lazily by main() (keeps `import experiments.stream_cei
 
 
 def _stream(sched: Any, test: Any, cfg: CeilingConfig, floor: float, seed: int) -> dict[str, float]:
-    from agents.evaluate import evaluate_stream, stream_process_for
+    from agents.evaluation.harness import evaluate_stream, stream_process_for
 
     proc = stream_process_for("shared", cfg.avg_budget, floor)
     r = evaluate_stream(sched, test, proc, shared=True, bucket_cap=cfg.bucket_cap, seed=seed,
@@ -132,7 +132,7 @@ def _aucs(sched: Any, test: Any) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     from adainf_env.fileio import atomic_write_json
-    from agents.cli import parse_config
+    from adainf_lab.cli import parse_config
     from agents.registry import make_scheduler
     from experiments.compare_schedulers import load_split_tables
 

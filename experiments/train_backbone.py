@@ -75,8 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
     from adainf_env.backbones.training import TrainSettings, evaluate_accuracy, train_backbone
     from adainf_env.data import load_images, make_splits
     from adainf_env.fileio import atomic_write_json, sha256_arrays
-    from agents.cli import parse_config
-    from agents.rundir import make_run_dir, save_config
+    from adainf_lab.cli import parse_config
+    from adainf_lab.rundir import make_run_dir, save_config
 
     cfg = parse_config(Config, argv)
     out = make_run_dir(backbone=cfg.backbone, algo="train", seed=cfg.seed, out=cfg.out)

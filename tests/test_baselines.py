@@ -12,8 +12,8 @@ import pytest
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.toy import make_toy_table, toy_optimal_plans
 from agents.base import Scheduler
-from agents.cascades import additive_costs, joint_cost
-from agents.evaluate import evaluate_bandit
+from agents.baselines.cascades import additive_costs, joint_cost
+from agents.evaluation.harness import evaluate_bandit
 from agents.registry import BASELINES, make_scheduler, scheduler_class
 
 BUDGETS = [0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0]

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import save_table
 from adainf_env.toy import make_toy_table
-from agents.cli import parse_config
+from adainf_lab.cli import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "experiments"))

@@ -10,7 +10,7 @@ import pytest
 
 from adainf_env.errors import ConfigError
 from adainf_env.toy import make_toy_table
-from agents.evaluate import (RECORD_FIELDS, evaluate_bandit, evaluate_stream, markdown_tables, run_comparison,
+from agents.evaluation.harness import (RECORD_FIELDS, evaluate_bandit, evaluate_stream, markdown_tables, run_comparison,
                              summarize, write_results)
 from agents.registry import make_scheduler
 

@@ -19,7 +19,7 @@ def _data(bb, n=64, seed=0):
 
 @pytest.mark.parametrize("finetune", ["none", "lora", "full"])
 def test_live_hinge_trains_and_respects_budget(finetune):
-    from agents.hinge_live import LiveHingeTrainer, LoRAConv2d
+    from agents.learners.hinge_live import LiveHingeTrainer, LoRAConv2d
 
     torch.manual_seed(0)
     bb = TinyResNet(num_blocks=4, seed=0)
@@ -43,7 +43,7 @@ def test_live_hinge_trains_and_respects_budget(finetune):
 
 
 def test_straight_through_gates_are_hard_with_gradients():
-    from agents.hinge_live import gumbel_sigmoid_st
+    from agents.learners.hinge_live import gumbel_sigmoid_st
 
     logits = torch.randn(5, 3, requires_grad=True)
     g = gumbel_sigmoid_st(logits, 0.5, torch.Generator().manual_seed(0))
@@ -53,7 +53,7 @@ def test_straight_through_gates_are_hard_with_gradients():
 
 
 def test_live_hinge_bad_arguments():
-    from agents.hinge_live import LiveHingeTrainer
+    from agents.learners.hinge_live import LiveHingeTrainer
 
     bb = TinyResNet(num_blocks=4)
     with pytest.raises(ConfigError):

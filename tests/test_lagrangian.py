@@ -20,13 +20,13 @@ def toy():
 
 @pytest.fixture(scope="module")
 def fitted(toy):
-    from agents.lagrangian import LagrangianScheduler
+    from agents.learners.lagrangian import LagrangianScheduler
 
     return LagrangianScheduler(epochs=15, progress=False).fit(toy[0], seed=0)
 
 
 def test_price_meets_average_budget_and_is_monotone():
-    from agents.lagrangian import price_for_budget, route
+    from agents.learners.lagrangian import price_for_budget, route
 
     rng = np.random.default_rng(0)
     prob = np.sort(rng.random((500, 5)), axis=1)  # dearer plans more often right
@@ -47,7 +47,7 @@ def test_price_meets_average_budget_and_is_monotone():
 def test_router_beats_hull_mix_in_shared_stream_on_toy(toy, fitted):
     """On the toy table the features reveal which blocks a sample needs: the router must beat the best static
     (feature-blind) mixture under the same average budget, without overrunning the bucket."""
-    from agents.evaluate import evaluate_stream, stream_process_for
+    from agents.evaluation.harness import evaluate_stream, stream_process_for
     from agents.registry import make_scheduler
 
     train, test = toy
@@ -75,7 +75,7 @@ def test_router_bandit_within_budget_and_beats_random(toy, fitted):
 
 def test_same_seed_same_numbers_save_load_and_refusals(toy, fitted, tmp_path):
     from agents.base import Scheduler
-    from agents.lagrangian import LagrangianScheduler
+    from agents.learners.lagrangian import LagrangianScheduler
 
     train, test = toy
     again = LagrangianScheduler(epochs=15, progress=False).fit(train, seed=0)

@@ -64,7 +64,7 @@ def test_torch_learner_beats_random_on_toy(toy, name, kw):
 
 @pytest.mark.parametrize("algo", ["ppo", "a2c", "dqn", "maskable_ppo"])
 def test_sb3_learner_beats_random_on_toy(toy, algo):
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     train, test = toy
     # lut_prior=0: the plain SB3 policy must learn the plans itself (with the prior the untrained policy is the LUT)
@@ -78,7 +78,7 @@ def test_sb3_learner_beats_random_on_toy(toy, algo):
 
 
 def test_hinge_loss_gradient_matches_finite_differences():
-    from agents.hinge import hinge_loss
+    from agents.learners.hinge import hinge_loss
 
     g = torch.Generator().manual_seed(0)
     n, k = 5, 4
@@ -95,8 +95,8 @@ def test_hinge_policy_parameter_gradient_matches_finite_differences():
     """End to end through the policy network: d loss / d weights by autograd = by finite differences."""
     from torch.func import functional_call
 
-    from agents.hinge import hinge_loss
-    from agents.policy_nets import PlanPolicy
+    from agents.learners.hinge import hinge_loss
+    from agents.learners.policy_nets import PlanPolicy
 
     torch.manual_seed(0)
     cost = np.array([0.1, 0.35, 0.6, 0.95])
@@ -136,7 +136,7 @@ def test_same_seed_same_numbers_torch(toy, name):
 
 
 def test_same_seed_same_numbers_ppo(toy):
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     train, test = toy
     runs = [SB3Scheduler(algo="ppo", total_timesteps=4096, n_envs=32).fit(train, seed=3) for _ in range(2)]
@@ -148,7 +148,7 @@ def test_same_seed_same_numbers_ppo(toy):
 
 def test_unknown_algorithm_and_bad_arguments():
     from agents.registry import make_scheduler
-    from agents.sb3_agents import PPOScheduler, SB3Scheduler
+    from agents.sb3.scheduler import PPOScheduler, SB3Scheduler
 
     with pytest.raises(ConfigError, match="unknown SB3 algorithm"):
         SB3Scheduler(algo="sac")
@@ -169,7 +169,7 @@ def test_unknown_algorithm_and_bad_arguments():
 
 
 def test_budgets_and_features_checked(toy):
-    from agents.hinge import HingeScheduler
+    from agents.learners.hinge import HingeScheduler
 
     train, test = toy
     s = HingeScheduler(epochs=1, progress=False).fit(train, seed=0)
@@ -204,7 +204,7 @@ def test_save_load_roundtrip_and_plan_space_refusal(toy, tmp_path, name):
 
 def test_policy_prior_makes_untrained_policy_the_lut(toy):
     """With the accuracy prior and a zero-initialised last layer, the untrained policy is the look-up table."""
-    from agents.hinge import HingeScheduler
+    from agents.learners.hinge import HingeScheduler
 
     train, _ = toy
     s = HingeScheduler(epochs=1, progress=False)
@@ -222,7 +222,7 @@ def test_policy_prior_makes_untrained_policy_the_lut(toy):
 def test_sb3_lut_prior_makes_untrained_policy_the_lut(toy):
     """With ``lut_prior`` the policy's most probable plan within budget is the LUT plan before any learning, and the
     untrained policy is the first selection candidate."""
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     train, _ = toy
     cost, acc = train.plan_cost(), train.accuracy_by_plan()

@@ -51,7 +51,7 @@ def test_killed_run_resumes_to_identical_result(table, tmp_path, name):
 
 
 def test_checkpoint_of_another_run_is_refused(table, tmp_path):
-    from agents.hinge import HingeScheduler
+    from agents.learners.hinge import HingeScheduler
 
     HingeScheduler(epochs=2, progress=False).fit(table, seed=0, checkpoint_dir=tmp_path)
     with pytest.raises(CheckpointError, match="another run"):
@@ -64,7 +64,7 @@ def test_pickle_checkpoint_is_refused(table, tmp_path):
     import pickle
 
     from adainf_env.errors import UnsafeFileError
-    from agents.hinge import HingeScheduler
+    from agents.learners.hinge import HingeScheduler
 
     class Boom:
         def __reduce__(self):

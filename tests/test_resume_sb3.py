@@ -36,7 +36,7 @@ def table():
 
 @pytest.fixture(scope="module")
 def reference(table, tmp_path_factory):
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     d = tmp_path_factory.mktemp("ref")
     return SB3Scheduler(algo="ppo", **KW).fit(table, seed=5, checkpoint_dir=d), d
@@ -73,7 +73,7 @@ def _assert_same(ref, b, table) -> None:
 
 
 def test_killed_ppo_run_resumes_to_identical_result(table, reference, tmp_path):
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     seen: list[int] = []
     SB3Scheduler(algo="ppo", **KW).fit(table, seed=5, callback=lambda t, m: seen.append(t))
@@ -101,7 +101,7 @@ def test_killed_ppo_run_resumes_to_identical_result(table, reference, tmp_path):
 
 def test_resume_from_a_later_checkpoint_is_identical_too(table, reference, tmp_path):
     """Kill twice (resume, kill again, resume): still the uninterrupted numbers."""
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     d = tmp_path / "twice"
     with pytest.raises(Killed):
@@ -113,7 +113,7 @@ def test_resume_from_a_later_checkpoint_is_identical_too(table, reference, tmp_p
 
 
 def test_sb3_checkpoint_of_another_run_is_refused(table, tmp_path):
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     kw = {**KW, "total_timesteps": 768}
     SB3Scheduler(algo="ppo", **kw).fit(table, seed=0, checkpoint_dir=tmp_path)
@@ -130,7 +130,7 @@ def test_sb3_pickle_checkpoint_is_refused(table, tmp_path):
     import pickle
 
     from adainf_env.errors import UnsafeFileError
-    from agents.sb3_agents import SB3Scheduler
+    from agents.sb3.scheduler import SB3Scheduler
 
     class Boom:
         def __reduce__(self):

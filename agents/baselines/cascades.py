@@ -36,7 +36,7 @@ import numpy as np
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
-from agents.baselines import Staircase
+from agents.baselines.static import Staircase
 
 __all__ = ["ConfidenceCascade", "AgreementCascade", "additive_costs", "joint_cost", "pareto_plans"]
 

@@ -8,10 +8,10 @@ the candidate plans and the loss is the *exact* expectation over that softmax (n
 with ℓ(x, p) the table's cross-entropy of the true label under plan p (``target="ce"``, the AdaInf paper's loss) or
 the 0/1 error (``target="error"``), c_p the plan cost (fraction of the full model). Budgets are sampled uniformly from
 the budget range during training. Inference: argmax of the logits, restricted by default to plans within the budget
-(``restrict_to_budget``; see :mod:`agents.torch_learner`) — so the overrun rate is 0. ``train_mask=True`` also
+(``restrict_to_budget``; see :mod:`agents.learners.torch_learner`) — so the overrun rate is 0. ``train_mask=True`` also
 restricts the softmax to within-budget plans during training (the hinge term is then 0 and λ is unused).
 
-(b) **With the live backbone**: see :mod:`agents.hinge_live` (Gumbel-softmax / straight-through block masks, joint
+(b) **With the live backbone**: see :mod:`agents.learners.hinge_live` (Gumbel-softmax / straight-through block masks, joint
 backbone fine-tuning in full or with LoRA).
 """
 
@@ -24,7 +24,7 @@ import torch
 
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable
-from agents.torch_learner import TorchTableLearner
+from agents.learners.torch_learner import TorchTableLearner
 
 __all__ = ["HingeScheduler", "hinge_loss"]
 
@@ -48,7 +48,7 @@ def hinge_loss(logits: torch.Tensor, plan_loss: torch.Tensor, plan_cost: torch.T
 
 class HingeScheduler(TorchTableLearner):
     """AdaInf hinge-loss scheduler on an outcome table. Keyword arguments: those of
-    :class:`~agents.torch_learner.TorchTableLearner` plus ``lam`` (λ, penalty per unit of overrun, ≥ 0),
+    :class:`~agents.learners.torch_learner.TorchTableLearner` plus ``lam`` (λ, penalty per unit of overrun, ≥ 0),
     ``target`` ("ce" | "error") and ``train_mask``."""
 
     name = "hinge"

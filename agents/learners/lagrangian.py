@@ -40,7 +40,7 @@ from torch import nn
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler, check_budgets
-from agents.policy_nets import FeatureScaler, candidate_plans, mlp
+from agents.learners.policy_nets import FeatureScaler, candidate_plans, mlp
 
 __all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_budget", "route"]
 

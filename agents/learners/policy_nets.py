@@ -8,7 +8,7 @@ Two output heads:
 * :class:`PlanPolicy` — logits over a list of K *candidate plans* (indices into the table's plan list). Its logits
   carry a cost-aware prior ``−softplus(κ)·relu(c_p − M)/scale`` (κ learnt): a plan's logit falls as it overruns the
   budget, so "argmax over plans within budget" is expressible by a small net for every M at once (the optimum of
-  the hinge loss, see :mod:`agents.hinge`, is exactly such a budget-masked argmin of expected loss).
+  the hinge loss, see :mod:`agents.learners.hinge`, is exactly such a budget-masked argmin of expected loss).
 * :class:`BlockPolicy` — B per-block Bernoulli logits (BlockDrop style, Wu et al. 2018).
 
 Also :func:`pareto_plans` — the accuracy/cost Pareto frontier of a (calibration) table, the default candidate set:

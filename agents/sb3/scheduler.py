@@ -68,8 +68,8 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
-from agents.policy_nets import candidate_plans
-from agents.torch_learner import VAL_BUDGETS
+from agents.learners.policy_nets import candidate_plans
+from agents.learners.torch_learner import VAL_BUDGETS
 
 __all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "MaskablePPOScheduler",
            "SchedulerObsWrapper", "ObsBuilder", "ALGOS", "RESUMABLE_ALGOS", "StepCallback"]

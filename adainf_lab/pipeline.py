@@ -10,7 +10,7 @@ Modes (:func:`resolve_mode`):
 
 * ``tables`` — ``table_dir`` given: no data, no backbone;
 * ``full`` — real data found (``data`` given, ``download``, or a torchvision copy in a default location, see
-  :mod:`agents.pipeline_data`): train/load the backbone on the full dataset;
+  :mod:`adainf_lab.data`): train/load the backbone on the full dataset;
 * ``demo`` — no data and no network needed: the small real CIFAR-10 JPG sample shipped in the package
   (``adainf_env/demo_data``), a narrow ResNet18 trained on it for about a minute, all plans tabled, the scheduler
   fitted and evaluated — a complete, real, small run (~3 min on 2 CPU cores). ``demo_scale`` < 1 shrinks it
@@ -34,7 +34,7 @@ import numpy as np
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write_json
 from adainf_env.outcomes import OutcomeTable
-from agents.evaluate import BANDIT_BUDGETS
+from agents.evaluation.harness import BANDIT_BUDGETS
 
 __all__ = ["PipelineConfig", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler", "evaluate_against_references",
            "run_pipeline", "DEMO", "demo_settings"]
@@ -153,13 +153,13 @@ class PipelineConfig:
 @dataclasses.dataclass
 class Mode:
     kind: str  # "tables" | "full" | "demo"
-    data: Any = None  # agents.pipeline_data.DataChoice (full / demo)
+    data: Any = None  # adainf_lab.data.DataChoice (full / demo)
     reason: str = ""
 
 
 def resolve_mode(cfg: PipelineConfig, *, allow_demo: bool = True) -> Mode:
     """Decide what the run does (see module docstring); raises DataSourceError when there is nothing to run on."""
-    from agents.pipeline_data import resolve_data
+    from adainf_lab.data import resolve_data
 
     if cfg.table_dir is not None:
         return Mode("tables", None, f"prebuilt tables in {cfg.table_dir}")
@@ -205,8 +205,8 @@ def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callab
                   plan_masks: np.ndarray | None = None) -> tuple[OutcomeTable, OutcomeTable, dict[str, Any]]:
     """``(calib, test, provenance)`` for the run: from ``table_dir``, or data → backbone → cached tables."""
     from adainf_env.data import load_images, make_splits
-    from agents.pipeline_backbone import obtain_backbone
-    from agents.pipeline_tables import cached_table, default_table_cache, tables_from_dir
+    from adainf_lab.backbone import obtain_backbone
+    from adainf_lab.tables import cached_table, default_table_cache, tables_from_dir
 
     if mode.kind == "tables":
         calib, test = tables_from_dir(cfg.table_dir)
@@ -290,7 +290,7 @@ def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, write
                   timesteps: int | None = None, log: Callable[[str], None] = say):
     """Construct ``cfg.algo`` with the run's settings, fit it on the calibration table (TensorBoard curves under
     ``run_dir/tensorboard``, resumable checkpoints under ``run_dir/checkpoints``), save it, return it."""
-    from agents.pipeline_report import TrainingMonitor
+    from adainf_lab.report import TrainingMonitor
     from agents.registry import make_scheduler, scheduler_class
 
     cls = scheduler_class(cfg.algo)
@@ -342,7 +342,7 @@ def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, write
 def evaluate_against_references(sched: Any, calib: OutcomeTable, test: OutcomeTable, budgets: tuple[float, ...], *,
                                 seed: int, references: tuple[str, ...] = ("lut", "oracle")):
     """Bandit records (issue-4 format) of ``sched`` and the references on the test table; references fit on calib."""
-    from agents.evaluate import evaluate_bandit
+    from agents.evaluation.harness import evaluate_bandit
     from agents.registry import make_scheduler
 
     scheds = {sched.name: sched}
@@ -366,7 +366,7 @@ def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True
                 demo_description: str | None = None):
     """Resolve the mode, create the run directory (config.json + git revision), print the demo banner, and get the
     calibration and test tables. Returns ``(mode, run_dir, calib, test, provenance, full_command)``."""
-    from agents.rundir import make_run_dir, save_config
+    from adainf_lab.rundir import make_run_dir, save_config
 
     mode = resolve_mode(cfg, allow_demo=allow_demo)
     if mode.kind == "tables":
@@ -406,9 +406,9 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
     """Run one experiment end to end (see module docstring); returns a summary dict (also ``run_summary.json``)."""
     from torch.utils.tensorboard import SummaryWriter
 
-    from agents.cli import config_to_dict
-    from agents.evaluate import write_results
-    from agents.pipeline_report import format_comparison, log_hparams, log_test_records, plot_run
+    from adainf_lab.cli import config_to_dict
+    from agents.evaluation.harness import write_results
+    from adainf_lab.report import format_comparison, log_hparams, log_test_records, plot_run
 
     t_start = time.perf_counter()
     mode, run_dir, calib, test, prov, full_cmd = prepare_run(cfg, algo_label=cfg.algo, allow_demo=allow_demo,

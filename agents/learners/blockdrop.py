@@ -1,7 +1,7 @@
 """BlockDrop [``blockdrop``] (Wu et al., "BlockDrop: Dynamic Inference Paths in Residual Networks", CVPR 2018),
 made budget-aware — the AdaInf paper's BlockDrop row.
 
-Policy: per-block Bernoulli probabilities s = sigmoid(g(x, M)) (:class:`~agents.policy_nets.BlockPolicy`); the budget
+Policy: per-block Bernoulli probabilities s = sigmoid(g(x, M)) (:class:`~agents.learners.policy_nets.BlockPolicy`); the budget
 M is an input (that is the budget-awareness the original lacks). Training is REINFORCE on BlockDrop's reward
 
     R(u) = 1 − (|u| / B)²   if the plan u classifies x correctly,   −γ otherwise,
@@ -37,9 +37,9 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable
-from agents.policy_nets import BlockPolicy
-from agents.reinforce import bernoulli_entropy, block_plan_lookup, block_scores_over_plans
-from agents.torch_learner import TorchTableLearner
+from agents.learners.policy_nets import BlockPolicy
+from agents.learners.reinforce import bernoulli_entropy, block_plan_lookup, block_scores_over_plans
+from agents.learners.torch_learner import TorchTableLearner
 
 __all__ = ["BlockDropScheduler"]
 

@@ -1,7 +1,7 @@
 """Our REINFORCE scheduler [``reinforce``] (Williams 1992) on an outcome table.
 
-Policy: softmax over candidate plans from :class:`~agents.policy_nets.PlanPolicy` (``policy="plans"``) or per-block
-Bernoulli from :class:`~agents.policy_nets.BlockPolicy` (``policy="blocks"``; needs a table holding all 2^B plans).
+Policy: softmax over candidate plans from :class:`~agents.learners.policy_nets.PlanPolicy` (``policy="plans"``) or per-block
+Bernoulli from :class:`~agents.learners.policy_nets.BlockPolicy` (``policy="blocks"``; needs a table holding all 2^B plans).
 
 Per minibatch of calibration rows with budgets M sampled uniformly from the budget range, ``n_samples`` actions are
 sampled per row and rewarded with the environment's bandit reward
@@ -11,7 +11,7 @@ sampled per row and rewarded with the environment's bandit reward
 The baseline is the reward of the greedy action (self-critical, Rennie et al. 2017) and an entropy bonus β·H keeps
 exploration. With ``mask_over_budget=True`` (default) the policy only ever samples plans within the budget during
 training as well (the action-mask view of the env; the overrun term is then always 0); ``False`` samples every plan
-and lets λ teach the budget. Inference is the greedy action within budget (see :mod:`agents.torch_learner`).
+and lets λ teach the budget. Inference is the greedy action within budget (see :mod:`agents.learners.torch_learner`).
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
-from agents.policy_nets import BlockPolicy
-from agents.torch_learner import TorchTableLearner
+from agents.learners.policy_nets import BlockPolicy
+from agents.learners.torch_learner import TorchTableLearner
 
 __all__ = ["ReinforceScheduler", "block_plan_lookup", "block_scores_over_plans", "bernoulli_entropy"]
 

@@ -1,6 +1,6 @@
 """Schedulers under shifting budgets (stream mode): per-request traces and the figure of ``shifting_budgets.py``.
 
-The stream harness :func:`agents.evaluate.evaluate_stream` runs ``num_streams`` streams of ``horizon`` requests and
+The stream harness :func:`agents.evaluation.harness.evaluate_stream` runs ``num_streams`` streams of ``horizon`` requests and
 asks the scheduler for one batch of decisions per time step. :class:`TraceRecorder` wraps a fitted scheduler and
 records, at every step, the budget each request was given, the plan chosen, its cost and whether it was correct — so
 the figure shows *how* a scheduler follows the budget, not only its averages.
@@ -79,7 +79,7 @@ def run_stream_traces(schedulers: Mapping[str, Scheduler], test: OutcomeTable, p
     """Every scheduler along every process on the test table → (records, traces[process][scheduler])."""
     from tqdm.auto import tqdm
 
-    from agents.evaluate import evaluate_stream
+    from agents.evaluation.harness import evaluate_stream
 
     records: list[dict[str, Any]] = []
     traces: dict[str, dict[str, dict]] = {}

@@ -70,7 +70,7 @@ def save_config(run_dir: str | Path, config: Any, extra: Mapping[str, Any] | Non
 
     from adainf_env import __version__
     from adainf_env.fileio import atomic_write_json
-    from agents.cli import config_to_dict
+    from adainf_lab.cli import config_to_dict
 
     cfg = config_to_dict(config) if not isinstance(config, Mapping) else dict(config)
     versions = {"adainf": __version__, "python": platform.python_version(), "numpy": numpy.__version__}

@@ -36,7 +36,7 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
-from agents.policy_nets import PlanPolicy, candidate_plans
+from agents.learners.policy_nets import PlanPolicy, candidate_plans
 
 __all__ = ["TorchTableLearner", "EpochCallback", "VAL_BUDGETS"]
 

@@ -1,4 +1,4 @@
-"""The AdaInf hinge-loss scheduler with the live backbone (variant (b) of :mod:`agents.hinge`).
+"""The AdaInf hinge-loss scheduler with the live backbone (variant (b) of :mod:`agents.learners.hinge`).
 
 The scheduler g(x, M) reads the backbone's stem features and the budget and outputs per-block logits; block masks are
 drawn with the straight-through Gumbel-sigmoid estimator (Jang et al. 2017; Bengio et al. 2013): the forward pass uses
@@ -26,7 +26,7 @@ from torch import nn
 
 from adainf_env.backbones.base import SkippableBackbone
 from adainf_env.errors import ConfigError
-from agents.policy_nets import BlockPolicy
+from agents.learners.policy_nets import BlockPolicy
 
 __all__ = ["LoRALinear", "LoRAConv2d", "add_lora", "gumbel_sigmoid_st", "LiveHingeTrainer"]
 
