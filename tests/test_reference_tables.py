@@ -1,0 +1,31 @@
+"""The reference tables shipped inside the package (adainf_env.reference_tables): present, loadable, labelled."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adainf_env.errors import ConfigError
+from adainf_env.outcomes import find_split_tables, masks_from_codes
+from adainf_env.reference_tables import REFERENCE_DIR, load_reference_table, reference_table_path
+
+
+def test_reference_table_path_names_both_splits_and_refuses_others():
+    assert reference_table_path("calib") == REFERENCE_DIR / "table_calib.npz"
+    assert reference_table_path("test").is_file()
+    for bad in ("train", "", "Calib"):
+        with pytest.raises(ConfigError, match="calib"):
+            reference_table_path(bad)
+
+
+def test_shipped_dir_is_a_table_dir():
+    assert find_split_tables(REFERENCE_DIR) == {s: reference_table_path(s) for s in ("calib", "test")}
+
+
+@pytest.mark.parametrize("split", ["calib", "test"])
+def test_shipped_tables_load_labelled(split):
+    t = load_reference_table(split)
+    assert t.meta["split"] == split and t.meta["backbone"] == "resnet18_cifar" and t.meta["dataset"] == "cifar10"
+    assert t.num_samples == 10_000 and t.num_plans == 256 and t.num_blocks == 8 and t.num_classes == 10
+    assert t.full_macs == 555_422_720
+    np.testing.assert_array_equal(t.plan_masks, masks_from_codes(np.arange(256), 8))
