@@ -26,14 +26,17 @@ identical table; a checkpoint with another fingerprint is refused (:class:`~adai
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from adainf_env.costs import MacsProfile, measure_macs, plan_macs
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
@@ -42,6 +45,14 @@ from adainf_env.outcomes import OutcomeTable, default_meta, masks_from_codes
 
 __all__ = [
     "build_table",
+    "BuildInputs",
+    "prepare_build_inputs",
+    "empty_outcome_arrays",
+    "eval_on_device",
+    "evaluate_batch",
+    "assemble_table",
+    "build_settings",
+    "build_fingerprint",
     "evaluate_plans",
     "evaluate_plans_per_plan",
     "structured_plan_subset",
@@ -186,23 +197,188 @@ def evaluate_plans_per_plan(
             torch.stack([o[2] for o in outs], 1), feats)
 
 
-# ---------------------------------------------------------------------------------------------- resume state
-def _fingerprint(backbone: torch.nn.Module, images: np.ndarray, labels: np.ndarray, sample_index: np.ndarray,
-                 masks: np.ndarray, settings: Mapping[str, Any]) -> str:
-    """sha256 over everything that determines the table's numbers."""
+# ---------------------------------------------------------------------------------------------- build inputs
+@dataclasses.dataclass(frozen=True, eq=False)
+class BuildInputs:
+    """Validated inputs of a table build: rows, plans and the settings that decide every number of the table."""
+
+    images: np.ndarray  # uint8 [N, C, H, W]
+    labels: np.ndarray  # int [N]
+    sample_index: np.ndarray  # int [N]
+    masks: np.ndarray  # bool [P, B], unique rows
+    num_classes: int
+    batch_size: int
+    float_dtype: str  # "float32" | "float16" for loss and conf
+    channels_last: bool
+
+    @property
+    def num_rows(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def num_batches(self) -> int:
+        return -(-self.num_rows // self.batch_size)
+
+    @property
+    def pred_dtype(self) -> np.dtype:
+        c = self.num_classes
+        return np.dtype(np.uint8 if c <= 256 else (np.uint16 if c <= 65536 else np.int32))
+
+    def batch_rows(self, batch: int) -> slice:
+        """Rows of batch ``batch``: batches are fixed by ``batch_size`` alone, whoever computes them."""
+        return slice(batch * self.batch_size, min(self.num_rows, (batch + 1) * self.batch_size))
+
+
+def prepare_build_inputs(
+    backbone: torch.nn.Module,
+    images: np.ndarray | torch.Tensor,
+    labels: np.ndarray,
+    *,
+    sample_index: np.ndarray,
+    plan_masks: np.ndarray | None,
+    batch_size: int,
+    float_dtype: str,
+    channels_last: bool,
+    meta: Mapping[str, Any] | None,
+) -> BuildInputs:
+    """Check every argument of a build (see :func:`build_table`) and return them normalised."""
+    if not hasattr(backbone, "blocks") or not hasattr(backbone, "stem"):
+        raise ConfigError(f"build_table needs a SkippableBackbone, got {type(backbone).__name__}")
+    imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if imgs.ndim != 4 or imgs.shape[0] == 0:
+        raise ConfigError(f"images must be a non-empty [N, C, H, W] array, got shape {imgs.shape}")
+    if imgs.dtype != np.uint8:
+        raise ConfigError(f"images must be uint8 (0..255), got {imgs.dtype}")
+    n = imgs.shape[0]
+    labels = np.asarray(labels)
+    sample_index = np.asarray(sample_index)
+    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
+        raise ConfigError(f"labels must be integer [N={n}], got {labels.dtype} {labels.shape}")
+    if sample_index.shape != (n,) or not np.issubdtype(sample_index.dtype, np.integer):
+        raise ConfigError(f"sample_index must be integer [N={n}], got {sample_index.dtype} {sample_index.shape}")
+    num_classes = int(backbone.num_classes)
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise ConfigError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
+    num_blocks = int(backbone.num_blocks)
+    if plan_masks is None:
+        if num_blocks > MAX_ENUMERATED_BLOCKS:
+            raise ConfigError(
+                f"{backbone.name} has {num_blocks} blocks: 2^{num_blocks} plans are too many to enumerate; pass "
+                "plan_masks=structured_plan_subset(num_blocks, num_random, seed)"
+            )
+        plan_masks = all_plans(num_blocks)
+    masks = _check_masks(plan_masks, num_blocks)
+    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if float_dtype not in ("float32", "float16"):
+        raise ConfigError(f"float_dtype must be 'float32' or 'float16', got {float_dtype!r}")
+    if meta is not None and meta.get("backbone", backbone.name) != backbone.name:
+        raise ConfigError(f"meta says backbone={meta['backbone']!r} but the model is {backbone.name!r}")
+    return BuildInputs(images=imgs, labels=labels, sample_index=sample_index, masks=masks, num_classes=num_classes,
+                       batch_size=int(batch_size), float_dtype=float_dtype, channels_last=bool(channels_last))
+
+
+def empty_outcome_arrays(inputs: BuildInputs, num_rows: int, feature_dim: int) -> dict[str, np.ndarray]:
+    """Zeroed ``pred``/``loss``/``conf``/``features`` for ``num_rows`` rows, in the table's dtypes."""
+    p = inputs.masks.shape[0]
+    return {
+        "pred": np.zeros((num_rows, p), dtype=inputs.pred_dtype),
+        "loss": np.zeros((num_rows, p), dtype=inputs.float_dtype),
+        "conf": np.zeros((num_rows, p), dtype=inputs.float_dtype),
+        "features": np.zeros((num_rows, feature_dim), dtype=np.float32),
+    }
+
+
+@contextlib.contextmanager
+def eval_on_device(backbone: torch.nn.Module, device: str | torch.device) -> Iterator[torch.device]:
+    """Put ``backbone`` in eval mode on ``device`` for a build; its train/eval mode is restored afterwards."""
+    device = torch.device(device)
+    was_training = backbone.training
+    backbone.eval().to(device)
+    try:
+        yield device
+    finally:
+        backbone.train(was_training)
+
+
+def evaluate_batch(backbone: torch.nn.Module, inputs: BuildInputs, batch: int,
+                   device: torch.device) -> dict[str, np.ndarray]:
+    """Outcome arrays of batch ``batch`` (rows :meth:`BuildInputs.batch_rows`), in the table's dtypes."""
+    rows = inputs.batch_rows(batch)
+    xb = torch.from_numpy(inputs.images[rows]).to(device)
+    if inputs.channels_last:
+        xb = xb.contiguous(memory_format=torch.channels_last)
+    yb = torch.from_numpy(inputs.labels[rows].astype(np.int64)).to(device)
+    pr, lo, co, fe = evaluate_plans(backbone, xb, yb, inputs.masks)
+    return {
+        "pred": pr.cpu().numpy().astype(inputs.pred_dtype),
+        "loss": lo.cpu().numpy().astype(inputs.float_dtype),
+        "conf": co.cpu().numpy().astype(inputs.float_dtype),
+        "features": fe.cpu().numpy(),
+    }
+
+
+def assemble_table(backbone: torch.nn.Module, inputs: BuildInputs, arrays: Mapping[str, np.ndarray],
+                   costs: MacsProfile, meta: Mapping[str, Any] | None) -> OutcomeTable:
+    """The validated :class:`OutcomeTable` from the computed outcome arrays of all rows and the run's metadata.
+
+    ``meta`` keys override the filled-in ones (``backbone``, ``num_classes``, ``full_macs``, ``plan_space``, ``macs``,
+    ``batch_size``); ``plan_space`` defaults to "all" for the complete 2^B plan space, else "subset".
+    """
+    meta = dict(meta or {})
+    masks = inputs.masks
+    complete = masks.shape[0] == (1 << masks.shape[1])
+    plan_space = meta.pop("plan_space", "all" if complete else "subset")
+    full_meta = default_meta(
+        **{
+            "backbone": backbone.name,
+            "num_classes": inputs.num_classes,
+            "full_macs": costs.full,
+            "plan_space": plan_space,
+            "macs": costs.to_dict(),
+            "batch_size": inputs.batch_size,
+            **meta,
+        }
+    )
+    conf = arrays["conf"]
+    # Clamp ranges a float16 rounding could push outside the loader's checks.
+    if inputs.float_dtype == "float16":
+        conf = np.clip(conf, 0.0, 1.0)
+    return OutcomeTable(
+        pred=arrays["pred"],
+        loss=np.maximum(arrays["loss"], 0, dtype=arrays["loss"].dtype),
+        conf=conf,
+        features=arrays["features"],
+        label=inputs.labels.astype(np.int64),
+        sample_index=inputs.sample_index.astype(np.int64),
+        plan_masks=masks,
+        plan_macs=plan_macs(costs, masks),
+        meta=full_meta,
+    )
+
+
+def build_settings(backbone: torch.nn.Module, inputs: BuildInputs, device: torch.device) -> dict[str, Any]:
+    """Settings that change a table's numbers besides weights, rows and plans (part of every fingerprint)."""
+    return {"batch_size": inputs.batch_size, "float_dtype": inputs.float_dtype, "channels_last": inputs.channels_last,
+            "backbone": backbone.name, "device_type": device.type, "torch": torch.__version__}
+
+
+def build_fingerprint(backbone: torch.nn.Module, inputs: BuildInputs, settings: Mapping[str, Any]) -> str:
+    """sha256 over everything that determines the table's numbers: settings, weights, images, labels, rows, plans."""
     h = hashlib.sha256()
     h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     for name, t in sorted(backbone.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
                  else t.detach().float().cpu().numpy().tobytes())
-    for a in (images, labels, sample_index, masks):
+    for a in (inputs.images, inputs.labels, inputs.sample_index, inputs.masks):
         a = np.ascontiguousarray(a)
         h.update(repr((a.dtype.str, a.shape)).encode())
         h.update(a.tobytes())
     return h.hexdigest()
 
 
+# ---------------------------------------------------------------------------------------------- resume state
 def _save_resume(path: Path, fingerprint: str, done: int, arrays: Mapping[str, np.ndarray]) -> None:
     with atomic_write(path, "wb") as fh:
         np.savez(fh, fingerprint=np.array(fingerprint), done=np.array(done, dtype=np.int64),
@@ -271,116 +447,32 @@ def build_table(
         channels_last: feed 4-D inputs in channels-last memory format (faster oneDNN convolutions on CPU).
         on_batch: called as ``on_batch(batches_done, num_batches)`` after each batch (progress hooks, tests).
     """
-    if not hasattr(backbone, "blocks") or not hasattr(backbone, "stem"):
-        raise ConfigError(f"build_table needs a SkippableBackbone, got {type(backbone).__name__}")
-    imgs = images.cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if imgs.ndim != 4 or imgs.shape[0] == 0:
-        raise ConfigError(f"images must be a non-empty [N, C, H, W] array, got shape {imgs.shape}")
-    if imgs.dtype != np.uint8:
-        raise ConfigError(f"images must be uint8 (0..255), got {imgs.dtype}")
-    n = imgs.shape[0]
-    labels = np.asarray(labels)
-    sample_index = np.asarray(sample_index)
-    if labels.shape != (n,) or not np.issubdtype(labels.dtype, np.integer):
-        raise ConfigError(f"labels must be integer [N={n}], got {labels.dtype} {labels.shape}")
-    if sample_index.shape != (n,) or not np.issubdtype(sample_index.dtype, np.integer):
-        raise ConfigError(f"sample_index must be integer [N={n}], got {sample_index.dtype} {sample_index.shape}")
-    num_classes = int(backbone.num_classes)
-    if labels.min() < 0 or labels.max() >= num_classes:
-        raise ConfigError(f"labels must lie in [0, {num_classes}), got range [{labels.min()}, {labels.max()}]")
-    num_blocks = int(backbone.num_blocks)
-    if plan_masks is None:
-        if num_blocks > MAX_ENUMERATED_BLOCKS:
-            raise ConfigError(
-                f"{backbone.name} has {num_blocks} blocks: 2^{num_blocks} plans are too many to enumerate; pass "
-                "plan_masks=structured_plan_subset(num_blocks, num_random, seed)"
-            )
-        plan_masks = all_plans(num_blocks)
-    masks = _check_masks(plan_masks, num_blocks)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+    inputs = prepare_build_inputs(backbone, images, labels, sample_index=sample_index, plan_masks=plan_masks,
+                                  batch_size=batch_size, float_dtype=float_dtype, channels_last=channels_last,
+                                  meta=meta)
     if not isinstance(checkpoint_every, (int, np.integer)) or checkpoint_every < 1:
         raise ConfigError(f"checkpoint_every must be a positive integer, got {checkpoint_every!r}")
-    if float_dtype not in ("float32", "float16"):
-        raise ConfigError(f"float_dtype must be 'float32' or 'float16', got {float_dtype!r}")
-    meta = dict(meta or {})
-    if meta.get("backbone", backbone.name) != backbone.name:
-        raise ConfigError(f"meta says backbone={meta['backbone']!r} but the model is {backbone.name!r}")
-    device = torch.device(device)
-
-    p = masks.shape[0]
-    pred_dtype = np.uint8 if num_classes <= 256 else (np.uint16 if num_classes <= 65536 else np.int32)
-    was_training = backbone.training
-    backbone.eval().to(device)
-    try:
-        costs: MacsProfile = measure_macs(backbone)
-        feat_dim = int(backbone.feature_dim)
-        arrays = {
-            "pred": np.zeros((n, p), dtype=pred_dtype),
-            "loss": np.zeros((n, p), dtype=float_dtype),
-            "conf": np.zeros((n, p), dtype=float_dtype),
-            "features": np.zeros((n, feat_dim), dtype=np.float32),
-        }
-        settings = {"batch_size": int(batch_size), "float_dtype": float_dtype, "channels_last": bool(channels_last),
-                    "backbone": backbone.name, "device_type": device.type, "torch": torch.__version__}
-        done = 0
+    with eval_on_device(backbone, device) as dev:
+        costs = measure_macs(backbone)
+        arrays = empty_outcome_arrays(inputs, inputs.num_rows, int(backbone.feature_dim))
         fingerprint = ""
+        start_batch = 0
         if resume_path is not None:
             resume_path = Path(resume_path)
-            fingerprint = _fingerprint(backbone, imgs, labels, sample_index, masks, settings)
+            fingerprint = build_fingerprint(backbone, inputs, build_settings(backbone, inputs, dev))
             if resume_path.exists():
-                done = _load_resume(resume_path, fingerprint, arrays)
-        num_batches = -(-n // batch_size)
-        start_batch = -(-done // batch_size)
-        from tqdm.auto import tqdm
-
+                start_batch = -(-_load_resume(resume_path, fingerprint, arrays) // inputs.batch_size)
+        num_batches = inputs.num_batches
         bar = tqdm(total=num_batches, initial=start_batch, disable=not progress, unit="batch",
-                   desc=f"table {backbone.name} ({p} plans)")
-        labels_t = torch.from_numpy(labels.astype(np.int64))
+                   desc=f"table {backbone.name} ({inputs.masks.shape[0]} plans)")
         for bi in range(start_batch, num_batches):
-            s, e = bi * batch_size, min(n, (bi + 1) * batch_size)
-            xb = torch.from_numpy(imgs[s:e]).to(device)
-            if channels_last:
-                xb = xb.contiguous(memory_format=torch.channels_last)
-            pr, lo, co, fe = evaluate_plans(backbone, xb, labels_t[s:e].to(device), masks)
-            arrays["pred"][s:e] = pr.cpu().numpy().astype(pred_dtype)
-            arrays["loss"][s:e] = lo.cpu().numpy().astype(float_dtype)
-            arrays["conf"][s:e] = co.cpu().numpy().astype(float_dtype)
-            arrays["features"][s:e] = fe.cpu().numpy()
-            done = e
-            if resume_path is not None and ((bi + 1) % checkpoint_every == 0 or e == n):
-                _save_resume(resume_path, fingerprint, done, arrays)
+            rows = inputs.batch_rows(bi)
+            for k, v in evaluate_batch(backbone, inputs, bi, dev).items():
+                arrays[k][rows] = v
+            if resume_path is not None and ((bi + 1) % checkpoint_every == 0 or bi + 1 == num_batches):
+                _save_resume(resume_path, fingerprint, rows.stop, arrays)
             bar.update(1)
             if on_batch is not None:
                 on_batch(bi + 1, num_batches)
         bar.close()
-    finally:
-        backbone.train(was_training)
-
-    complete = p == (1 << num_blocks)
-    plan_space = meta.pop("plan_space", "all" if complete else "subset")
-    full_meta = default_meta(
-        **{
-            "backbone": backbone.name,
-            "num_classes": num_classes,
-            "full_macs": costs.full,
-            "plan_space": plan_space,
-            "macs": costs.to_dict(),
-            "batch_size": int(batch_size),
-            **meta,
-        }
-    )
-    # Clamp ranges a float16 rounding could push outside the loader's checks.
-    if float_dtype == "float16":
-        np.clip(arrays["conf"], 0.0, 1.0, out=arrays["conf"])
-    return OutcomeTable(
-        pred=arrays["pred"],
-        loss=np.maximum(arrays["loss"], 0, dtype=arrays["loss"].dtype),
-        conf=arrays["conf"],
-        features=arrays["features"],
-        label=labels.astype(np.int64),
-        sample_index=sample_index.astype(np.int64),
-        plan_masks=masks,
-        plan_macs=plan_macs(costs, masks),
-        meta=full_meta,
-    )
+    return assemble_table(backbone, inputs, arrays, costs, meta)
