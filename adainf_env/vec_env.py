@@ -18,7 +18,7 @@ observations and rewards), but every step is a handful of numpy operations over 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
 import gymnasium as gym
@@ -301,6 +301,131 @@ class AdaInfVecEnv(VecEnv):
         infos = LazyInfos(n, _InfoBuilder(step_data, prev_obs if done else None, c.obs_format == "dict"))
         return self._obs, rewards, dones, infos  # type: ignore[return-value]
 
+    # ------------------------------------------------------------------ state (checkpoint / resume)
+    STATE_FORMAT = "AdaInfVecEnv/1"
+
+    def _table_id(self) -> str:
+        tid = getattr(self, "_table_sha256", None)
+        if tid is None:
+            tid = self._table_sha256 = self.table.content_hash()
+        return tid
+
+    def get_state(self) -> dict[str, Any]:
+        """Everything the env's next steps depend on, as ``{"meta": {...}, "arrays": {...}}``.
+
+        ``meta`` holds JSON values only (str, int, float, bool, None, lists and dicts of them): the format tag, the
+        identity of the env (``num_envs``, ``mode``, ``obs_format``, ``bucket``, ``table_sha256``, ``num_samples``,
+        ``num_plans``), ``started``, the buffer positions ``pos``/``upos``, the stream request index ``t``, ``lam``
+        (settable through ``set_attr``), the per-env generator states ``rngs`` (numpy ``bit_generator.state`` dicts;
+        ``None`` for an env never seeded) and the pending ``seeds``/``options`` of ``VecEnv.seed``/``set_options``.
+        ``arrays`` holds numpy arrays: ``perm`` [Ns, N] (this pass's permutations), ``ubuf`` [RNG_CHUNK, N] (uniforms;
+        budgets in bandit mode), ``sample`` [N] and ``budget`` [N] (current requests), ``pin_b`` [N] (pinned
+        budgets, NaN = none; only when pinned), and in stream mode ``proc_b``, ``aux`` and, with a bucket,
+        ``level``, ``refill``. The observation is recomputed from these.
+
+        No pickled objects: save it with ``np.savez(..., meta=json.dumps(state["meta"]), **state["arrays"])`` or
+        with ``torch.save`` after turning the arrays into tensors; both load with ``allow_pickle=False`` /
+        ``weights_only=True``, and :meth:`set_state` accepts tensors in place of arrays.
+        """
+        meta: dict[str, Any] = {
+            "format": self.STATE_FORMAT, "num_envs": self.num_envs, "mode": self.cfg.mode,
+            "obs_format": self.cfg.obs_format, "bucket": self._bucket_on, "table_sha256": self._table_id(),
+            "num_samples": self._ns, "num_plans": self._P, "started": self._started, "pos": int(self._pos),
+            "upos": int(self._upos), "lam": float(self.cfg.lam),
+            "rngs": [None if r is None else r.bit_generator.state for r in self._rngs],
+            "seeds": [None if sd is None else int(sd) for sd in self._seeds],
+            "options": [dict(o) if o else {} for o in self._options],
+        }
+        arrays: dict[str, np.ndarray] = {"perm": self._perm.copy(), "ubuf": self._ubuf.copy()}
+        if self._started:
+            arrays["sample"] = np.asarray(self._s, dtype=np.int64).copy()
+            arrays["budget"] = np.asarray(self._budget, dtype=np.float64).copy()
+            if self._pin_b is not None:
+                arrays["pin_b"] = self._pin_b.copy()
+            if not self._bandit:
+                meta["t"] = int(self._t)
+                arrays["proc_b"] = np.asarray(self._proc_b, dtype=np.float64).copy()
+                arrays["aux"] = np.asarray(self._aux, dtype=np.float64).copy()
+                if self._bucket_on:
+                    arrays["level"] = np.asarray(self._level, dtype=np.float64).copy()
+                    arrays["refill"] = np.asarray(self._refill, dtype=np.float64).copy()
+        return {"meta": meta, "arrays": arrays}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`get_state` result; the env then continues exactly as the one it was taken from.
+
+        Raises :class:`ConfigError` when the state is malformed or belongs to another env (other ``num_envs``,
+        mode, observation format, bucket setting or table). Pending seeds/options are those of the saved env.
+        """
+        if not isinstance(state, Mapping) or set(state) != {"meta", "arrays"}:
+            raise ConfigError("vec env state must be a dict with keys 'meta' and 'arrays' (from get_state())")
+        meta, arrays = state["meta"], state["arrays"]
+        if not isinstance(meta, Mapping) or not isinstance(arrays, Mapping):
+            raise ConfigError("vec env state: 'meta' and 'arrays' must be dicts")
+        if meta.get("format") != self.STATE_FORMAT:
+            raise ConfigError(f"vec env state has format {meta.get('format')!r}; expected {self.STATE_FORMAT!r}")
+        mine = {"num_envs": self.num_envs, "mode": self.cfg.mode, "obs_format": self.cfg.obs_format,
+                "bucket": self._bucket_on, "num_samples": self._ns, "num_plans": self._P}
+        for k, v in mine.items():
+            if meta.get(k) != v:
+                raise ConfigError(f"vec env state does not fit this env: {k} is {meta.get(k)!r} in the state, "
+                                  f"{v!r} here")
+        if meta.get("table_sha256") != self._table_id():
+            raise ConfigError("vec env state was taken on another outcome table (content hashes differ)")
+        n = self.num_envs
+        try:
+            rngs = [None if r is None else _generator_from_state(r) for r in meta["rngs"]]
+            seeds = list(meta["seeds"])
+            options = [dict(o) for o in meta["options"]]
+            started = bool(meta["started"])
+            pos, upos, lam = int(meta["pos"]), int(meta["upos"]), float(meta["lam"])
+            a = {k: np.asarray(v).copy() for k, v in arrays.items()}  # tensors → arrays too
+            perm = a["perm"].astype(self._perm.dtype, copy=False)
+            ubuf = a["ubuf"].astype(np.float64, copy=False)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ConfigError(f"vec env state is malformed: {type(e).__name__}: {e}") from None
+        if len(rngs) != n or len(seeds) != n or len(options) != n:
+            raise ConfigError(f"vec env state: rngs/seeds/options must have {n} entries")
+        if perm.shape != self._perm.shape or ubuf.shape != self._ubuf.shape:
+            raise ConfigError(f"vec env state: buffers have shapes {perm.shape}, {ubuf.shape}; expected "
+                              f"{self._perm.shape}, {self._ubuf.shape}")
+        if not (0 <= pos <= self._ns and 0 <= upos <= RNG_CHUNK):
+            raise ConfigError(f"vec env state: positions pos={pos}, upos={upos} out of range")
+        need = ["sample", "budget"] if started else []
+        if started and not self._bandit:
+            need += ["proc_b", "aux"] + (["level", "refill"] if self._bucket_on else [])
+        for k in need + (["pin_b"] if "pin_b" in a else []):
+            if k not in a or a[k].shape != (n,):
+                raise ConfigError(f"vec env state: array {k!r} missing or not of shape ({n},)")
+        if started and ((a["sample"] < 0) | (a["sample"] >= self._ns)).any():
+            raise ConfigError("vec env state: sample rows out of range for this table")
+        self._rngs = rngs
+        self._perm[...] = perm
+        self._ubuf[...] = ubuf
+        self._pos, self._upos = pos, upos
+        self._seeds = [None if sd is None else int(sd) for sd in seeds]
+        self._options = options
+        self.cfg.lam = lam
+        self._started = started
+        self._actions = None
+        if not started:
+            self._obs = None
+            return
+        self._s = a["sample"].astype(np.int64)
+        self._budget = a["budget"].astype(np.float64)
+        self._pin_b = a["pin_b"].astype(np.float64) if "pin_b" in a else None
+        if not self._bandit:
+            try:
+                self._t = int(meta["t"])
+            except (KeyError, TypeError, ValueError):
+                raise ConfigError("vec env state: stream mode needs the request index 't'") from None
+            self._proc_b = a["proc_b"].astype(np.float64)
+            self._aux = a["aux"].astype(np.float64)
+            if self._bucket_on:
+                self._level = a["level"].astype(np.float64)
+                self._refill = a["refill"].astype(np.float64)
+        self._obs = self._make_obs()
+
     # ------------------------------------------------------------------ masks and attributes
     def action_masks(self) -> np.ndarray:
         """[N, P] bool: plans within each env's budget (cheapest always valid)."""
@@ -383,6 +508,20 @@ class AdaInfVecEnv(VecEnv):
 
     def close(self) -> None:
         pass
+
+
+def _generator_from_state(state: Any) -> np.random.Generator:
+    """A generator from a numpy ``bit_generator.state`` dict; :class:`ConfigError` for anything else."""
+    name = state.get("bit_generator") if isinstance(state, Mapping) else None
+    cls = getattr(np.random, name, None) if isinstance(name, str) else None
+    if not (isinstance(cls, type) and issubclass(cls, np.random.BitGenerator)):
+        raise ConfigError(f"vec env state holds an unknown numpy bit generator {name!r}")
+    bg = cls()
+    try:
+        bg.state = dict(state)
+    except (TypeError, ValueError, KeyError) as e:
+        raise ConfigError(f"vec env state: invalid {name} state ({e})") from None
+    return np.random.Generator(bg)
 
 
 class _InfoBuilder:
