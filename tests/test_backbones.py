@@ -13,6 +13,7 @@ from adainf_env import load_backbone
 from adainf_env.backbones import BACKBONES
 from adainf_env.backbones.resnet_cifar import resnet18_cifar, resnet32_cifar
 from adainf_env.errors import CheckpointError, ConfigError, UnsafeFileError
+from _numerics import assert_close_scaled
 
 
 def _mask(plan: int, blocks: int) -> torch.Tensor:
@@ -53,12 +54,12 @@ def test_resnet32_structure_and_skip_semantics() -> None:
         h = torch.randn(2, 16, 32, 32)
         blk = m.blocks[5]
         assert torch.equal(blk.skip(h), torch.relu(blk.proj(h)))  # skipped = relu(shortcut(x))
-        assert torch.allclose(blk(h), torch.relu(blk.proj(h) + blk.residual(h)))
+        assert_close_scaled(blk(h), torch.relu(blk.proj(h) + blk.residual(h)), what="executed block")
         # Per-row gates 1/0 equal running each row under its own plan.
         gates = torch.stack([_mask(2**15 - 1, 15), _mask(0b101010101010101, 15)]).float()
         xb = x[:2]
         rows = torch.cat([m(xb[:1], gates[0].bool()), m(xb[1:], gates[1].bool())])
-        assert torch.allclose(m(xb, gates), rows, atol=1e-5)
+        assert_close_scaled(m(xb, gates), rows, what="gated batch vs per-row logits")
 
 
 def test_stochastic_depth_active_only_in_training() -> None:
@@ -70,7 +71,7 @@ def test_stochastic_depth_active_only_in_training() -> None:
         assert torch.equal(m(x), m(x))
         m.train()
         a, b = m(x), m(x)
-    assert not torch.allclose(a, b)  # different blocks dropped per forward
+    assert (a - b).abs().max() > 1e-2 * a.abs().max()  # different blocks dropped per forward: far beyond rounding
 
 
 # ----------------------------------------------------------------------------------------------- reference agreement
@@ -111,7 +112,8 @@ def test_reference_checkpoint_reproduces_reference_table(reference_model, test_i
     agree = []
     with torch.no_grad():
         feats = m.features(m.stem(m.prepare(x))).numpy()
-        np.testing.assert_allclose(feats, ref["stem_feat"][:64].astype(np.float32), atol=3e-3, rtol=3e-3)
+        # The reference stored float16 features computed on another device: float16 rounding dominates.
+        assert_close_scaled(feats, ref["stem_feat"][:64], rtol=3e-3, scale_tol=3e-3, what="stem features")
         for p in plans:
             pred = m(x, _mask(p, 8)).argmax(1).numpy()
             agree.append(pred == ref["pred"][:64, p])
@@ -156,7 +158,7 @@ def test_roundtrip_and_mismatch_without_shared(tmp_path: Path) -> None:
     expected = resnet32_cifar(num_classes=7).eval()
     expected.load_state_dict({k: v.half().float() if v.is_floating_point() else v for k, v in m.state_dict().items()})
     with torch.no_grad():
-        assert torch.allclose(loaded(x), expected(x), atol=1e-5)
+        assert_close_scaled(loaded(x), expected(x), what="reloaded model logits")
     with pytest.raises(CheckpointError, match="missing keys: .*stem.0.weight"):
         load_backbone("resnet18_cifar", checkpoint=path)
     notsd = tmp_path / "list.pt"
@@ -216,7 +218,7 @@ def test_clip_structure(clip_pair) -> None:
         h = ours.stem(ours.prepare(x))
         assert h.shape == (2, 50, 768) and ours.features(h).shape == (2, 768)
         assert torch.equal(ours.blocks[3].skip(h), h)  # identity shortcut
-        assert torch.allclose(ours.blocks[3].residual(h) + h, ours.blocks[3].block(h), atol=1e-5)
+        assert_close_scaled(ours.blocks[3].residual(h) + h, ours.blocks[3].block(h), what="ViT block")
 
 
 def test_clip_unskipped_equals_open_clip_zero_shot(clip_pair) -> None:
@@ -228,10 +230,11 @@ def test_clip_unskipped_equals_open_clip_zero_shot(clip_pair) -> None:
         expected = reference.logit_scale.exp() * reference.encode_image(xp, normalize=True) @ \
             reference.encode_text(tokens, normalize=True).T
         got = ours(x)
-        assert torch.allclose(got, expected, atol=1e-5)
-        assert torch.allclose(ours(x, torch.ones(2, 12)), expected, atol=1e-4)  # gated path: x + (block(x) − x)
+        assert_close_scaled(got, expected, what="zero-shot logits")
+        # Gated path x + (block(x) − x) adds one more rounding of the residual stream.
+        assert_close_scaled(ours(x, torch.ones(2, 12)), expected, scale_tol=1e-4, what="gated zero-shot logits")
         skipped = ours(x, _mask(0b111111110111, 12))
-        assert not torch.allclose(skipped, expected)  # skipping a block changes the logits
+        assert (skipped - expected).abs().max() > 1e-2 * expected.abs().max()  # skipping a block changes the logits
 
 
 def test_clip_registry_errors(tmp_path: Path) -> None:
