@@ -34,11 +34,11 @@ from typing import Any
 import numpy as np
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import Staircase, pareto_frontier
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
-from agents.baselines.static import Staircase
 
-__all__ = ["ConfidenceCascade", "AgreementCascade", "additive_costs", "joint_cost", "pareto_plans"]
+__all__ = ["ConfidenceCascade", "AgreementCascade", "additive_costs", "joint_cost"]
 
 
 def additive_costs(plan_masks: np.ndarray, plan_cost: np.ndarray, tol: float = 1e-9) -> tuple[float, np.ndarray] | None:
@@ -66,17 +66,6 @@ def joint_cost(plans: list[int] | tuple[int, ...], plan_masks: np.ndarray, plan_
     return float(total)
 
 
-def pareto_plans(cost: np.ndarray, acc: np.ndarray) -> np.ndarray:
-    """Plans not dominated in (lower cost, higher calibration accuracy), sorted by cost."""
-    order = np.lexsort((-acc, cost))
-    out, best = [], -np.inf
-    for o in order:
-        if acc[o] > best:
-            out.append(int(o))
-            best = acc[o]
-    return np.asarray(out, dtype=np.int64)
-
-
 class _Cascade(Scheduler):
     """Shared machinery: a table of configurations with calibration (cost, worst-case cost, accuracy)."""
 
@@ -93,7 +82,8 @@ class _Cascade(Scheduler):
 
     def _candidates(self, table: OutcomeTable) -> np.ndarray:
         cost = self.plan_space.plan_cost
-        front = pareto_plans(cost, table.accuracy_by_plan())
+        # tol=0: a plan strictly more accurate than every cheaper one, by any margin, is a candidate
+        front = pareto_frontier(cost, table.accuracy_by_plan(), tol=0.0)
         if len(front) > self.max_candidates:  # keep the cheapest, the dearest and evenly spaced ones between
             front = front[np.unique(np.linspace(0, len(front) - 1, self.max_candidates).round().astype(int))]
         return front

@@ -17,71 +17,11 @@ from typing import Any
 import numpy as np
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import Staircase, fits, upper_hull
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 
-__all__ = ["LUTScheduler", "LUTUpperScheduler", "HullMixScheduler", "RandomScheduler", "OracleScheduler",
-           "Staircase", "upper_hull"]
-
-# Budgets and costs are float fractions; a plan whose cost equals the budget up to rounding is within budget.
-COST_TOL = 1e-9
-
-
-class Staircase:
-    """Best score among the options whose cost is ≤ a budget, for any budget: a monotone step function.
-
-    ``cost[i]``, ``score[i]`` describe option i. ``lookup(budgets)`` returns the option index with the highest score
-    among those with cost ≤ budget (ties → the cheaper option); a budget below every cost gets the cheapest option.
-    """
-
-    def __init__(self, cost: np.ndarray, score: np.ndarray) -> None:
-        cost = np.asarray(cost, dtype=np.float64)
-        score = np.asarray(score, dtype=np.float64)
-        # Sort by cost, then by descending score, so the first of equal-cost options is the best one.
-        order = np.lexsort((-score, cost))
-        best = np.empty(len(order), dtype=np.int64)
-        cur, cur_score = order[0], score[order[0]]
-        for i, o in enumerate(order):
-            if score[o] > cur_score:  # strict: an equally good but dearer option never replaces a cheaper one
-                cur, cur_score = o, score[o]
-            best[i] = cur
-        self.sorted_cost = cost[order]
-        self.best = best
-        self.cheapest = int(order[0])
-
-    def lookup(self, budgets: np.ndarray) -> np.ndarray:
-        idx = np.searchsorted(self.sorted_cost, np.asarray(budgets, dtype=np.float64) + COST_TOL, side="right") - 1
-        return np.where(idx >= 0, self.best[np.maximum(idx, 0)], self.cheapest).astype(np.int64)
-
-
-def upper_hull(cost: np.ndarray, score: np.ndarray) -> np.ndarray:
-    """Indices of the upper concave hull of points (cost, score), from the cheapest point to the best one.
-
-    Only the increasing part is kept: beyond the best-scoring point, paying more buys nothing.
-    """
-    cost = np.asarray(cost, dtype=np.float64)
-    score = np.asarray(score, dtype=np.float64)
-    order = np.lexsort((-score, cost))
-    # drop points not better than a cheaper one (keeps the Pareto staircase), then Andrew's monotone chain (upper).
-    pareto: list[int] = []
-    for o in order:
-        if not pareto or score[o] > score[pareto[-1]]:
-            if pareto and cost[o] == cost[pareto[-1]]:
-                continue
-            pareto.append(int(o))
-    hull: list[int] = []
-    for p in pareto:
-        while len(hull) >= 2:
-            a, b = hull[-2], hull[-1]
-            # b lies on or below the segment a→p: remove it (cross product ≥ 0 means a right turn is missing)
-            cross = (cost[b] - cost[a]) * (score[p] - score[a]) - (score[b] - score[a]) * (cost[p] - cost[a])
-            if cross >= 0:
-                hull.pop()
-            else:
-                break
-        hull.append(p)
-    return np.asarray(hull, dtype=np.int64)
-
+__all__ = ["LUTScheduler", "LUTUpperScheduler", "HullMixScheduler", "RandomScheduler", "OracleScheduler"]
 
 class _TableBaseline(Scheduler):
     """Shared fit: per-plan calibration accuracy and the cost staircase."""
@@ -106,8 +46,8 @@ class _TableBaseline(Scheduler):
         self._build()
 
     def _plans_within(self, budgets: np.ndarray) -> np.ndarray:
-        """[N] number of plans affordable under each budget (plans sorted by cost)."""
-        return np.searchsorted(self.plan_space.plan_cost[self._cost_order], budgets + COST_TOL, side="right")
+        """[N] number of plans that fit each budget: they are the first ones in :attr:`_cost_order`."""
+        return fits(self.plan_space.plan_cost, budgets).sum(axis=1)
 
     @property
     def _cost_order(self) -> np.ndarray:
@@ -216,6 +156,6 @@ class OracleScheduler(_TableBaseline):
         budgets = check_budgets(budgets, len(rows))
         cost = self.plan_space.plan_cost
         order = self._cost_order
-        ok = table.correct[rows][:, order] & (cost[order][None, :] <= budgets[:, None] + COST_TOL)
+        ok = table.correct[rows][:, order] & fits(cost[order], budgets)
         plan = order[np.where(ok.any(axis=1), ok.argmax(axis=1), 0)]
         return Decisions(plan=plan.astype(np.int64), cost=cost[plan])

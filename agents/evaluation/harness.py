@@ -46,8 +46,10 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import overrun, overrun_amount
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
+from agents.evaluation.metrics import BUDGET_GRID
 
 __all__ = [
     "RECORD_FIELDS",
@@ -66,9 +68,8 @@ __all__ = [
 RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed", "accuracy", "mean_cost",
                  "mean_budget", "overrun_rate", "mean_overrun", "plan_hist", "num_requests")
 METRICS = ("accuracy", "mean_cost", "mean_budget", "overrun_rate", "mean_overrun")
-BANDIT_BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
-# A cost equal to the budget up to float rounding is not an overrun.
-OVERRUN_TOL = 1e-9
+#: Default per-request budgets of the bandit sweep (and average budgets of the stream runs).
+BANDIT_BUDGETS = BUDGET_GRID
 
 
 def _check_budget_list(budgets: Iterable[float], what: str) -> list[float]:
@@ -89,7 +90,7 @@ def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant:
     costs, given = np.asarray(costs, dtype=np.float64).reshape(-1), np.asarray(given, dtype=np.float64).reshape(-1)
     if plans.min() < 0 or plans.max() >= table.num_plans:
         raise ConfigError(f"{scheduler.name}: returned plan indices outside [0, {table.num_plans})")
-    overrun = np.maximum(costs - given, 0.0)
+    over = overrun_amount(costs, given)
     hist = np.bincount(plans, minlength=table.num_plans)
     return {
         "scheduler": scheduler.name,
@@ -101,8 +102,8 @@ def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant:
         "accuracy": float(table.correct[rows, plans].mean()),
         "mean_cost": float(costs.mean()),
         "mean_budget": float(given.mean()),
-        "overrun_rate": float((overrun > OVERRUN_TOL).mean()),
-        "mean_overrun": float(overrun.mean()),
+        "overrun_rate": float(overrun(costs, given).mean()),
+        "mean_overrun": float(over.mean()),
         "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)},
         "num_requests": int(len(rows)),
     }

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.outcomes import OutcomeTable
 from agents.learners.policy_nets import BlockPolicy
 from agents.learners.reinforce import bernoulli_entropy, block_plan_lookup, block_scores_over_plans
@@ -130,8 +131,7 @@ class BlockDropScheduler(TorchTableLearner):
                      gen: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
         """REINFORCE on the Bernoulli(s') mask distribution restricted to plans within budget (see module doc)."""
         eps = 1e-6
-        fits = self._cost_t[None, :] <= b[:, None] + 1e-9  # [N, P]
-        fits[:, int(torch.argmin(self._cost_t))] |= ~fits.any(dim=1)  # below every plan: the cheapest only
+        fits = feasible_with_fallback(self._cost_t, b)  # [N, P]; below every plan: the cheapest only
         m = self._masks_t
         lp_all = torch.log(s_explore + eps) @ m.T + torch.log(1 - s_explore + eps) @ (1 - m).T  # [N, P]
         lp_all = lp_all.masked_fill(~fits, float("-inf"))

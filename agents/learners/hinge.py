@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.outcomes import OutcomeTable
 from agents.learners.torch_learner import TorchTableLearner
 
@@ -89,8 +90,7 @@ class HingeScheduler(TorchTableLearner):
         logits = self.policy(self._features_t[rows], b)
         mask = None
         if self.train_mask:
-            mask = self._cost_t[None, :] <= b[:, None] + 1e-9
-            mask[:, int(torch.argmin(self._cost_t))] |= ~mask.any(dim=1)
+            mask = feasible_with_fallback(self._cost_t, b)
         loss = hinge_loss(logits, self._target_t[rows], self._cost_t, b, self.lam, mask)
         with torch.no_grad():
             pi = torch.softmax(logits if mask is None else logits.masked_fill(~mask, float("-inf")), dim=-1)

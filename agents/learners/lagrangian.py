@@ -38,13 +38,12 @@ import torch
 from torch import nn
 
 from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.feasibility import COST_TOL, masked_argmax
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler, check_budgets
 from agents.learners.policy_nets import FeatureScaler, candidate_plans, mlp
 
 __all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_budget", "route"]
-
-_COST_TOL = 1e-9
 
 
 class CorrectnessModel(nn.Module):
@@ -68,9 +67,7 @@ def route(prob: np.ndarray, cost: np.ndarray, mu: np.ndarray | float, limit: np.
     mu = np.broadcast_to(np.asarray(mu, dtype=np.float64), (prob.shape[0],))
     score = prob - mu[:, None] * cost[None, :]
     if limit is not None:
-        fits = cost[None, :] <= np.asarray(limit, dtype=np.float64)[:, None] + _COST_TOL
-        fits[:, int(np.argmin(cost))] |= ~fits.any(axis=1)
-        score = np.where(fits, score, -np.inf)
+        return masked_argmax(score, cost, limit)
     return score.argmax(axis=1)
 
 
@@ -84,7 +81,7 @@ def price_curve(prob: np.ndarray, cost: np.ndarray, avg_budgets: np.ndarray, *, 
     """For each average budget, the smallest price μ ≥ 0 whose rule :func:`route` has mean cost ≤ it on the rows of
     ``prob`` (bisection, all budgets at once; the mean cost is non-increasing in μ). A budget the μ = 0 rule already
     meets gives 0; one below the cheapest candidate gives the price at which every row takes the cheapest."""
-    b = np.asarray(avg_budgets, dtype=np.float64).reshape(-1) + _COST_TOL
+    b = np.asarray(avg_budgets, dtype=np.float64).reshape(-1) + COST_TOL  # "≤ b̄" with the harness's tolerance
     prob = np.asarray(prob, dtype=np.float64)
     # above max Δprob / Δcost every row takes the cheapest candidate
     gaps = np.diff(np.unique(cost))

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import fits, pareto_frontier
 from adainf_env.outcomes import OutcomeTable
 
 __all__ = ["FeatureScaler", "PlanPolicy", "BlockPolicy", "budget_inputs", "pareto_plans", "candidate_plans",
@@ -101,11 +102,11 @@ class PlanPolicy(nn.Module):
     def forward(self, x: torch.Tensor, budget: torch.Tensor) -> torch.Tensor:
         xs = self.scaler(x)
         b = budget.to(xs.dtype)
-        gap = self.plan_cost.to(xs.dtype)[None, :] - b[:, None]
-        fits = (gap <= 1e-9).to(xs.dtype)
-        logits = self.net(torch.cat([xs, budget_inputs(b), fits], dim=-1))
+        cost = self.plan_cost.to(xs.dtype)
+        fit = fits(cost, b).to(xs.dtype)
+        logits = self.net(torch.cat([xs, budget_inputs(b), fit], dim=-1))
         if self.cost_prior:
-            over = torch.relu(gap) / self.cost_scale
+            over = torch.relu(cost[None, :] - b[:, None]) / self.cost_scale
             logits = logits - nn.functional.softplus(self.kappa) * over
         return logits + self.plan_prior.to(xs.dtype)
 
@@ -127,14 +128,7 @@ def pareto_plans(table: OutcomeTable, cost: np.ndarray, rows: np.ndarray | None 
     """Plans on the accuracy/cost Pareto frontier of ``table`` (rows ``rows``): sorted by cost, each strictly more
     accurate than every cheaper plan. Always contains the cheapest plan, so every budget ≥ it has a candidate."""
     corr = table.correct if rows is None else table.correct[rows]
-    acc = corr.mean(axis=0)
-    order = np.lexsort((-acc, cost))  # by cost, ties: most accurate first
-    keep, best = [], -np.inf
-    for p in order:
-        if acc[p] > best + 1e-12:
-            keep.append(int(p))
-            best = acc[p]
-    return np.asarray(keep, dtype=np.int64)
+    return pareto_frontier(cost, corr.mean(axis=0))
 
 
 def candidate_plans(table: OutcomeTable, cost: np.ndarray, plans: str | Sequence[int], rows: np.ndarray) -> np.ndarray:

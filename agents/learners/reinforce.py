@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from adainf_env.errors import ConfigError
+from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
 from agents.learners.policy_nets import BlockPolicy
 from agents.learners.torch_learner import TorchTableLearner
@@ -130,8 +131,7 @@ class ReinforceScheduler(TorchTableLearner):
             return self._block_loss(rows, b, out, gen)
         logits = out
         if self.mask_over_budget:
-            fits = self._cost_t[None, :] <= b[:, None] + 1e-9
-            fits[:, int(torch.argmin(self._cost_t))] |= ~fits.any(dim=1)
+            fits = feasible_with_fallback(self._cost_t, b)
             logits = logits.masked_fill(~fits, float("-inf"))
         logp = torch.log_softmax(logits, dim=-1)
         probs = logp.exp()

@@ -33,15 +33,14 @@ import torch
 from torch import nn
 
 from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.feasibility import masked_argmax, overrun
 from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
+from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.policy_nets import PlanPolicy, candidate_plans
 
-__all__ = ["TorchTableLearner", "EpochCallback", "VAL_BUDGETS"]
-
-#: Budget grid (fractions) on which the held-out calibration score is averaged for model selection.
-VAL_BUDGETS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+__all__ = ["TorchTableLearner", "EpochCallback"]
 
 #: ``callback(epoch, metrics)`` after each epoch's checkpoint; may raise (tests use it to simulate a kill).
 EpochCallback = Callable[[int, dict[str, float]], None]
@@ -135,13 +134,9 @@ class TorchTableLearner(Scheduler):
         self.policy.eval()
         with torch.no_grad():
             scores = self._candidate_scores(x, b).double()
-        cand_cost = torch.as_tensor(self.plan_space.plan_cost[self.candidates])
         if self.restrict_to_budget:
-            fits = cand_cost[None, :] <= torch.as_tensor(budgets)[:, None] + 1e-9
-            cheapest = torch.zeros_like(fits)
-            cheapest[:, int(torch.argmin(cand_cost))] = True
-            fits = torch.where(fits.any(dim=1, keepdim=True), fits, cheapest)
-            scores = scores.masked_fill(~fits, -math.inf)
+            cand_cost = torch.as_tensor(self.plan_space.plan_cost[self.candidates])
+            return self.candidates[masked_argmax(scores, cand_cost, torch.as_tensor(budgets)).numpy()]
         return self.candidates[scores.argmax(dim=1).numpy()]
 
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
@@ -243,14 +238,14 @@ class TorchTableLearner(Scheduler):
         return self
 
     def _val_score(self, table: OutcomeTable, rows: np.ndarray) -> float:
-        """Mean accuracy over :data:`VAL_BUDGETS` on held-out calibration rows; over-budget choices count wrong."""
+        """Mean accuracy over :data:`BUDGET_GRID` on held-out calibration rows; over-budget choices count wrong."""
         assert self.plan_space is not None
         cost = self.plan_space.plan_cost
-        grid = [b for b in VAL_BUDGETS if b >= cost.min()] or [1.0]
+        grid = [b for b in BUDGET_GRID if b >= cost.min()] or [1.0]
         accs = []
         for b in grid:
             budgets = np.full(rows.size, b)
             plans = self._select_idx(table.features[rows], budgets)
-            ok = table.correct[rows, plans] & (cost[plans] <= b + 1e-9)
+            ok = table.correct[rows, plans] & ~overrun(cost[plans], b)
             accs.append(ok.mean())
         return float(np.mean(accs))

@@ -65,11 +65,12 @@ from stable_baselines3.common.callbacks import BaseCallback
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
 from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.feasibility import Staircase, feasible_with_fallback, masked_argmax, overrun
 from adainf_env.fileio import atomic_torch_save, safe_torch_load
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
 from agents.learners.policy_nets import candidate_plans
-from agents.learners.torch_learner import VAL_BUDGETS
+from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
 
 __all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "MaskablePPOScheduler",
            "SchedulerObsWrapper", "ObsBuilder", "ALGOS", "RESUMABLE_ALGOS", "StepCallback"]
@@ -204,7 +205,17 @@ class ObsBuilder:
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self.cand_cost = np.asarray(cand_cost, dtype=np.float64)
-        self.cand_acc = np.asarray(cand_acc, dtype=np.float64)
+        self.cand_acc = cand_acc
+
+    @property
+    def cand_acc(self) -> np.ndarray:
+        """Accuracy of each candidate (the LUT's score); setting it rebuilds the LUT staircase."""
+        return self._cand_acc
+
+    @cand_acc.setter
+    def cand_acc(self, acc: np.ndarray) -> None:
+        self._cand_acc = np.asarray(acc, dtype=np.float64)
+        self._lut = Staircase(self.cand_cost, self._cand_acc)
 
     @classmethod
     def fit(cls, features: np.ndarray, cand_cost: np.ndarray, cand_acc: np.ndarray) -> "ObsBuilder":
@@ -216,13 +227,12 @@ class ObsBuilder:
         return self.mean.size + 2 + 2 * self.cand_cost.size
 
     def lut_choice(self, budgets: np.ndarray) -> np.ndarray:
-        fits = self.fits(budgets)
-        return np.where(fits, self.cand_acc[None, :], -np.inf).argmax(axis=1)
+        """[N] candidate index of the look-up-table plan at each budget."""
+        return self._lut.lookup(budgets)
 
     def fits(self, budgets: np.ndarray) -> np.ndarray:
-        m = self.cand_cost[None, :] <= np.asarray(budgets, dtype=np.float64).reshape(-1, 1) + 1e-6
-        m[:, int(np.argmin(self.cand_cost))] |= ~m.any(axis=1)  # a budget below every plan still allows the cheapest
-        return m
+        """[N, K] candidates that fit each budget (only the cheapest when none does): the action mask."""
+        return feasible_with_fallback(self.cand_cost, budgets)
 
     def __call__(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
         b = np.clip(np.asarray(budgets, dtype=np.float64).reshape(-1), 1e-3, 1.0)
@@ -409,17 +419,16 @@ class _SelectionCallback(BaseCallback):
             self._reward_sum, self._reward_n = 0.0, 0
         s = self.sched
         cost = s.plan_space.plan_cost
-        grid = [b for b in VAL_BUDGETS if b >= cost.min()] or [1.0]
+        grid = [b for b in BUDGET_GRID if b >= cost.min()] or [1.0]
         accs, costs, overs, ents = [], [], [], []
         for b in grid:
             budgets = np.full(self.rows.size, b)
             plans = s._select_idx(self.table.features[self.rows], budgets, restrict=s.restrict_to_budget)
-            over = cost[plans] > b + 1e-9
+            over = overrun(cost[plans], b)
             accs.append(float((self.table.correct[self.rows, plans] & ~over).mean()))
             costs.append(float(cost[plans].mean()))
             overs.append(float(over.mean()))
-            hist = np.bincount(plans, minlength=len(cost)) / plans.size
-            ents.append(float(-(hist[hist > 0] * np.log(hist[hist > 0])).sum()))
+            ents.append(plan_entropy(plans, len(cost)))
             self.logger.record(f"adainf/val_accuracy@{b:g}", accs[-1])
         score = float(np.mean(accs))
         for k, v in (("val_score", score), ("mean_cost", np.mean(costs)), ("overrun_rate", np.mean(overs)),
@@ -625,7 +634,8 @@ class SB3Scheduler(Scheduler):
         self.policy.set_training_mode(False)
         scores = self._scores(self.builder(features, budgets))
         if restrict:
-            scores = scores.masked_fill(~torch.as_tensor(self.builder.fits(budgets)), -math.inf)
+            return self.candidates[masked_argmax(scores, torch.as_tensor(self.builder.cand_cost),
+                                                 torch.as_tensor(budgets)).numpy()]
         return self.candidates[scores.argmax(dim=1).numpy()]
 
     def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
