@@ -26,8 +26,9 @@ array              shape        meaning
 ``meta_json``      0-d str      JSON metadata (backbone, checkpoint hash, dataset, split, versions, content hash)
 =================  ===========  =========================================================
 
-:func:`load_table` also reads the reference tables of ``../shared/reference`` (keys ``pred loss conf stem_feat
-label``, 256 plans with plan code = bitmask, MACs from ``summary.json`` beside them).
+:func:`load_table` also reads tables in the reference layout (keys ``pred loss conf stem_feat label``, one column
+per plan code), labelled by the ``table_meta.json`` beside them (:mod:`adainf_env.reference_meta`): the tables shipped
+in ``adainf_env/reference_data`` and, recognised by content, the same tables in ``../shared/reference``.
 """
 
 from __future__ import annotations
@@ -41,8 +42,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adainf_env.errors import TableFormatError, TableMismatchError
-from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays, sha256_file
+from adainf_env import __version__
+from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
+from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays
+from adainf_env.reference_meta import REFERENCE_META_NAME, ReferenceMeta, reference_meta_for
 
 __all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables", "masks_from_codes", "codes_from_masks"]
 
@@ -127,8 +130,6 @@ class OutcomeTable:
                     "adainf_env.latency.attach_latency(table, profile, batch_size) or use cost_unit='macs'"
                 )
             return np.asarray(self.plan_latency, dtype=np.float64)
-        from adainf_env.errors import ConfigError
-
         raise ConfigError(f"unknown cost unit {unit!r}; expected 'macs' or 'latency'")
 
     def accuracy_by_plan(self) -> np.ndarray:
@@ -262,17 +263,13 @@ def save_table(table: OutcomeTable, path: str | os.PathLike) -> Path:
 
 def default_meta(**kw: Any) -> dict[str, Any]:
     """Metadata every builder should record: caller-supplied keys plus package versions and the host."""
-    import numpy
-
-    versions = {"numpy": numpy.__version__, "python": platform.python_version()}
+    versions = {"numpy": np.__version__, "python": platform.python_version()}
     try:
         import torch
 
         versions["torch"] = torch.__version__
     except ImportError:  # pragma: no cover - torch is a hard dependency, but tables are readable without it
         pass
-    from adainf_env import __version__
-
     versions["adainf"] = __version__
     return {"format_version": FORMAT_VERSION, "versions": versions, **kw}
 
@@ -330,8 +327,8 @@ def _from_project_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable
 
 
 def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable:
-    """Adapt the reference layout (``../shared/reference/table_{calib,test}.npz``) to :class:`OutcomeTable`."""
-    ref_dir = path.parent
+    """Adapt the reference layout to :class:`OutcomeTable`, labelled by its ``table_meta.json`` (see
+    :mod:`adainf_env.reference_meta`)."""
     # Shapes and kinds first, so that the conversions below cannot fail with a bare numpy error.
     for k in sorted(_REFERENCE_KEYS):
         if raw[k].dtype.kind not in "iuf" or (k != "label" and raw[k].ndim != 2):
@@ -340,40 +337,26 @@ def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTab
     if raw["label"].ndim != 1 or any(raw[k].shape[0] != raw["label"].shape[0] for k in _REFERENCE_KEYS):
         raise TableFormatError(f"{path}: reference arrays disagree on the number of rows "
                                f"({ {k: raw[k].shape for k in sorted(_REFERENCE_KEYS)} })")
-    summary_path = ref_dir / "summary.json"
-    if not summary_path.is_file():
-        raise TableFormatError(f"{path}: reference-layout table needs summary.json beside it (for MACs)")
-    try:
-        summary = json.loads(summary_path.read_text())
-        macs = summary["macs"]
-        stem, fc = int(macs["stem"]), int(macs["fc"])
-        blocks = np.asarray(macs["blocks"], dtype=np.int64)  # [B, 2] = residual, shortcut
-    except (ValueError, KeyError, TypeError) as e:
-        raise TableFormatError(f"{summary_path}: unreadable MACs ({e})") from None
-    num_blocks = blocks.shape[0]
-    num_plans = raw["pred"].shape[1] if raw["pred"].ndim == 2 else -1
-    if num_plans != 1 << num_blocks:
-        raise TableFormatError(f"{path}: reference table has {num_plans} plans, expected 2^{num_blocks}")
-    masks = masks_from_codes(np.arange(num_plans), num_blocks)
-    base = stem + fc + int(blocks[:, 1].sum())
-    plan_macs = base + masks.astype(np.int64) @ blocks[:, 0]
-    split = "calib" if "calib" in path.stem else ("test" if "test" in path.stem else path.stem)
-    n = raw["label"].shape[0]
-    if split == "calib" and (ref_dir / "calib_indices.npy").is_file():
-        sample_index = np.load(ref_dir / "calib_indices.npy", allow_pickle=False).astype(np.int64)
-        if sample_index.shape != (n,):
-            raise TableFormatError(f"{ref_dir / 'calib_indices.npy'}: {sample_index.shape} rows, table has {n}")
-    else:
-        sample_index = np.arange(n, dtype=np.int64)
-    ckpt = ref_dir / "resnet18_sd_cifar10.pt"
+    ref, entry = reference_meta_for(path, sha256_arrays({k: raw[k] for k in _REFERENCE_KEYS}))
+    n, num_plans = raw["pred"].shape
+    if num_plans != ref.num_plans:
+        raise TableFormatError(f"{path}: {num_plans} plan columns, but its metadata says {ref.num_blocks} blocks "
+                               f"with plan space 'all' (2^{ref.num_blocks} = {ref.num_plans} plans)")
+    if entry.rows is not None and entry.rows != n:
+        raise TableFormatError(f"{path}: {n} rows, its metadata says {entry.rows}")
+    masks = masks_from_codes(np.arange(num_plans), ref.num_blocks)
+    always = ref.stem_macs + ref.fc_macs + int(ref.block_macs[:, 1].sum())  # stem, head and every shortcut run
+    plan_macs = always + masks.astype(np.int64) @ ref.block_macs[:, 0]
+    summary = _reference_summary(ref)
     meta = default_meta(
-        backbone="resnet18_cifar",
-        checkpoint_sha256=sha256_file(ckpt) if ckpt.is_file() else None,
-        dataset="cifar10",
-        split=split,
-        num_classes=10,
+        backbone=ref.backbone,
+        checkpoint_sha256=ref.checkpoint_sha256,
+        dataset=ref.dataset,
+        split=entry.split,
+        num_classes=len(ref.classes),
+        classes=list(ref.classes),
         full_macs=int(plan_macs.max()),
-        plan_space="all",
+        plan_space=ref.plan_space,
         source="reference",
         source_path=str(path),
     )
@@ -381,17 +364,17 @@ def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTab
     latency = None
     if isinstance(summary.get("latency_ms_b256"), dict):
         lat = np.array([summary["latency_ms_b256"].get(str(p), np.nan) for p in range(num_plans)], dtype=np.float64)
-        if np.isfinite(lat).all():
+        if np.isfinite(lat).all() and (lat > 0).all():
             latency = lat / lat[num_plans - 1]
             meta["latency_profile"] = {"device": summary.get("device"), "batch_size": 256, "unit": "fraction"}
     try:
-        return OutcomeTable(
+        table = OutcomeTable(
             pred=raw["pred"],
             loss=raw["loss"].astype(np.float32),
             conf=raw["conf"].astype(np.float32) / 255.0,
             features=raw["stem_feat"].astype(np.float32),
             label=raw["label"].astype(np.int64),
-            sample_index=sample_index,
+            sample_index=_reference_sample_index(ref, entry.sample_index_file, n),
             plan_masks=masks,
             plan_macs=plan_macs.astype(np.int64),
             meta=meta,
@@ -399,6 +382,44 @@ def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTab
         )
     except TableFormatError as e:
         raise TableFormatError(f"{path}: {e}") from None
+    if entry.content_sha256 is not None and table.content_hash() != entry.content_sha256:
+        raise TableFormatError(f"{path}: the loaded table's content hash differs from its metadata's "
+                               f"content_sha256 (sample index or MACs disagree with the ones it was published with)")
+    return table
+
+
+def _reference_summary(ref: ReferenceMeta) -> dict[str, Any]:
+    """``summary.json`` beside the metadata (optional: latency profile, build versions); its MACs must agree."""
+    path = ref.directory / "summary.json"
+    if not path.is_file():
+        return {}
+    try:
+        summary = json.loads(path.read_text())
+        assert isinstance(summary, dict)
+    except (OSError, UnicodeDecodeError, ValueError, AssertionError):
+        raise TableFormatError(f"{path}: summary.json is not a JSON object") from None
+    macs = summary.get("macs")
+    if macs is not None:
+        want = {"stem": ref.stem_macs, "fc": ref.fc_macs, "blocks": ref.block_macs.tolist()}
+        if macs != want:
+            raise TableFormatError(f"{path}: its MACs disagree with {ref.directory / REFERENCE_META_NAME}")
+    return summary
+
+
+def _reference_sample_index(ref: ReferenceMeta, name: str | None, n: int) -> np.ndarray:
+    if name is None:
+        return np.arange(n, dtype=np.int64)
+    path = ref.directory / name
+    try:
+        idx = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise TableFormatError(f"{path}: unreadable sample index ({type(e).__name__}: {e})") from None
+    if not isinstance(idx, np.ndarray) or idx.shape != (n,) or idx.dtype.kind not in "iu":
+        raise TableFormatError(f"{path}: expected {n} integer sample indices, got "
+                               f"{getattr(idx, 'dtype', type(idx).__name__)} {getattr(idx, 'shape', '')}")
+    if (idx < 0).any() or len(np.unique(idx)) != n:
+        raise TableFormatError(f"{path}: sample indices must be distinct and non-negative")
+    return idx.astype(np.int64)
 
 
 def find_split_tables(table_dir: str | os.PathLike) -> dict[str, Path]:

@@ -245,9 +245,24 @@ def test_wrongly_shaped_archives_raise_only_adainf_errors(tmp_path, arrays):
         load_table(path)
 
 
-_SUMMARY = {"macs": {"stem": 1769472, "fc": 5120, "blocks": [[75497472, 0], [75497472, 0], [56623104, 2097152],
-                                                             [75497472, 0], [56623104, 2097152], [75497472, 0],
-                                                             [56623104, 2097152], [75497472, 0]]}}
+_MACS = {"stem": 1769472, "fc": 5120, "blocks": [[75497472, 0], [75497472, 0], [56623104, 2097152], [75497472, 0],
+                                                [56623104, 2097152], [75497472, 0], [56623104, 2097152], [75497472, 0]]}
+
+
+def _sidecar(directory, **changes) -> dict:
+    """A valid ``table_meta.json`` for a made-up 8-block, 3-class table in the reference layout, with ``changes``."""
+    meta = {"format_version": 1, "backbone": "my_net", "dataset": "my_data", "classes": ["a", "b", "c"],
+            "num_blocks": 8, "plan_space": "all", "cost_unit": "macs", "macs": _MACS, "checkpoint_sha256": None,
+            "splits": {"test": {"file": "table_test.npz", "rows": 3}}}
+    meta.update(changes)
+    (directory / "table_meta.json").write_text(json.dumps(meta))
+    return meta
+
+
+def _minimal_reference_arrays(n: int = 3, plans: int = 256) -> dict[str, np.ndarray]:
+    return {"pred": np.zeros((n, plans), np.uint8), "loss": np.ones((n, plans), np.float16),
+            "conf": np.full((n, plans), 255, np.uint8), "stem_feat": np.zeros((n, 64), np.float16),
+            "label": np.arange(n, dtype=np.uint8) % 3}
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -258,7 +273,7 @@ _SUMMARY = {"macs": {"stem": 1769472, "fc": 5120, "blocks": [[75497472, 0], [754
                      np.zeros((0, 256), np.uint8), np.array("x")]),
     min_size=5))
 def test_reference_layout_garbage_raises_only_adainf_errors(tmp_path, arrays):
-    (tmp_path / "summary.json").write_text(json.dumps(_SUMMARY))
+    _sidecar(tmp_path, splits={"test": {"file": "table_test.npz"}})
     path = tmp_path / "table_test.npz"
     _write_raw(path, arrays)
     try:
@@ -268,14 +283,70 @@ def test_reference_layout_garbage_raises_only_adainf_errors(tmp_path, arrays):
     assert t.num_plans == 256  # only a consistent combination may load
 
 
-def test_reference_layout_minimal_valid_file(tmp_path):
-    (tmp_path / "summary.json").write_text(json.dumps(_SUMMARY))
+def test_reference_layout_is_labelled_by_its_metadata(tmp_path):
+    _sidecar(tmp_path)
+    (tmp_path / "summary.json").write_text(json.dumps({"macs": _MACS}))
     path = tmp_path / "table_test.npz"
-    _write_raw(path, {"pred": np.zeros((3, 256), np.uint8), "loss": np.ones((3, 256), np.float16),
-                      "conf": np.full((3, 256), 255, np.uint8), "stem_feat": np.zeros((3, 64), np.float16),
-                      "label": np.zeros(3, np.uint8)})
-    t = load_table(path, split="test", backbone="resnet18_cifar")
+    _write_raw(path, _minimal_reference_arrays())
+    t = load_table(path, split="test", backbone="my_net", dataset="my_data")
     assert t.num_plans == 256 and t.full_macs == 555_422_720 and t.conf.max() == 1.0
+    assert t.num_classes == 3 and t.meta["classes"] == ["a", "b", "c"] and t.meta["checkpoint_sha256"] is None
+    with pytest.raises(TableMismatchError):
+        load_table(path, backbone="resnet18_cifar")  # never stamped as the reference any more
     (tmp_path / "summary.json").write_text("{not json")
     with pytest.raises(TableFormatError, match="summary.json"):
         load_table(path)
+    (tmp_path / "summary.json").write_text(json.dumps({"macs": {**_MACS, "fc": 1}}))
+    with pytest.raises(TableFormatError, match="MACs disagree"):
+        load_table(path)
+
+
+def test_reference_layout_without_metadata_is_refused(tmp_path):
+    path = tmp_path / "table_test.npz"
+    _write_raw(path, _minimal_reference_arrays())
+    (tmp_path / "summary.json").write_text(json.dumps({"macs": _MACS}))
+    with pytest.raises(TableFormatError, match="table_meta.json"):
+        load_table(path)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"num_blocks": 7, "macs": {**_MACS, "blocks": _MACS["blocks"][:7]}}, "2\\^7"),
+    ({"classes": ["a", "b"]}, "num_classes"),
+    ({"classes": ["a", "a", "b"]}, "distinct"),
+    ({"backbone": ""}, "backbone"),
+    ({"dataset": None}, "dataset"),
+    ({"plan_space": "structured_subset"}, "plan_space"),
+    ({"cost_unit": "latency"}, "cost_unit"),
+    ({"macs": {**_MACS, "blocks": _MACS["blocks"][:5]}}, "macs.blocks"),
+    ({"format_version": 2}, "format_version"),
+    ({"checkpoint_sha256": "abc"}, "checkpoint_sha256"),
+    ({"splits": {"test": {"file": "table_test.npz", "rows": 4}}}, "rows"),
+    ({"splits": {"calib": {"file": "table_calib.npz"}}}, "not listed"),
+    ({"splits": {"test": {"file": "table_test.npz", "arrays_sha256": "0" * 64}}}, "arrays differ"),
+    ({"splits": {"test": {"file": "table_test.npz", "content_sha256": "0" * 64}}}, "content hash"),
+    ({"splits": {"test": {"file": "table_test.npz", "sample_index_file": "idx.npy"}}}, "sample index"),
+])
+def test_inconsistent_reference_metadata_is_refused(tmp_path, changes, match):
+    _sidecar(tmp_path, **changes)
+    path = tmp_path / "table_test.npz"
+    _write_raw(path, _minimal_reference_arrays())
+    with pytest.raises(TableFormatError, match=match):
+        load_table(path)
+
+
+def test_published_reference_recognised_by_content_without_metadata(tmp_path):
+    """A copy of a shipped reference table (as in ../shared/reference, which has no table_meta.json) is recognised
+    by its array hash; the same layout with one prediction changed is refused."""
+    from adainf_env.reference_tables import load_reference_table, reference_table_path
+
+    copy = tmp_path / "renamed.npz"
+    copy.write_bytes(reference_table_path("test").read_bytes())
+    t = load_table(copy)
+    assert t.meta["split"] == "test" and t.meta["backbone"] == "resnet18_cifar" and t.meta["dataset"] == "cifar10"
+    assert t.content_hash() == load_reference_table("test").content_hash()
+    arrays = _raw(copy)
+    arrays["pred"][0, 0] = (arrays["pred"][0, 0] + 1) % 10
+    tampered = tmp_path / "table_test.npz"
+    _write_raw(tampered, arrays)
+    with pytest.raises(TableFormatError, match="table_meta.json"):
+        load_table(tampered)
