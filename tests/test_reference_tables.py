@@ -29,3 +29,24 @@ def test_shipped_tables_load_labelled(split):
     assert t.num_samples == 10_000 and t.num_plans == 256 and t.num_blocks == 8 and t.num_classes == 10
     assert t.full_macs == 555_422_720
     np.testing.assert_array_equal(t.plan_masks, masks_from_codes(np.arange(256), 8))
+
+
+def test_provenance_lists_the_shipped_bytes():
+    """PROVENANCE.md's size and sha256 of every shipped data file, and the content hashes, match the files."""
+    import json
+    import re
+
+    from adainf_env.fileio import sha256_file
+
+    text = (REFERENCE_DIR / "PROVENANCE.md").read_text()
+    rows = dict((m[0], (int(m[1].replace(",", "")), m[2]))
+                for m in re.findall(r"\| `([\w.]+)` \| ([\d,]+) \| `([0-9a-f]{64})` \|", text))
+    assert set(rows) == {"table_calib.npz", "table_test.npz", "calib_indices.npy", "summary.json"}
+    for name, (size, digest) in rows.items():
+        assert (REFERENCE_DIR / name).stat().st_size == size and sha256_file(REFERENCE_DIR / name) == digest, name
+    meta = json.loads((REFERENCE_DIR / "table_meta.json").read_text())
+    for split in ("calib", "test"):
+        entry = meta["splits"][split]
+        assert entry["arrays_sha256"] in text and entry["content_sha256"] in text
+        assert load_reference_table(split).content_hash() == entry["content_sha256"]
+    assert meta["checkpoint_sha256"] in text
