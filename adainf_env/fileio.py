@@ -7,6 +7,7 @@ Two rules (README, "What is trusted"):
   before any of its payload runs.
 * **Writes are atomic.** Data go to a temporary file in the destination directory, are flushed and fsynced, then
   ``os.replace``-d over the target: a crash mid-write leaves the old file (or none), never a half-written one.
+  The file gets the permissions a plain ``open()`` would give it (``0o666`` less the umask).
 """
 
 from __future__ import annotations
@@ -50,6 +51,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        # mkstemp creates 0600; give the file the mode open() would have (0666 less the umask) so artefacts stay
+        # readable by the group/others the user's umask allows.
+        os.fchmod(fd, 0o666 & ~_current_umask())
         with os.fdopen(fd, mode) as fh:
             yield fh
             fh.flush()
@@ -59,6 +63,18 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO[Any]]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _current_umask() -> int:
+    """The process umask: read from /proc on Linux; elsewhere set and restored at once (POSIX has no query)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
