@@ -1,0 +1,454 @@
+"""The anytime-inference Gymnasium environment (see :class:`AnytimeEnv` for its manual)."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+
+from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
+                                     BlockCosts, RequestBatch)
+from adainf_env.budgets import TokenBucket
+from adainf_env.env import LiveSource, _LiveRunner
+from adainf_env.env_core import RNG_CHUNK, ActionError
+from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.outcomes import OutcomeTable, load_table
+
+__all__ = ["AnytimeEnv", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
+
+
+class AnytimeEnv(gym.Env):
+    """AdaInf anytime inference: serve a request block by block, read the network's answer when it pays, stop.
+
+    ## Description
+    A skippable backbone is ``stem → block_0 → … → block_{B−1} → head``. Each request (an image, a table row) starts
+    with the stem computed. The agent then decides, block by block, whether to execute the block's residual branch
+    (RUN) or only its shortcut (SKIP). At any time it may READ: evaluate the head on the current activations with every
+    later block skipped — the prediction and confidence of the plan "decisions so far, the rest skipped" (in table
+    mode: that plan's entry of the outcome table). It STOPs with the last answer read. Early-exit cascades with
+    computation reuse (run plan a, read; if unsure continue to a bigger plan from the activations already computed)
+    are episodes of this env; so is any learned policy that stops when what it has read is good enough.
+
+    ## Action Space
+    ``Discrete(4)``:
+
+    | action | name | effect | cost (fraction of the full model) |
+    |---|---|---|---|
+    | 0 | RUN  | execute block ``pos``'s residual (and its shortcut), ``pos += 1`` | residual + shortcut (shortcut free if a read computed it) |
+    | 1 | SKIP | shortcut only, ``pos += 1`` | shortcut (free if a read computed it) |
+    | 2 | READ | evaluate the head on the current plan, continue | the shortcuts of the later blocks not yet computed + head |
+    | 3 | STOP | answer with the last answer read; reads first if the current plan has not been read | that read, if any |
+
+    After the decision for the last block the request ends as after STOP. ``action_masks()`` (bool ``[4]``, for
+    sb3-contrib's MaskablePPO) marks the valid actions; taking an invalid one raises :class:`ActionError`:
+
+    * RUN/SKIP only before the last block; RUN only if the plan with that block added is in the table's plan list and,
+      with ``mask_over_budget=True`` (default), only if the request can still answer within its budget afterwards
+      (spent + this block + a read right after ≤ budget): under masking no request overruns unless even the stem and a
+      read of the cheapest plan exceed its budget (then only SKIP/STOP/READ remain and the overrun is charged);
+    * READ only if the current plan has not been read (a second read of the same plan tells nothing new);
+    * STOP always (so every request can end: it pays one read at most — a request never ends without an answer).
+
+    ``invalid_action="fallback"`` (for learners without action masking, and for checkers that step random actions)
+    replaces an invalid action instead of raising: a RUN that is not allowed becomes SKIP, a READ of a plan already
+    read becomes STOP; ``info["invalid_action"]`` says when it happened.
+
+    ## Observation Space
+    ``obs_format="dict"`` (default) or ``"flat"`` (the parts concatenated in this order), float32, bounds fixed by the
+    table (features) and the plan space, never by the data seen:
+
+    | key | shape | meaning |
+    |---|---|---|
+    | ``features`` | [F] | stem features of the request (always computed) |
+    | ``budget`` | [1] | the request's budget (bandit / per-request process) or what is in the shared bucket (≤ 1) |
+    | ``bucket`` | [3] | shared bucket only: level after refill, this request's refill, fraction of the episode left |
+    | ``costs`` | [3] | spent so far (incl. stem), cost of answering now (STOP), cost of RUN + answering right after |
+    | ``position`` | [B+1] | one-hot of the next block to decide |
+    | ``decisions`` | [B] | 1 = block executed so far |
+    | ``readout`` | [5] | last confidence, previous confidence, last two answers agree, reads / (B+1), current plan read |
+
+    ## Costs
+    Exact and in fractions of the full model, from the table's per-block MACs (``meta["macs"]``; reference tables:
+    ``summary.json``): the stem once per request, each executed residual, each shortcut and each head evaluation once —
+    computed activations are kept, so nothing is paid twice (see :mod:`adainf_env.anytime_core`). A plan run
+    straight through and read once costs exactly its table cost. ``info["cost"]`` is the cost paid by this step (the
+    stem is reported with the request's first step), so a request's ``info["cost"]`` sum to its total, as
+    Safety-Gymnasium reports costs; ``info["total_cost"]`` is the running total.
+
+    ## Rewards
+    ``reward="correct"``: 1 if the final answer is right, else 0, on the request's last step. ``"neg_ce"``: minus the
+    cross-entropy (nats) of the answered plan instead. ``penalty="linear"`` (default): every step is charged
+    λ × (the overrun it adds), so a request's rewards sum to ``base − λ·max(0, total cost − budget)`` exactly (λ = ``lam``
+    per unit of the full model). ``penalty="hard"``: the last step gives ``hard_penalty`` instead of ``base`` if the
+    request overran.
+
+    ## Budgets
+    ``mode="bandit"``: one request per episode, budget drawn from the budget process: a hard per-request budget when
+    ``mask_over_budget=True``, a soft one (λ-penalised) otherwise. ``mode="stream"``: ``episode_length`` requests per
+    episode, budgets from the process (``step``, ``periodic``, ``random_walk``, ``trace``…), or with ``bucket`` a shared
+    token bucket refilled by the process each request, the request's budget is what is in it (≤ 1) and its total cost
+    is taken out when it ends — the same bucket as :class:`~adainf_env.env.AdaInfEnv`, so ``budget="fixed:0.2",
+    bucket=True`` constrains the *average* cost to 0.2.
+
+    ## Starting State / Seeding
+    Same protocol as :class:`~adainf_env.env.AdaInfEnv` (:mod:`adainf_env.env_core`): each request draws its table row
+    (a permutation per pass) and one uniform for its budget from ``np_random``; same seed → same episodes.
+    ``reset(options={"sample": i, "budget": b})`` pins the first request.
+
+    ## Episode End
+    Bandit: when the request ends (``terminated=True``). Stream: when the ``episode_length``-th request ends; between
+    requests the step that ends one returns the next request's first observation (``info["request_done"]``). Never
+    truncated.
+
+    ## Arguments
+    ``AnytimeEnv(table=None, *, table_path=None, live=None, mode="bandit", episode_length=200, budget="uniform",
+    bucket=None, lam=1.0, reward="correct", penalty="linear", hard_penalty=-1.0, cost_unit="macs",
+    obs_format="dict", mask_over_budget=True, invalid_action="raise", render_mode=None)``. ``table``/``table_path``: an outcome table whose
+    plan list is closed under truncation (e.g. all 2^B plans) with per-block MACs; ``live``: a
+    :class:`~adainf_env.env.LiveSource` — the real backbone is run block by block (activations kept, as charged).
+    ``cost_unit`` must be ``"macs"`` (latency profiles have no per-block breakdown). Bad arguments raise
+    :class:`~adainf_env.errors.ConfigError`, bad tables :class:`~adainf_env.errors.TableFormatError`.
+
+    ## Version History
+    * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
+    """
+
+    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+
+    def __init__(
+        self,
+        table: OutcomeTable | None = None,
+        *,
+        table_path: str | os.PathLike | None = None,
+        live: LiveSource | None = None,
+        mode: str = "bandit",
+        episode_length: int = 200,
+        budget: Any = "uniform",
+        bucket: bool | dict | TokenBucket | None = None,
+        lam: float = 1.0,
+        reward: str = "correct",
+        penalty: str = "linear",
+        hard_penalty: float = -1.0,
+        cost_unit: str = "macs",
+        obs_format: str = "dict",
+        mask_over_budget: bool = True,
+        invalid_action: str = "raise",
+        render_mode: str | None = None,
+    ) -> None:
+        if sum(x is not None for x in (table, table_path, live)) != 1:
+            raise ConfigError("give exactly one of table=, table_path= or live=")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
+        if table_path is not None:
+            table = load_table(table_path)
+        self._live: _AnytimeLive | None = None
+        if live is not None:
+            if cost_unit != "macs":
+                raise ConfigError("the anytime env needs per-block costs: cost_unit must be 'macs'")
+            self._live = _AnytimeLive(live)
+            at = self._live.anytime_table
+            features = self._live.features
+        else:
+            at = AnytimeTable.from_table(table, cost_unit)
+            features = table.features
+        self.cfg = AnytimeConfig.build(
+            table=at, features=features, mode=mode, episode_length=episode_length, budget=budget, bucket=bucket,
+            lam=lam, reward=reward, penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
+            mask_over_budget=mask_over_budget, invalid_action=invalid_action)
+        self.table = table
+        self.observation_space = self.cfg.observation_space
+        self.action_space = self.cfg.action_space
+        self.render_mode = render_mode
+        self.mode = self.cfg.mode
+        self._n = self.cfg.num_samples
+        self._batch = RequestBatch(1, at, mask_over_budget=self.cfg.mask_over_budget)
+        self._zero = np.zeros(1, dtype=np.int64)
+        self._invalidate_rng_buffers()
+        self._started = False
+        self._done = True
+        self._last = ""
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def block_costs(self) -> BlockCosts:
+        return self.cfg.table.costs
+
+    @property
+    def num_blocks(self) -> int:
+        return self.cfg.table.num_blocks
+
+    @property
+    def lam(self) -> float:
+        return self.cfg.lam
+
+    @property
+    def budget_process(self):
+        return self.cfg.process
+
+    @property
+    def state(self) -> RequestBatch:
+        """The request in flight (a :class:`~adainf_env.anytime_core.RequestBatch` of one slot; read-only use)."""
+        return self._batch
+
+    # ------------------------------------------------------------------ randomness (same protocol as AdaInfEnv)
+    def _invalidate_rng_buffers(self) -> None:
+        self._perm = np.empty(0, dtype=np.int64)
+        self._pos = self._n
+        self._ubuf = np.empty(0)
+        self._upos = RNG_CHUNK
+
+    def _draw(self) -> tuple[int, float]:
+        """Next request: (table row, its uniform for the budget process)."""
+        if self._pos >= self._n:
+            self._perm = self.np_random.permutation(self._n)
+            self._pos = 0
+        s = int(self._perm[self._pos])
+        self._pos += 1
+        if self._upos >= RNG_CHUNK:
+            self._ubuf = self.np_random.random(RNG_CHUNK)
+            self._upos = 0
+        u = float(self._ubuf[self._upos])
+        self._upos += 1
+        return s, u
+
+    # ------------------------------------------------------------------ gymnasium API
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._invalidate_rng_buffers()
+        pin_s, pin_b = self.cfg.parse_options(options)
+        s, u = self._draw()
+        s = s if pin_s is None else pin_s
+        b0, self._aux = self.cfg.process.start(np.array([u]))
+        self._proc_b = b0 if pin_b is None else np.array([pin_b])
+        self._pin_b = pin_b
+        self._t = 0
+        if self.cfg.bucket is not None:
+            self._level = np.array([float(self.cfg.bucket.initial)])
+        self._begin(s)
+        self._started = True
+        self._done = False
+        return self._observe(), {"sample": s, "budget": float(self._batch.budget[0])}
+
+    def _begin(self, s: int) -> None:
+        """Start request ``s`` with the current process budget (through the bucket if any)."""
+        bucket = self.cfg.bucket
+        if bucket is None:
+            budget = float(self._proc_b[0])
+        else:
+            self._refill = float(self._proc_b[0]) if bucket.rate is None else float(bucket.rate)
+            self._level = bucket.refill(self._level, self._proc_b)
+            budget = float(bucket.available(self._level)[0])
+        self._batch.start(self._zero, np.array([s]), np.array([budget]))
+        if self._live is not None:
+            self._live.begin(s)
+
+    def _observe(self):
+        bs = None
+        if self.cfg.bucket is not None:
+            T = self.cfg.episode_length
+            bs = np.array([[self._level[0], self._refill, (T - self._t) / T]])
+        obs = self.cfg.observe(self._batch, bs)
+        if self.cfg.obs_format == "dict":
+            return {k: v[0] for k, v in obs.items()}
+        return obs[0]
+
+    def action_masks(self) -> np.ndarray:
+        """Valid actions now (bool [4]: run, skip, read, stop)."""
+        if not self._started or self._done:
+            raise AdaInfError("action_masks() needs a request in flight; call reset() first")
+        return self._batch.masks()[0]
+
+    def step(self, action):
+        if self._done:
+            raise AdaInfError("step() called " + ("before reset()" if not self._started else
+                                                  "after the episode ended") + "; call reset() first")
+        batch = self._batch
+        a = _action_index(action, self.cfg.invalid_action == "raise")
+        replaced = False
+        if self.cfg.invalid_action == "fallback":
+            sub, bad = batch.substitute_invalid(np.array([a]))
+            a, replaced = int(sub[0]), bool(bad[0])
+        if self._live is None:
+            reader = self.cfg.table.read_table
+        else:
+            if not batch.masks()[0, a]:
+                batch.step(np.array([a]), self._live.read)  # raises the ActionError with the full message
+            pos = int(batch.pos[0])
+            if a == RUN:
+                self._live.run(pos)
+            elif a == SKIP:
+                self._live.skip(pos)
+            reader = self._live.read
+        pos0, spent0 = int(batch.pos[0]), float(batch.spent[0])
+        res = batch.step(np.array([a]), reader)
+        ended = bool(res.ended[0])
+        s = int(batch.row[0])
+        plan = int(batch.answer[0])
+        correct = np.zeros(1, dtype=bool)
+        loss = np.zeros(1)
+        if ended:
+            if self._live is None:
+                t = self.cfg.table
+                correct[0] = t.correct[s, plan]
+                loss[0] = t.loss[s, plan]
+            else:
+                correct[0], loss[0] = self._live.outcome()
+        rew, reported = self.cfg.rewards(batch, res, correct, loss if self.cfg.reward == "neg_ce" else None,
+                                         np.ones(1, dtype=bool))
+        budget = float(batch.budget[0])
+        total = float(batch.spent[0])
+        info: dict[str, Any] = {"cost": float(reported[0]), "total_cost": total, "budget": budget,
+                                "overrun": max(0.0, total - budget) if total - budget > 1e-9 else 0.0,
+                                "sample": s, "action": ACTION_NAMES[a], "position": pos0,
+                                "read": bool(res.read[0]), "request_done": ended, "invalid_action": replaced}
+        if res.read[0]:
+            info["read_plan"] = plan
+            info["read_pred"] = int(batch.last_pred[0])
+            info["read_conf"] = float(batch.last_conf[0])
+        if ended:
+            info.update(plan=plan, pred=int(batch.last_pred[0]), correct=bool(correct[0]),
+                        num_reads=int(batch.reads[0]))
+        if self.render_mode == "ansi":
+            self._last = (f"sample {s} block {pos0} {ACTION_NAMES[a]} cost {total - spent0:.4f} spent {total:.4f}/"
+                          f"{budget:.4f}" + (f" → answer plan {plan} {'correct' if correct[0] else 'wrong'}"
+                                             if ended else ""))
+        terminated = False
+        if ended:
+            if self.mode == "bandit":
+                terminated = True
+            else:
+                if self.cfg.bucket is not None:
+                    self._level = self.cfg.bucket.spend(self._level, np.array([total]))
+                self._t += 1
+                if self._t >= self.cfg.episode_length:
+                    terminated = True
+                else:
+                    s2, u = self._draw()
+                    if self._pin_b is None:
+                        self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, np.array([u]))
+                    self._begin(s2)
+        if terminated:
+            self._done = True
+        return self._observe(), float(rew[0]), terminated, False, info
+
+    def render(self):
+        if self.render_mode == "ansi":
+            return self._last
+        return None
+
+    def close(self) -> None:
+        """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
+
+
+def _action_index(action: Any, strict: bool) -> int:
+    """The action as an int; out of range → :class:`ActionError` when ``strict``, else kept (the fallback maps it)."""
+    if isinstance(action, (bool, np.bool_)):
+        raise ActionError(f"action must be an integer in [0, {NUM_ACTIONS}) (run, skip, read, stop), got {action!r}")
+    try:
+        a = int(np.asarray(action).reshape(()))
+        if np.asarray(action).dtype.kind not in "iu":
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ActionError(f"action must be an integer in [0, {NUM_ACTIONS}) (run, skip, read, stop), got "
+                          f"{action!r}") from None
+    if strict and not 0 <= a < NUM_ACTIONS:
+        raise ActionError(f"action {a} out of range [0, {NUM_ACTIONS}) (run=0, skip=1, read=2, stop=3)")
+    return a
+
+
+class _AnytimeLive:
+    """Runs the real backbone block by block for :class:`AnytimeEnv`, keeping what it computed (as the env charges).
+
+    State per request: ``h`` (activations entering the next block) and ``chain`` (block j → (shortcut output,
+    activations after it) on the current path with later blocks skipped), filled by a read and reused by SKIPs and
+    the shortcut of a RUN, cleared when a block is run. With ``count_macs=True`` every module call is counted with
+    :func:`adainf_env.costs.count_macs` into ``macs`` (tests compare it with the env's accounting).
+    """
+
+    def __init__(self, src: LiveSource, *, count_macs: bool = False) -> None:
+        import torch
+
+        from adainf_env.costs import measure_macs
+
+        base = _LiveRunner(src)  # validates the source, computes the stem features of every image
+        bb = base.backbone
+        if len(bb.blocks) > 12:
+            raise ConfigError(f"live anytime mode enumerates all 2^B plans; the backbone has {len(bb.blocks)} blocks")
+        self.backbone = bb
+        self.images = base.images
+        self.labels = base.labels
+        self.features = base.features
+        self._device = base._device
+        self._torch = torch
+        prof = measure_macs(bb)
+        self.full_macs = prof.full
+        self.costs = BlockCosts.from_macs(prof.to_dict(), prof.full)
+        self.anytime_table = AnytimeTable.for_plans(base.plan_masks, self.costs, pred=None, conf=None, correct=None,
+                                                    loss=None, label=None)
+        self.count = bool(count_macs)
+        self.macs = 0
+        self._logits = None
+
+    def _call(self, fn, *args):
+        if not self.count:
+            return fn(*args)
+        from adainf_env.costs import count_macs
+
+        m, out = count_macs(fn, *args)
+        self.macs += m
+        return out
+
+    def begin(self, s: int) -> None:
+        torch = self._torch
+        with torch.no_grad():
+            x = self.backbone.prepare(self.images[s:s + 1].to(self._device))
+            self.h = self._call(self.backbone.stem, x)
+        self.s = s
+        self.pos = 0
+        self.chain: dict[int, tuple[Any, Any]] = {}
+        self._logits = None
+
+    def run(self, i: int) -> None:
+        blk = self.backbone.blocks[i]
+        with self._torch.no_grad():
+            sc = self.chain[i][0] if i in self.chain else self._call(blk.shortcut, self.h)
+            r = self._call(blk.residual, self.h)
+            self.h = blk.combine(sc, r)
+        self.chain = {}
+        self.pos = i + 1
+
+    def skip(self, i: int) -> None:
+        if i in self.chain:
+            self.h = self.chain[i][1]
+        else:
+            blk = self.backbone.blocks[i]
+            with self._torch.no_grad():
+                self.h = blk.combine(self._call(blk.shortcut, self.h), None)
+        self.pos = i + 1
+
+    def read(self, idx: np.ndarray, rows: np.ndarray, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The reader of the kernel: head on the current path with the later blocks skipped."""
+        torch = self._torch
+        g = self.h
+        with torch.no_grad():
+            for j in range(self.pos, len(self.backbone.blocks)):
+                if j not in self.chain:
+                    blk = self.backbone.blocks[j]
+                    sc = self._call(blk.shortcut, g)
+                    self.chain[j] = (sc, blk.combine(sc, None))
+                g = self.chain[j][1]
+            logits = self._call(self.backbone.head, g).float()
+        self._logits = logits
+        prob = torch.softmax(logits, dim=1)
+        conf, pred = prob.max(dim=1)
+        return pred.cpu().numpy().astype(np.int64), conf.cpu().numpy().astype(np.float64)
+
+    def outcome(self) -> tuple[bool, float]:
+        """(correct, cross-entropy in nats) of the last read."""
+        torch = self._torch
+        y = torch.tensor([int(self.labels[self.s])], device=self._logits.device)
+        ce = float(torch.nn.functional.cross_entropy(self._logits, y))
+        return bool(int(self._logits.argmax(1)) == int(self.labels[self.s])), ce

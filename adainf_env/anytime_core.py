@@ -1,0 +1,605 @@
+"""The anytime-inference kernel shared by :class:`~adainf_env.anytime.AnytimeEnv`,
+:class:`~adainf_env.anytime_vec.AnytimeVecEnv` and the anytime evaluation harness.
+
+A request is served block by block. :class:`RequestBatch` holds N requests in flight and applies one action to each
+(numpy over N), so the single env (N = 1), the vec env and the harness share one definition of what an action does
+and what it costs.
+
+Actions (``Discrete(4)``): ``RUN`` = 0, ``SKIP`` = 1, ``READ`` = 2, ``STOP`` = 3 — see the env's manual.
+
+Exact cost accounting (fractions of the full model; see :class:`BlockCosts`). The hidden state after deciding blocks
+0..i−1 is ``h_i``. Passing block i computes its shortcut ``sc_i(h_i)`` (always) and, for RUN, its residual. A READ at
+position i evaluates the plan "decisions so far, every later block skipped": it runs the shortcut-only chain
+``g_i = h_i, g_{j+1} = combine(sc_j(g_j))`` to the end and the head. Everything computed is kept, so nothing is paid
+twice: while the agent keeps skipping after a read, the chain *is* its path (the shortcuts are already computed), and
+a RUN right after a read reuses the read's ``sc_i(h_i)``. The state that captures this is ``m`` (the chain extent):
+shortcuts of blocks ``pos ≤ j < m`` on the current path are already computed. Hence
+
+* RUN at i:  ``res_i + sc_i·[i ≥ m]``; then ``m = i + 1`` (a new path: nothing beyond it computed);
+* SKIP at i: ``sc_i·[i ≥ m]``; then ``m = max(m, i + 1)``;
+* READ:      ``Σ_{j ≥ m} sc_j + head``; then ``m = B``. Reading twice without running a block in between would read
+  the same plan again (masked: it tells nothing new);
+* STOP:      a READ first if the current plan has not been read yet, then the request ends with the last answer read;
+* after the decision for the last block the request ends the same way (a read of the final plan unless it was read).
+
+The stem is paid when the request starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from gymnasium import spaces
+
+from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
+from adainf_env.env_core import ActionError, make_bucket
+from adainf_env.errors import ConfigError, TableFormatError
+from adainf_env.feasibility import COST_TOL
+from adainf_env.outcomes import OutcomeTable, codes_from_masks
+
+__all__ = ["RUN", "SKIP", "READ", "STOP", "NUM_ACTIONS", "ACTION_NAMES", "BlockCosts", "attach_block_macs",
+           "AnytimeTable", "RequestBatch", "StepResult", "MAX_BLOCKS", "toy_anytime_table"]
+
+RUN, SKIP, READ, STOP = 0, 1, 2, 3
+NUM_ACTIONS = 4
+ACTION_NAMES = ("run", "skip", "read", "stop")
+# Plans are looked up by code in a dense [2^B] array; 2^20 entries (8 MB) is the most we allow.
+MAX_BLOCKS = 20
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockCosts:
+    """Per-part costs as fractions of the full model: the stem, each block's residual branch and shortcut, the head.
+
+    A plan's cost is ``stem + head + Σ shortcut + Σ_{executed} residual`` (the full model is 1).
+    """
+
+    stem: float
+    residual: np.ndarray  # [B] float64
+    shortcut: np.ndarray  # [B] float64
+    head: float
+
+    def __post_init__(self) -> None:
+        res = np.asarray(self.residual, dtype=np.float64).reshape(-1)
+        sc = np.asarray(self.shortcut, dtype=np.float64).reshape(-1)
+        if res.shape != sc.shape or res.size == 0:
+            raise ConfigError(f"block costs: residual {res.shape} and shortcut {sc.shape} must be equal non-empty [B]")
+        vals = np.concatenate([res, sc, [self.stem, self.head]])
+        if not np.isfinite(vals).all() or (vals < 0).any():
+            raise ConfigError("block costs must be finite and non-negative")
+        for a in (res, sc):
+            a.setflags(write=False)
+        object.__setattr__(self, "residual", res)
+        object.__setattr__(self, "shortcut", sc)
+        # suffix[j] = Σ_{k ≥ j} shortcut_k (length B + 1): what a read at chain extent j pays besides the head
+        suffix = np.concatenate([np.cumsum(sc[::-1])[::-1], [0.0]])
+        suffix.setflags(write=False)
+        object.__setattr__(self, "shortcut_suffix", suffix)
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.residual.size)
+
+    def plan_cost(self, masks: np.ndarray) -> np.ndarray:
+        """[P] cost of each plan of ``masks`` [P, B] run alone (stem, every shortcut, its residuals, one head)."""
+        m = np.asarray(masks, dtype=np.float64)
+        return self.stem + self.head + float(self.shortcut.sum()) + m @ self.residual
+
+    @property
+    def max_request_cost(self) -> float:
+        """An upper bound of one request's cost: every block run, every shortcut on every read chain, B + 1 reads."""
+        b = self.num_blocks
+        return float(self.stem + self.residual.sum() + self.shortcut.sum()
+                     + (b + 1) * (self.shortcut.sum() + self.head))
+
+    @classmethod
+    def from_macs(cls, macs: Mapping[str, Any], full_macs: int | float) -> "BlockCosts":
+        """From a MACs breakdown ``{"stem": int, "blocks": [[residual, shortcut], ...], "fc": int}`` (the layout of
+        :meth:`adainf_env.costs.MacsProfile.to_dict` and of the reference ``summary.json["macs"]``)."""
+        try:
+            stem, head = float(macs["stem"]), float(macs["fc"])
+            blocks = np.asarray(macs["blocks"], dtype=np.float64)
+        except (KeyError, TypeError, ValueError) as e:
+            raise TableFormatError(f"MACs breakdown unreadable ({e!r}); expected stem, blocks [[res, sc], ...], fc") \
+                from None
+        if blocks.ndim != 2 or blocks.shape[1] != 2:
+            raise TableFormatError(f"MACs breakdown: blocks must be [B, 2] (residual, shortcut), got {blocks.shape}")
+        full = float(full_macs)
+        if not full > 0:
+            raise TableFormatError(f"full-model MACs must be > 0, got {full_macs!r}")
+        return cls(stem=stem / full, residual=blocks[:, 0] / full, shortcut=blocks[:, 1] / full, head=head / full)
+
+    @classmethod
+    def from_table(cls, table: OutcomeTable, cost_unit: str = "macs") -> "BlockCosts":
+        """The table's per-block MACs, checked against its per-plan MACs.
+
+        Project tables carry them in ``meta["macs"]``; reference-layout tables in the ``summary.json`` beside the file.
+        Measured latency has no per-block breakdown, so ``cost_unit="latency"`` is refused.
+        """
+        if cost_unit != "macs":
+            raise ConfigError(f"the anytime env charges every block, shortcut and head separately and needs per-block "
+                              f"costs; cost_unit={cost_unit!r} has only per-plan totals. Use cost_unit='macs'")
+        macs = table.meta.get("macs")
+        if macs is None and table.meta.get("source") == "reference" and table.meta.get("source_path"):
+            summary = Path(table.meta["source_path"]).parent / "summary.json"
+            try:
+                macs = json.loads(summary.read_text())["macs"]
+            except (OSError, ValueError, KeyError) as e:
+                raise TableFormatError(f"{summary}: no readable per-block MACs ({e!r})") from None
+        if macs is None:
+            raise TableFormatError(
+                "this outcome table has no per-block cost breakdown (meta['macs'] with stem, blocks [[residual, "
+                "shortcut], ...], fc), which the anytime env needs to charge each block and head; rebuild it with "
+                "experiments/build_table.py or attach one with adainf_env.anytime_core.attach_block_macs")
+        costs = cls.from_macs(macs, table.full_macs)
+        if costs.num_blocks != table.num_blocks:
+            raise TableFormatError(f"MACs breakdown has {costs.num_blocks} blocks, the table's plans have "
+                                   f"{table.num_blocks}")
+        want = table.plan_macs.astype(np.float64) / float(table.full_macs)
+        got = costs.plan_cost(table.plan_masks)
+        if np.abs(got - want).max() > 1e-9:
+            raise TableFormatError("the per-block MACs breakdown does not add up to the table's per-plan MACs "
+                                   f"(largest difference {np.abs(got - want).max():.3g} of the full model)")
+        return costs
+
+
+def attach_block_macs(table: OutcomeTable, *, stem: int, blocks: Any, head: int) -> OutcomeTable:
+    """``table`` with a per-block MACs breakdown in its metadata (checked to add up to its per-plan MACs).
+
+    For tables built without one (e.g. :func:`adainf_env.toy.make_toy_table`)."""
+    meta = dict(table.meta)
+    meta["macs"] = {"stem": int(stem), "blocks": np.asarray(blocks, dtype=np.int64).tolist(), "fc": int(head)}
+    out = dataclasses.replace(table, meta=meta)
+    BlockCosts.from_table(out)
+    return out
+
+
+def toy_anytime_table(num_samples: int = 2000, *, num_blocks: int = 4, seed: int = 0, split: str = "calib",
+                      noise: float = 0.1) -> OutcomeTable:
+    """:func:`adainf_env.toy.make_toy_table` with a per-block cost breakdown that has projection shortcuts.
+
+    Block i's residual costs (i+1)·1000 MACs, every odd block has a 150·(i+1)-MAC shortcut, stem 300, head 200, so
+    reads, reuse and "nothing paid twice" all matter. The toy's confidences (0.95 when the plan is right, else 0.40)
+    make an early read informative: a cascade can learn to stop exactly when the cheap plan is right.
+    """
+    from adainf_env.toy import make_toy_table
+
+    t = make_toy_table(num_samples, num_blocks=num_blocks, seed=seed, split=split, noise=noise)
+    res = np.arange(1, num_blocks + 1, dtype=np.int64) * 1000
+    sc = np.where(np.arange(num_blocks) % 2 == 1, 150 * np.arange(1, num_blocks + 1), 0).astype(np.int64)
+    stem, head = 300, 200
+    plan_macs = stem + head + int(sc.sum()) + t.plan_masks.astype(np.int64) @ res
+    meta = dict(t.meta)
+    meta["full_macs"] = int(plan_macs.max())
+    meta.pop("content_sha256", None)
+    t = dataclasses.replace(t, plan_macs=plan_macs, meta=meta)
+    return attach_block_macs(t, stem=stem, blocks=np.stack([res, sc], axis=1), head=head)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AnytimeTable:
+    """What the kernel reads from an outcome table: per-(row, plan) outcomes and the code → plan lookup.
+
+    The plan list must be closed under truncation (every plan with its later blocks skipped is a plan too), because a
+    read evaluates "the decisions so far, the rest skipped". Every complete plan space (all 2^B plans) is.
+    """
+
+    costs: BlockCosts
+    code_to_plan: np.ndarray  # [2^B] int64, −1 where the code is not a plan
+    pred: np.ndarray | None  # [N, P] int64 (None: live outcomes)
+    conf: np.ndarray | None  # [N, P] float64
+    correct: np.ndarray | None  # [N, P] bool
+    loss: np.ndarray | None  # [N, P] float64
+    label: np.ndarray | None  # [N] int64
+
+    @property
+    def num_blocks(self) -> int:
+        return self.costs.num_blocks
+
+    @classmethod
+    def for_plans(cls, plan_masks: np.ndarray, costs: BlockCosts, **outcomes: Any) -> "AnytimeTable":
+        masks = np.asarray(plan_masks, dtype=bool)
+        b = masks.shape[1]
+        if b != costs.num_blocks:
+            raise TableFormatError(f"plans have {b} blocks, the block costs {costs.num_blocks}")
+        if b > MAX_BLOCKS:
+            raise ConfigError(f"the anytime env supports at most {MAX_BLOCKS} skippable blocks, got {b}")
+        codes = codes_from_masks(masks)
+        lookup = np.full(1 << b, -1, dtype=np.int64)
+        lookup[codes] = np.arange(len(codes))
+        for i in range(b):
+            trunc = codes & ((1 << i) - 1)
+            if (lookup[trunc] < 0).any():
+                bad = int(codes[np.argmax(lookup[trunc] < 0)])
+                raise TableFormatError(
+                    f"the plan list is not closed under truncation: plan code {bad} with blocks ≥ {i} skipped "
+                    f"(code {bad & ((1 << i) - 1)}) is not a plan, so a read at block {i} has no outcome; the anytime "
+                    "env needs such tables (e.g. the complete plan space)")
+        lookup.setflags(write=False)
+        return cls(costs=costs, code_to_plan=lookup, **outcomes)
+
+    @classmethod
+    def from_table(cls, table: OutcomeTable, cost_unit: str = "macs") -> "AnytimeTable":
+        if not isinstance(table, OutcomeTable):
+            raise ConfigError(f"table must be an OutcomeTable, got {type(table).__name__}")
+        return cls.for_plans(
+            table.plan_masks, BlockCosts.from_table(table, cost_unit),
+            pred=np.ascontiguousarray(table.pred, dtype=np.int64),
+            conf=np.ascontiguousarray(table.conf, dtype=np.float64),
+            correct=np.ascontiguousarray(table.correct), loss=np.ascontiguousarray(table.loss, dtype=np.float64),
+            label=np.asarray(table.label, dtype=np.int64))
+
+    def read_table(self, idx: np.ndarray, rows: np.ndarray, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reader over the table: (prediction, confidence) of plan ``plans`` on table rows ``rows``."""
+        return self.pred[rows, plans], self.conf[rows, plans]
+
+
+# A reader maps (batch indices, table rows, plan indices) → (predicted class [k], confidence [k]).
+Reader = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclasses.dataclass
+class StepResult:
+    """One kernel step over the active requests: what each paid and which requests ended (arrays [N])."""
+
+    cost: np.ndarray  # cost paid by this action (the stem is paid at start and not repeated here)
+    ended: np.ndarray  # bool: the request ended with this action (STOP or its last block decided)
+    read: np.ndarray  # bool: this action evaluated the head (READ, or the final read of an ending request)
+
+
+class RequestBatch:
+    """N requests in flight over an :class:`AnytimeTable` (see the module docstring for the semantics).
+
+    State arrays (length N, read-only outside): ``row``, ``budget``, ``pos`` (next block to decide), ``code``
+    (executed blocks as a bit code), ``chain`` (m), ``fresh`` (the current plan has not been read), ``spent``,
+    ``reads``, ``last_conf``/``prev_conf``, ``last_pred``/``prev_pred`` (−1 before a read), ``answer`` (plan index of
+    the last read, −1 before one), ``active``.
+    """
+
+    def __init__(self, n: int, table: AnytimeTable, *, mask_over_budget: bool = True) -> None:
+        self.n = int(n)
+        self.table = table
+        self.costs = table.costs
+        self.B = table.num_blocks
+        self.mask_over_budget = bool(mask_over_budget)
+        self._res = np.concatenate([self.costs.residual, [0.0]])  # padded so pos = B indexes safely
+        self._sc = np.concatenate([self.costs.shortcut, [0.0]])
+        self._suffix = self.costs.shortcut_suffix
+        self._bit = np.concatenate([1 << np.arange(self.B, dtype=np.int64), [0]])
+        z = np.zeros(self.n)
+        self.row = np.zeros(self.n, dtype=np.int64)
+        self.budget = z.copy()
+        self.pos = np.zeros(self.n, dtype=np.int64)
+        self.code = np.zeros(self.n, dtype=np.int64)
+        self.chain = np.zeros(self.n, dtype=np.int64)
+        self.fresh = np.ones(self.n, dtype=bool)
+        self.spent = z.copy()
+        self.reads = np.zeros(self.n, dtype=np.int64)
+        self.last_conf = z.copy()
+        self.prev_conf = z.copy()
+        self.last_pred = np.full(self.n, -1, dtype=np.int64)
+        self.prev_pred = np.full(self.n, -1, dtype=np.int64)
+        self.answer = np.full(self.n, -1, dtype=np.int64)
+        self.active = np.zeros(self.n, dtype=bool)
+        # bookkeeping of the envs' per-step reports: cost not yet reported in info["cost"] (the stem, until the
+        # request's first step) and overrun already charged in the reward
+        self.unreported = z.copy()
+        self.charged = z.copy()
+
+    # ------------------------------------------------------------------ requests
+    def start(self, idx: np.ndarray, rows: np.ndarray, budgets: np.ndarray) -> None:
+        """Begin new requests in slots ``idx`` (table ``rows``, ``budgets``): the stem is paid."""
+        idx = np.asarray(idx, dtype=np.int64)
+        self.row[idx] = rows
+        self.budget[idx] = budgets
+        self.pos[idx] = 0
+        self.code[idx] = 0
+        self.chain[idx] = 0
+        self.fresh[idx] = True
+        self.spent[idx] = self.costs.stem
+        self.reads[idx] = 0
+        self.last_conf[idx] = 0.0
+        self.prev_conf[idx] = 0.0
+        self.last_pred[idx] = -1
+        self.prev_pred[idx] = -1
+        self.answer[idx] = -1
+        self.active[idx] = True
+        self.unreported[idx] = self.costs.stem
+        self.charged[idx] = 0.0
+
+    # ------------------------------------------------------------------ derived quantities
+    def read_cost(self) -> np.ndarray:
+        """[N] cost of reading the current plan now (0 if it has been read)."""
+        return np.where(self.fresh, self._suffix[self.chain] + self.costs.head, 0.0)
+
+    def run_cost(self) -> np.ndarray:
+        """[N] cost of RUN now followed by the cheapest way to answer (a read right after); inf at the last position."""
+        p = self.pos
+        c = self._res[p] + self._sc[p] * (p >= self.chain) + self._suffix[np.minimum(p + 1, self.B)] + self.costs.head
+        return np.where(p < self.B, c, np.inf)
+
+    def agree(self) -> np.ndarray:
+        """[N] bool: at least two reads and the last two predicted the same class."""
+        return (self.reads >= 2) & (self.last_pred == self.prev_pred)
+
+    def masks(self) -> np.ndarray:
+        """[N, 4] valid actions of each slot (rows of inactive slots are all False)."""
+        m = np.zeros((self.n, NUM_ACTIONS), dtype=bool)
+        inside = self.active & (self.pos < self.B)
+        nxt = self.code | self._bit[self.pos]
+        run = inside & (self.table.code_to_plan[np.where(inside, nxt, 0)] >= 0)
+        if self.mask_over_budget:
+            run &= self.spent + self.run_cost() <= self.budget + COST_TOL
+        m[:, RUN] = run
+        m[:, SKIP] = inside
+        m[:, READ] = self.active & self.fresh
+        m[:, STOP] = self.active
+        return m
+
+    def substitute_invalid(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``invalid_action="fallback"``: each invalid action of an active slot → a valid one; (actions, replaced).
+
+        A RUN that is not allowed becomes SKIP (or STOP at the last block); a READ of a plan already read becomes STOP
+        (answer with what was read); an out-of-range action becomes STOP.
+        """
+        a = _as_actions(actions, self.n).copy()
+        valid = self.masks()
+        inrange = (a >= 0) & (a < NUM_ACTIONS)
+        ok = inrange & valid[np.arange(self.n), np.clip(a, 0, NUM_ACTIONS - 1)]
+        bad = self.active & ~ok
+        if bad.any():
+            a[bad] = np.where((a[bad] == RUN) & valid[bad, SKIP], SKIP, STOP)
+        return a, bad
+
+    # ------------------------------------------------------------------ the step
+    def step(self, actions: np.ndarray, reader: Reader, *, only: np.ndarray | None = None) -> StepResult:
+        """Apply ``actions`` [N] to the active slots (or to the slots ``only`` — a bool [N] subset of them).
+
+        Every acted-on slot's action must be valid (:meth:`masks`), else :class:`ActionError` names the slot.
+        """
+        act = self.active if only is None else (np.asarray(only, dtype=bool) & self.active)
+        a = _as_actions(actions, self.n)
+        valid = self.masks()
+        ok = valid[np.arange(self.n), np.clip(a, 0, NUM_ACTIONS - 1)] & (a >= 0) & (a < NUM_ACTIONS)
+        bad = act & ~ok
+        if bad.any():
+            i = int(np.argmax(bad))
+            allowed = [ACTION_NAMES[k] for k in np.flatnonzero(valid[i])]
+            what = ACTION_NAMES[a[i]] if 0 <= a[i] < NUM_ACTIONS else repr(int(a[i]))
+            raise ActionError(f"action {what} ({int(a[i])}) is not allowed here (slot {i}, block {int(self.pos[i])} "
+                              f"of {self.B}, spent {self.spent[i]:.4f} of budget {self.budget[i]:.4f}); allowed: "
+                              f"{allowed} — see action_masks()")
+        cost = np.zeros(self.n)
+        p = self.pos
+        run = act & (a == RUN)
+        skip = act & (a == SKIP)
+        passing = run | skip
+        # pass block p: its shortcut unless a read already computed it, its residual when run
+        sc_due = self._sc[p] * (p >= self.chain)
+        cost += np.where(passing, sc_due, 0.0) + np.where(run, self._res[p], 0.0)
+        self.code = np.where(run, self.code | self._bit[p], self.code)
+        self.chain = np.where(run, p + 1, np.where(skip, np.maximum(self.chain, p + 1), self.chain))
+        self.fresh = self.fresh | run
+        self.pos = np.where(passing, p + 1, p)
+        ended = act & ((a == STOP) | (passing & (self.pos >= self.B)))
+        reading = (act & (a == READ)) | (ended & self.fresh)
+        if reading.any():
+            cost += np.where(reading, self._suffix[self.chain] + self.costs.head, 0.0)
+            idx = np.flatnonzero(reading)
+            plans = self.table.code_to_plan[self.code[idx]]
+            pred, conf = reader(idx, self.row[idx], plans)
+            self.prev_pred[idx] = self.last_pred[idx]
+            self.prev_conf[idx] = self.last_conf[idx]
+            self.last_pred[idx] = pred
+            self.last_conf[idx] = conf
+            self.answer[idx] = plans
+            self.reads[idx] += 1
+            self.chain[idx] = self.B
+            self.fresh[idx] = False
+        self.spent += cost
+        self.active = self.active & ~ended
+        return StepResult(cost=cost, ended=ended, read=reading)
+
+
+MODES = ("bandit", "stream")
+REWARDS = ("correct", "neg_ce")
+PENALTIES = ("linear", "hard")
+OBS_FORMATS = ("dict", "flat")
+INVALID_ACTIONS = ("raise", "fallback")
+READOUT = ("last_conf", "prev_conf", "agree", "reads", "read_current")
+
+
+def _choice(v: Any, name: str, allowed: tuple[str, ...]) -> str:
+    if not isinstance(v, str) or v not in allowed:
+        raise ConfigError(f"unknown {name} {v!r}; expected one of {list(allowed)}")
+    return v
+
+
+@dataclasses.dataclass
+class AnytimeConfig:
+    """Validated arguments of the anytime envs, their spaces, observations and rewards (one definition for both)."""
+
+    mode: str
+    episode_length: int
+    process: BudgetProcess
+    bucket: TokenBucket | None
+    lam: float
+    reward: str
+    penalty: str
+    hard_penalty: float
+    obs_format: str
+    mask_over_budget: bool
+    invalid_action: str
+    table: AnytimeTable
+    features: np.ndarray  # [N, F] float32, read-only
+    observation_space: spaces.Space
+    action_space: spaces.Space
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.features.shape[0])
+
+    @classmethod
+    def build(cls, *, table: AnytimeTable, features: np.ndarray, mode: str = "bandit", episode_length: int = 200,
+              budget: Any = "uniform", bucket: Any = None, lam: float = 1.0, reward: str = "correct",
+              penalty: str = "linear", hard_penalty: float = -1.0, obs_format: str = "dict",
+              mask_over_budget: bool = True, invalid_action: str = "raise") -> "AnytimeConfig":
+        mode = _choice(mode, "mode", MODES)
+        episode_length = check_positive_int(episode_length, "episode_length (requests per stream episode)")
+        lam = check_finite(lam, "lam (λ, overrun penalty per unit of the full model)", low=0.0)
+        reward = _choice(reward, "reward", REWARDS)
+        penalty = _choice(penalty, "penalty", PENALTIES)
+        hard_penalty = check_finite(hard_penalty, "hard_penalty")
+        obs_format = _choice(obs_format, "obs_format", OBS_FORMATS)
+        invalid_action = _choice(invalid_action, "invalid_action", INVALID_ACTIONS)
+        if not isinstance(mask_over_budget, (bool, np.bool_)):
+            raise ConfigError(f"mask_over_budget must be a bool, got {mask_over_budget!r}")
+        bucket = make_bucket(bucket)
+        if bucket is not None and mode != "stream":
+            raise ConfigError("a shared token-bucket budget needs mode='stream' (a bandit episode is one request)")
+        if reward == "neg_ce" and table.pred is not None and table.loss is None:
+            raise ConfigError("reward='neg_ce' needs the table's loss")
+        features = np.ascontiguousarray(features, dtype=np.float32)
+        if features.ndim != 2 or not np.isfinite(features).all():
+            raise TableFormatError(f"features must be a finite [N, F] array, got shape {features.shape}")
+        features.setflags(write=False)
+        costs = table.costs
+        floor = float(costs.plan_cost(np.zeros((1, costs.num_blocks)))[0])  # the cheapest answer: plan 0
+        process = make_budget_process(budget).bind(floor)
+        b = costs.num_blocks
+        parts: dict[str, spaces.Box] = {
+            # unbounded: the space depends on the feature dimension only, so a policy trained on the calibration
+            # table runs on the test table or a live backbone
+            "features": spaces.Box(low=-np.inf, high=np.inf, shape=(features.shape[1],), dtype=np.float32),
+            "budget": spaces.Box(low=0.0, high=1.0, shape=(1,), dtype=np.float32),
+        }
+        if bucket is not None:
+            # [bucket level after refill, this request's refill, fraction of the episode left]
+            parts["bucket"] = spaces.Box(low=np.zeros(3, np.float32),
+                                         high=np.array([bucket.cap, 1.0, 1.0], np.float32), dtype=np.float32)
+        # [spent so far, cost of answering now, cost of RUN then answering]
+        parts["costs"] = spaces.Box(low=np.zeros(3, np.float32),
+                                    high=np.array([costs.max_request_cost, 1.0, 1.0], np.float32), dtype=np.float32)
+        parts["position"] = spaces.Box(low=0.0, high=1.0, shape=(b + 1,), dtype=np.float32)
+        parts["decisions"] = spaces.Box(low=0.0, high=1.0, shape=(b,), dtype=np.float32)
+        parts["readout"] = spaces.Box(low=0.0, high=1.0, shape=(len(READOUT),), dtype=np.float32)
+        if obs_format == "dict":
+            obs_space: spaces.Space = spaces.Dict(parts)
+        else:
+            obs_space = spaces.Box(low=np.concatenate([p.low for p in parts.values()]),
+                                   high=np.concatenate([p.high for p in parts.values()]), dtype=np.float32)
+        return cls(mode=mode, episode_length=episode_length, process=process, bucket=bucket, lam=lam, reward=reward,
+                   penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
+                   mask_over_budget=bool(mask_over_budget), invalid_action=invalid_action, table=table, features=features,
+                   observation_space=obs_space, action_space=spaces.Discrete(NUM_ACTIONS))
+
+    # ------------------------------------------------------------------ observations
+    def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None) -> Any:
+        """Batched observation [N, ...] of every slot (``bucket_state`` [N, 3] when a bucket is on)."""
+        n, b = batch.n, batch.B
+        parts: dict[str, np.ndarray] = {
+            "features": self.features.take(batch.row, axis=0),
+            "budget": batch.budget.astype(np.float32)[:, None],
+        }
+        if self.bucket is not None:
+            parts["bucket"] = np.asarray(bucket_state, dtype=np.float32)
+        c = np.empty((n, 3), dtype=np.float32)
+        c[:, 0] = batch.spent
+        c[:, 1] = batch.read_cost()
+        c[:, 2] = np.where(batch.pos < b, batch.run_cost(), 0.0)
+        parts["costs"] = c
+        pos = np.zeros((n, b + 1), dtype=np.float32)
+        pos[np.arange(n), np.minimum(batch.pos, b)] = 1.0
+        parts["position"] = pos
+        parts["decisions"] = ((batch.code[:, None] >> np.arange(b)) & 1).astype(np.float32)
+        r = np.empty((n, len(READOUT)), dtype=np.float32)
+        r[:, 0] = batch.last_conf
+        r[:, 1] = batch.prev_conf
+        r[:, 2] = batch.agree()
+        r[:, 3] = batch.reads / (b + 1)
+        r[:, 4] = ~batch.fresh
+        parts["readout"] = r
+        if self.obs_format == "dict":
+            return parts
+        return np.concatenate(list(parts.values()), axis=1)
+
+    # ------------------------------------------------------------------ rewards
+    def rewards(self, batch: RequestBatch, res: StepResult, correct: np.ndarray, loss: np.ndarray | None,
+                acted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(reward [N], cost reported this step [N]) for the acting slots; updates the batch's bookkeeping.
+
+        Linear penalty: each step is charged λ × the overrun it adds (so a request's rewards sum to
+        base − λ·max(0, total cost − budget)); ``base`` (1[correct] or −cross-entropy) arrives when it ends. Hard
+        penalty: the ending step gets ``hard_penalty`` instead of ``base`` if the request overran.
+        """
+        over = np.maximum(batch.spent - batch.budget, 0.0)
+        over = np.where(over > COST_TOL, over, 0.0)
+        base = -loss if self.reward == "neg_ce" else correct.astype(np.float64)
+        if self.penalty == "hard":
+            rew = np.where(res.ended, np.where(over > 0.0, self.hard_penalty, base), 0.0)
+        else:
+            rew = np.where(res.ended, base, 0.0) - self.lam * (over - batch.charged)
+        rew = np.where(acted, rew, 0.0)
+        batch.charged = np.where(acted, over, batch.charged)
+        reported = np.where(acted, res.cost + batch.unreported, 0.0)
+        batch.unreported = np.where(acted, 0.0, batch.unreported)
+        return rew, reported
+
+    def parse_options(self, options: Any) -> tuple[int | None, float | None]:
+        """reset(options={"sample": row, "budget": b}) → (pinned row or None, pinned budget or None)."""
+        if options is None:
+            return None, None
+        if not isinstance(options, Mapping):
+            raise ConfigError(f"reset options must be a dict, got {type(options).__name__}")
+        extra = set(options) - {"sample", "budget"}
+        if extra:
+            raise ConfigError(f"unknown reset option(s) {sorted(extra)}; expected 'sample' and/or 'budget'")
+        s = options.get("sample")
+        if s is not None:
+            if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+                raise ConfigError(f"reset option 'sample' must be an integer row index, got {s!r}")
+            if not 0 <= s < self.num_samples:
+                raise ConfigError(f"reset option 'sample'={s} out of range [0, {self.num_samples})")
+            s = int(s)
+        b = options.get("budget")
+        if b is not None:
+            b = check_budget_value(b, "reset option 'budget'")
+        return s, b
+
+
+def _as_actions(actions: Any, n: int) -> np.ndarray:
+    a = np.asarray(actions)
+    if a.shape == (n, 1):
+        a = a[:, 0]
+    if a.shape != (n,):
+        raise ActionError(f"actions must have shape ({n},) (one of run=0, skip=1, read=2, stop=3 per request), "
+                          f"got shape {a.shape}")
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.floor(a)).all():
+            a = a.astype(np.int64)
+        else:
+            raise ActionError(f"actions must be integers (run=0, skip=1, read=2, stop=3), got dtype {a.dtype}")
+    return a.astype(np.int64, copy=False)
+
+
+def check_positive_int(v: Any, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {v!r}")
+    return int(v)
+
+
+def check_finite(v: Any, name: str, *, low: float | None = None) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
+        raise ConfigError(f"{name} must be a finite number, got {v!r}")
+    if low is not None and v < low:
+        raise ConfigError(f"{name} must be ≥ {low}, got {v}")
+    return float(v)
+
+
+__all__ += ["check_positive_int", "check_finite", "Reader", "AnytimeConfig", "READOUT"]
