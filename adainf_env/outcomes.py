@@ -66,7 +66,7 @@ def codes_from_masks(masks: np.ndarray) -> np.ndarray:
     return (masks.astype(np.int64) << np.arange(masks.shape[1])).sum(axis=1)
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
+@dataclasses.dataclass(frozen=True, eq=False, repr=False)
 class OutcomeTable:
     """Outcome of every plan on every sample of one split. See the module docstring for array meanings."""
 
@@ -84,6 +84,17 @@ class OutcomeTable:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    def __repr__(self) -> str:
+        """One line naming what the table describes, never its arrays."""
+        digest = self.meta.get("content_sha256") or self.content_hash()
+        fields = {
+            "samples": self.num_samples, "plans": self.num_plans, "blocks": self.num_blocks,
+            "features": self.feature_dim, "classes": self.num_classes,
+            **{k: self.meta.get(k) for k in ("backbone", "dataset", "split", "plan_space")},
+            "latency": self.plan_latency is not None, "content_sha256": f"{digest[:12]}…",
+        }
+        return f"OutcomeTable({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     # ------------------------------------------------------------------ derived views
     @property
@@ -382,9 +393,11 @@ def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTab
         )
     except TableFormatError as e:
         raise TableFormatError(f"{path}: {e}") from None
-    if entry.content_sha256 is not None and table.content_hash() != entry.content_sha256:
-        raise TableFormatError(f"{path}: the loaded table's content hash differs from its metadata's "
-                               f"content_sha256 (sample index or MACs disagree with the ones it was published with)")
+    if entry.content_sha256 is not None:
+        if table.content_hash() != entry.content_sha256:
+            raise TableFormatError(f"{path}: the loaded table's content hash differs from its metadata's "
+                                   "content_sha256 (sample index or MACs disagree with the ones it was published with)")
+        table.meta["content_sha256"] = entry.content_sha256
     return table
 
 

@@ -350,3 +350,15 @@ def test_published_reference_recognised_by_content_without_metadata(tmp_path):
     _write_raw(tampered, arrays)
     with pytest.raises(TableFormatError, match="table_meta.json"):
         load_table(tampered)
+
+
+def test_repr_is_one_line_without_arrays(tmp_path):
+    t = load_table(save_table(_table(n=500), tmp_path / "t.npz"))
+    text = repr(t)
+    assert text == str(t) and "\n" not in text and len(text) < 300
+    for part in ("samples=500", "plans=8", "blocks=3", "backbone='tiny'", "dataset='toy'", "split='calib'",
+                 "plan_space='all'", f"content_sha256='{t.content_hash()[:12]}"):
+        assert part in text, part
+    assert "array(" not in text and "[" not in text
+    fresh = _table(n=5)  # never saved: the hash is computed, not read from metadata
+    assert fresh.content_hash()[:12] in repr(fresh)
