@@ -8,11 +8,17 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+import torch
 
-from adainf_env.budgets import TokenBucket
+from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
 from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.feasibility import feasible_with_fallback
+from adainf_env.options import RENDER_MODES, EnvOptions
 from adainf_env.outcomes import OutcomeTable, load_table, masks_from_codes
+from adainf_env.reference_tables import reference_table_path
+from adainf_env.render import render_frame, render_text
+from adainf_env.reward import overrun_paid, step_reward
 
 __all__ = ["AdaInfEnv", "LiveSource", "ActionError"]
 
@@ -108,7 +114,7 @@ class AdaInfEnv(gym.Env):
     * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -116,44 +122,31 @@ class AdaInfEnv(gym.Env):
         *,
         table_path: str | os.PathLike | None = None,
         live: LiveSource | None = None,
-        mode: str = "bandit",
-        episode_length: int = 200,
-        budget: Any = "uniform",
-        bucket: bool | dict | TokenBucket | None = None,
-        lam: float = 1.0,
-        reward: str = "correct",
-        penalty: str = "linear",
-        hard_penalty: float = -1.0,
-        cost_unit: str = "macs",
-        obs_format: str = "dict",
-        action_type: str = "plan",
-        mask_over_budget: bool = True,
-        render_mode: str | None = None,
+        options: EnvOptions | None = None,
+        **option_kwargs: Any,
     ) -> None:
-        if sum(x is not None for x in (table, table_path, live)) != 1:
-            raise ConfigError("give exactly one of table=, table_path= or live=")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if table_path is not None:
-            table = load_table(table_path)
-        kw = dict(mode=mode, episode_length=episode_length, budget=budget, bucket=bucket, lam=lam, reward=reward,
-                  penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format, action_type=action_type,
-                  mask_over_budget=mask_over_budget)
+        opts = EnvOptions.from_kwargs(options, **option_kwargs)
+        if sum(x is not None for x in (table, table_path, live)) > 1:
+            raise ConfigError("give at most one of table=, table_path= or live= (none: the shipped reference "
+                              "calibration table)")
+        if table is None and live is None:
+            table = load_table(table_path if table_path is not None else reference_table_path("calib"))
+        self.options = opts
         self._live: _LiveRunner | None = None
         if live is not None:
             self._live = _LiveRunner(live)
-            if cost_unit != "macs" and live.plan_cost is None:
+            if opts.cost_unit != "macs" and live.plan_cost is None:
                 raise ConfigError("live mode: cost_unit='latency' needs LiveSource(plan_cost=...) (a latency profile)")
             self.cfg = EnvConfig.build(features=self._live.features, correct=None, loss=None, cost=self._live.cost,
-                                       plan_masks=self._live.plan_masks, cost_unit=cost_unit, **kw)
+                                       plan_masks=self._live.plan_masks, options=opts)
         else:
-            self.cfg = EnvConfig.from_table(table, cost_unit=cost_unit, **kw)
+            self.cfg = EnvConfig.from_table(table, opts)
         self.table = table
         c = self.cfg
         self.observation_space = c.observation_space
         self.action_space = c.action_space
-        self.render_mode = render_mode
-        self.mode = c.mode
+        self.render_mode = opts.render_mode
+        self.mode = opts.mode
         # Hot-path aliases (attribute lookups through cfg cost ~50 ns each; the bandit step is a few µs).
         self._n = c.num_samples
         self._features = c.features
@@ -161,18 +154,17 @@ class AdaInfEnv(gym.Env):
         self._loss = c.loss
         self._cost = c.cost
         self._cost_list = c.cost.tolist()
-        self._bandit = c.mode == "bandit"
-        self._dict_obs = c.obs_format == "dict"
-        self._reward_ce = c.reward == "neg_ce"
-        self._hard = c.penalty == "hard"
-        self._lam = c.lam
-        self._plan_action = c.action_type == "plan"
+        self._bandit = opts.mode == "bandit"
+        self._dict_obs = opts.obs_format == "dict"
+        self._reward_ce = opts.reward == "neg_ce"
+        self._reward_kw = dict(reward=opts.reward, penalty=opts.penalty, lam=opts.lam, hard_penalty=opts.hard_penalty)
+        self._plan_action = opts.action_type == "plan"
         self._invalidate_rng_buffers()
         self._s: int | None = None  # current request's table row; None before the first reset
         self._done = True
         self._budget = 1.0
         self._obs: Any = None
-        self._last: str = ""
+        self._last: dict[str, Any] | None = None  # the last step's outcome, for render()
 
     # ------------------------------------------------------------------ public properties
     @property
@@ -189,7 +181,7 @@ class AdaInfEnv(gym.Env):
 
     @property
     def lam(self) -> float:
-        return self._lam
+        return self.cfg.lam
 
     # ------------------------------------------------------------------ randomness
     def _invalidate_rng_buffers(self) -> None:
@@ -254,7 +246,7 @@ class AdaInfEnv(gym.Env):
         f = self._features[self._s].copy()
         b = np.array([self._budget], dtype=np.float32)
         if self.cfg.bucket is not None:
-            T = self.cfg.episode_length
+            T = self.options.episode_length
             k = np.array([self._level[0], self._refill[0], (T - self._t) / T], dtype=np.float32)
             if self._dict_obs:
                 return {"features": f, "budget": b, "bucket": k}
@@ -272,23 +264,16 @@ class AdaInfEnv(gym.Env):
         s = self._s
         b = self._budget
         cost = self._cost_list[p]
-        over = cost - b
-        if over < 0.0:
-            over = 0.0
+        over = overrun_paid(cost, b)
         if self._live is None:
             correct = bool(self._correct[s, p])
             ce = float(self._loss[s, p]) if self._reward_ce else 0.0
         else:
             correct, ce = self._live.run(s, p)
-        base = -ce if self._reward_ce else (1.0 if correct else 0.0)
-        if self._hard:
-            reward = self.cfg.hard_penalty if over > 0.0 else base
-        else:
-            reward = base - self._lam * over
+        reward = step_reward(correct, ce, over, **self._reward_kw)
         info = {"plan": p, "cost": cost, "correct": correct, "overrun": over, "budget": b, "sample": s}
-        if self.render_mode == "ansi":
-            self._last = (f"sample {s} budget {b:.3f} plan {p} cost {cost:.3f} "
-                          f"{'correct' if correct else 'wrong'} overrun {over:.3f} reward {reward:.3f}")
+        if self.render_mode is not None:
+            self._last = {**info, "reward": reward}
         if self._bandit:
             self._done = True
             return self._copy_obs(), reward, True, False, info
@@ -296,7 +281,7 @@ class AdaInfEnv(gym.Env):
         if self.cfg.bucket is not None:
             self._level = self.cfg.bucket.spend(self._level, np.array([cost]))
         self._t += 1
-        if self._t >= self.cfg.episode_length:
+        if self._t >= self.options.episode_length:
             self._done = True
             return self._copy_obs(), reward, True, False, info
         s, k = self._draw()
@@ -317,16 +302,22 @@ class AdaInfEnv(gym.Env):
         """Valid plans for the current request (bool [P]): within budget, the cheapest plan always valid."""
         if not self._plan_action:
             raise ConfigError("action_masks() is defined for Discrete plan actions (action_type='plan')")
-        if not self.cfg.mask_over_budget:
+        if not self.options.mask_over_budget:
             return np.ones(self.cfg.num_plans, dtype=bool)
-        m = self._cost <= self._budget
-        m[self.cfg.cheapest] = True
-        return m
+        return feasible_with_fallback(self._cost, self._budget)[0]
 
     def render(self):
+        """``"ansi"``: a text line about the last step; ``"rgb_array"``: a uint8 [H, W, 3] frame of it (see
+        :func:`adainf_env.render.render_frame`), or of the pending request before the first step."""
+        if self.render_mode is None:
+            return None
+        last = self._last
+        if last is None:  # no step yet: show the pending request (budget only)
+            last = {"plan": None, "cost": None, "correct": None, "overrun": 0.0, "reward": None,
+                    "budget": self._budget, "sample": self._s}
         if self.render_mode == "ansi":
-            return self._last
-        return None
+            return render_text(last)
+        return render_frame(last, self.cfg.plan_masks)
 
     def close(self) -> None:
         """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
@@ -336,10 +327,6 @@ class _LiveRunner:
     """Runs a real backbone for the live mode (see :class:`LiveSource`)."""
 
     def __init__(self, src: LiveSource) -> None:
-        import torch
-
-        from adainf_env.costs import measure_macs, plan_macs
-
         if not isinstance(src, LiveSource):
             raise ConfigError(f"live must be a LiveSource, got {type(src).__name__}")
         bb = src.backbone
@@ -377,7 +364,6 @@ class _LiveRunner:
         self.labels = labels
         self.plan_masks = masks
         self.cost = cost
-        self._torch = torch
         self._device = next((p.device for p in bb.parameters()), torch.device("cpu"))
         feats = []
         with torch.no_grad():
@@ -388,7 +374,6 @@ class _LiveRunner:
 
     def run(self, s: int, p: int) -> tuple[bool, float]:
         """Run plan ``p`` on image ``s``: (correct, cross-entropy of the true label in nats)."""
-        torch = self._torch
         with torch.no_grad():
             logits = self.backbone(self.images[s:s + 1].to(self._device),
                                    torch.as_tensor(self.plan_masks[p], device=self._device)).float()

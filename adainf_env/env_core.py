@@ -15,7 +15,6 @@ Reseeding (``reset(seed=...)``) discards both buffers.
 from __future__ import annotations
 
 import dataclasses
-import math
 import operator
 from typing import Any, Mapping
 
@@ -24,68 +23,53 @@ from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
+from adainf_env.options import EnvOptions, make_bucket
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
 
-__all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "MODES"]
+__all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "make_bucket", "observation_space"]
 
 RNG_CHUNK = 1024  # uniforms drawn per refill of the budget buffer (part of the seeding contract; do not vary)
-MODES = ("bandit", "stream")
-REWARDS = ("correct", "neg_ce")
-PENALTIES = ("linear", "hard")
-OBS_FORMATS = ("dict", "flat")
-ACTION_TYPES = ("plan", "mask")
 
 
 class ActionError(AdaInfError):
     """An action outside the action space: plan index out of range, wrong shape/type, unknown block mask."""
 
 
-def _finite_number(v: Any, name: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-        raise ConfigError(f"{name} must be a finite number, got {v!r}")
-    return float(v)
+def observation_space(feature_dim: int, options: EnvOptions) -> spaces.Space:
+    """The observation space: a function of the feature dimension and the options only, never of the data, so every
+    table of a backbone (calibration, test, live) gives the same space and a policy trained on one runs on another.
 
-
-def _choice(v: Any, name: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in allowed:
-        raise ConfigError(f"unknown {name} {v!r}; expected one of {list(allowed)}")
-    return v
-
-
-def make_bucket(bucket: Any) -> TokenBucket | None:
-    if bucket is None or bucket is False:
-        return None
-    if bucket is True:
-        return TokenBucket()
-    if isinstance(bucket, TokenBucket):
-        return bucket
-    if isinstance(bucket, Mapping):
-        extra = set(bucket) - {"rate", "cap", "initial"}
-        if extra:
-            raise ConfigError(f"bucket: unknown key(s) {sorted(extra)}; expected rate, cap, initial")
-        return TokenBucket(**bucket)
-    raise ConfigError(f"bucket must be None, True, a dict(rate=, cap=, initial=) or a TokenBucket, got {bucket!r}")
+    Features are any finite float32 (they are whatever the backbone's stem pools: ReLU outputs for the reference
+    network, noisy one-hots for the toy table; :meth:`EnvConfig.build` refuses NaN/inf), so their Box spans the
+    finite float32 range rather than ±inf, which Gymnasium's checker flags. The budget is a fraction of the full
+    model; the bucket part is bounded by the bucket's capacity.
+    """
+    big = np.finfo(np.float32).max
+    parts: dict[str, spaces.Box] = {
+        "features": spaces.Box(low=-big, high=big, shape=(int(feature_dim),), dtype=np.float32),
+        "budget": spaces.Box(low=0.0, high=1.0, shape=(1,), dtype=np.float32),
+    }
+    bucket: TokenBucket | None = options.bucket
+    if bucket is not None:
+        # [bucket level after refill (fraction of full model), this request's refill, fraction of episode left]
+        parts["bucket"] = spaces.Box(low=np.zeros(3, np.float32),
+                                     high=np.array([bucket.cap, 1.0, 1.0], np.float32), dtype=np.float32)
+    if options.obs_format == "dict":
+        return spaces.Dict(parts)
+    return spaces.Box(low=np.concatenate([p.low for p in parts.values()]),
+                      high=np.concatenate([p.high for p in parts.values()]), dtype=np.float32)
 
 
 @dataclasses.dataclass
 class EnvConfig:
-    """Validated env arguments plus the arrays every step reads (no per-step allocation beyond the outputs)."""
+    """Validated options plus the arrays every step reads (no per-step allocation beyond the outputs)."""
 
-    mode: str
-    episode_length: int
-    process: BudgetProcess
-    bucket: TokenBucket | None
-    lam: float
-    reward: str
-    penalty: str
-    hard_penalty: float
-    cost_unit: str
-    obs_format: str
-    action_type: str
-    mask_over_budget: bool
+    options: EnvOptions
+    process: BudgetProcess  # the options' budget process, bound to the cheapest plan's cost
+    lam: float  # λ: starts as options.lam; the vec env lets set_attr("lam", ...) change it (Lagrangian training)
     # arrays
     features: np.ndarray  # [N, F] float32, read-only
-    correct: np.ndarray  # [N, P] bool (None in live mode)
+    correct: np.ndarray | None  # [N, P] bool (None in live mode)
     loss: np.ndarray | None  # [N, P] float32
     cost: np.ndarray  # [P] float64 fraction of the full model
     plan_masks: np.ndarray  # [P, B] bool
@@ -94,6 +78,10 @@ class EnvConfig:
     cheapest: int
     observation_space: spaces.Space
     action_space: spaces.Space
+
+    @property
+    def bucket(self) -> TokenBucket | None:
+        return self.options.bucket
 
     @property
     def num_samples(self) -> int:
@@ -112,39 +100,14 @@ class EnvConfig:
         loss: np.ndarray | None,
         cost: np.ndarray,
         plan_masks: np.ndarray,
-        mode: str,
-        episode_length: int,
-        budget: Any,
-        bucket: Any,
-        lam: float,
-        reward: str,
-        penalty: str,
-        hard_penalty: float,
-        cost_unit: str,
-        obs_format: str,
-        action_type: str,
-        mask_over_budget: bool,
+        options: EnvOptions,
     ) -> "EnvConfig":
-        mode = _choice(mode, "mode", MODES)
-        if isinstance(episode_length, bool) or not isinstance(episode_length, (int, np.integer)) or episode_length < 1:
-            raise ConfigError(f"episode_length must be an integer ≥ 1 (requests per stream episode), got "
-                              f"{episode_length!r}")
-        lam = _finite_number(lam, "lam (λ, overrun penalty weight)")
-        if lam < 0:
-            raise ConfigError(f"lam (λ) must be ≥ 0, got {lam}")
-        reward = _choice(reward, "reward", REWARDS)
-        penalty = _choice(penalty, "penalty", PENALTIES)
-        hard_penalty = _finite_number(hard_penalty, "hard_penalty")
-        obs_format = _choice(obs_format, "obs_format", OBS_FORMATS)
-        action_type = _choice(action_type, "action_type", ACTION_TYPES)
-        bucket = make_bucket(bucket)
-        if bucket is not None and mode != "stream":
-            raise ConfigError("a shared token-bucket budget needs mode='stream' (bandit episodes are one request)")
-        if not isinstance(mask_over_budget, (bool, np.bool_)):
-            raise ConfigError(f"mask_over_budget must be a bool, got {mask_over_budget!r}")
-
+        if not isinstance(options, EnvOptions):
+            raise ConfigError(f"options must be an EnvOptions, got {type(options).__name__}")
         features = np.ascontiguousarray(features, dtype=np.float32)
         cost = np.ascontiguousarray(cost, dtype=np.float64)
+        if features.ndim != 2:
+            raise TableFormatError(f"features must be [N, F], got shape {features.shape}")
         if not np.isfinite(features).all():
             raise TableFormatError("features contain NaN/inf")
         if cost.ndim != 1 or not np.isfinite(cost).all() or (cost <= 0).any() or (cost > 1 + 1e-9).any():
@@ -159,56 +122,35 @@ class EnvConfig:
         for a in (features, correct, loss, cost):
             if a is not None:
                 a.setflags(write=False)
-        process = make_budget_process(budget).bind(float(cost.min()))
+        process = make_budget_process(options.budget).bind(float(cost.min()))
 
         plan_masks = np.asarray(plan_masks, dtype=bool)
         codes = codes_from_masks(plan_masks) if plan_masks.shape[1] <= 62 else None
         if codes is None:
-            if action_type == "mask":
+            if options.action_type == "mask":
                 raise ConfigError("MultiBinary actions need ≤ 62 blocks")
             codes = np.arange(cost.size, dtype=np.int64)
         order = np.argsort(codes, kind="stable")
-
-        f_low = features.min(axis=0)
-        f_high = features.max(axis=0)
-        # A constant feature (e.g. a ReLU channel that is 0 on every sample) would give a degenerate Box, which
-        # Gymnasium's checker flags; widen it by one unit above (observations still lie inside).
-        f_high = np.where(f_high > f_low, f_high, f_low + 1.0).astype(np.float32)
-        parts: dict[str, spaces.Box] = {
-            "features": spaces.Box(low=f_low, high=f_high, shape=f_low.shape, dtype=np.float32),
-            "budget": spaces.Box(low=0.0, high=1.0, shape=(1,), dtype=np.float32),
-        }
-        if bucket is not None:
-            # [bucket level after refill (fraction of full model), this request's refill, fraction of episode left]
-            parts["bucket"] = spaces.Box(low=np.zeros(3, np.float32),
-                                         high=np.array([bucket.cap, 1.0, 1.0], np.float32), dtype=np.float32)
-        if obs_format == "dict":
-            obs_space: spaces.Space = spaces.Dict(parts)
-        else:
-            obs_space = spaces.Box(low=np.concatenate([p.low for p in parts.values()]),
-                                   high=np.concatenate([p.high for p in parts.values()]), dtype=np.float32)
-        act_space: spaces.Space = (spaces.Discrete(int(cost.size)) if action_type == "plan"
+        act_space: spaces.Space = (spaces.Discrete(int(cost.size)) if options.action_type == "plan"
                                    else spaces.MultiBinary(int(plan_masks.shape[1])))
         return cls(
-            mode=mode, episode_length=int(episode_length), process=process, bucket=bucket, lam=lam, reward=reward,
-            penalty=penalty, hard_penalty=hard_penalty, cost_unit=cost_unit, obs_format=obs_format,
-            action_type=action_type, mask_over_budget=bool(mask_over_budget), features=features, correct=correct,
-            loss=loss, cost=cost, plan_masks=plan_masks, codes_sorted=codes[order], code_order=order,
-            cheapest=int(np.argmin(cost)), observation_space=obs_space, action_space=act_space,
+            options=options, process=process, lam=options.lam, features=features, correct=correct, loss=loss,
+            cost=cost, plan_masks=plan_masks, codes_sorted=codes[order], code_order=order,
+            cheapest=int(np.argmin(cost)), observation_space=observation_space(features.shape[1], options),
+            action_space=act_space,
         )
 
     @classmethod
-    def from_table(cls, table: OutcomeTable, *, cost_unit: str = "macs", **kw: Any) -> "EnvConfig":
+    def from_table(cls, table: OutcomeTable, options: EnvOptions) -> "EnvConfig":
         if not isinstance(table, OutcomeTable):
             raise ConfigError(f"table must be an OutcomeTable, got {type(table).__name__}")
-        cost_unit = _choice(cost_unit, "cost_unit", ("macs", "latency"))
         return cls.build(features=table.features, correct=table.correct, loss=table.loss,
-                         cost=table.plan_cost(cost_unit), plan_masks=table.plan_masks, cost_unit=cost_unit, **kw)
+                         cost=table.plan_cost(options.cost_unit), plan_masks=table.plan_masks, options=options)
 
     # ------------------------------------------------------------------ actions
     def plan_of(self, action: Any) -> int:
         """One env's action → plan index, or :class:`ActionError`."""
-        if self.action_type == "plan":
+        if self.options.action_type == "plan":
             if isinstance(action, (bool, np.bool_)):
                 raise ActionError(f"action must be an integer plan index in [0, {self.num_plans}), got {action!r}")
             try:
@@ -246,7 +188,7 @@ class EnvConfig:
 
     def plans_of_actions(self, actions: Any, n: int) -> np.ndarray:
         """Batched actions → plan indices [n] (vec env)."""
-        if self.action_type == "mask":
+        if self.options.action_type == "mask":
             return self.plans_of_masks(actions, n)
         a = np.asarray(actions)
         if a.shape == (n, 1):  # some callers keep a trailing action dim for Discrete

@@ -26,10 +26,14 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
 
-from adainf_env.budgets import TokenBucket
 from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
 from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.feasibility import feasible_with_fallback
+from adainf_env.options import EnvOptions
 from adainf_env.outcomes import OutcomeTable, load_table
+from adainf_env.reference_tables import reference_table_path
+from adainf_env.render import render_frame, render_text
+from adainf_env.reward import overrun_paid, step_reward
 
 __all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos"]
 
@@ -85,39 +89,29 @@ class AdaInfVecEnv(VecEnv):
         num_envs: int = 1,
         *,
         table_path: str | os.PathLike | None = None,
-        mode: str = "bandit",
-        episode_length: int = 200,
-        budget: Any = "uniform",
-        bucket: bool | dict | TokenBucket | None = None,
-        lam: float = 1.0,
-        reward: str = "correct",
-        penalty: str = "linear",
-        hard_penalty: float = -1.0,
-        cost_unit: str = "macs",
-        obs_format: str = "dict",
-        action_type: str = "plan",
-        mask_over_budget: bool = True,
+        options: EnvOptions | None = None,
+        **option_kwargs: Any,
     ) -> None:
-        if (table is None) == (table_path is None):
-            raise ConfigError("give exactly one of table= or table_path=")
+        opts = EnvOptions.from_kwargs(options, **option_kwargs)
+        if table is not None and table_path is not None:
+            raise ConfigError("give at most one of table= or table_path= (none: the shipped reference calibration "
+                              "table)")
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        if table_path is not None:
-            table = load_table(table_path)
+        if table is None:
+            table = load_table(table_path if table_path is not None else reference_table_path("calib"))
         self.table = table
-        self.cfg = c = EnvConfig.from_table(
-            table, cost_unit=cost_unit, mode=mode, episode_length=episode_length, budget=budget, bucket=bucket,
-            lam=lam, reward=reward, penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
-            action_type=action_type, mask_over_budget=mask_over_budget)
-        self.render_mode = None
-        self.mode = c.mode
+        self.options = opts
+        self.cfg = c = EnvConfig.from_table(table, opts)
+        self.render_mode = opts.render_mode
+        self.mode = opts.mode
         n = int(num_envs)
         super().__init__(n, c.observation_space, c.action_space)
         self._ns = c.num_samples
         self._P = c.num_plans
         self._correct_flat = c.correct.reshape(-1).view(np.uint8) if c.correct.flags.c_contiguous else \
             np.ascontiguousarray(c.correct).reshape(-1).view(np.uint8)
-        self._loss_flat = c.loss.reshape(-1).astype(np.float64) if c.reward == "neg_ce" else None
+        self._loss_flat = c.loss.reshape(-1).astype(np.float64) if opts.reward == "neg_ce" else None
         self._ar = np.arange(n)
         self._rngs: list[np.random.Generator | None] = [None] * n
         # Transposed buffers (row k = every env's k-th draw) so that a step reads one contiguous row. Refills
@@ -135,7 +129,8 @@ class AdaInfVecEnv(VecEnv):
         self._actions: np.ndarray | None = None
         self._obs: Any = None
         self._bucket_on = c.bucket is not None
-        self._bandit = c.mode == "bandit"
+        self._bandit = opts.mode == "bandit"
+        self._last_step: tuple | None = None  # the last step's arrays, for get_images()
 
     # ------------------------------------------------------------------ randomness (see env_core)
     def _rng(self, i: int) -> np.random.Generator:
@@ -231,13 +226,13 @@ class AdaInfVecEnv(VecEnv):
         b = self._budget.astype(np.float32)[:, None]
         parts = {"features": f, "budget": b}
         if self._bucket_on:
-            T = self.cfg.episode_length
+            T = self.options.episode_length
             k = np.empty((self.num_envs, 3), dtype=np.float32)
             k[:, 0] = self._level
             k[:, 1] = self._refill
             k[:, 2] = (T - self._t) / T
             parts["bucket"] = k
-        if self.cfg.obs_format == "dict":
+        if self.options.obs_format == "dict":
             return parts
         return np.concatenate(list(parts.values()), axis=1)
 
@@ -258,28 +253,24 @@ class AdaInfVecEnv(VecEnv):
         flat = s * self._P + a
         correct = self._correct_flat.take(flat)
         cost = c.cost.take(a)
-        over = cost - b
-        np.maximum(over, 0.0, out=over)
-        if c.reward == "neg_ce":
-            base = -self._loss_flat.take(flat)
-        else:
-            base = correct.astype(np.float64)
-        if c.penalty == "hard":
-            rew64 = np.where(over > 0.0, c.hard_penalty, base)
-        else:
-            rew64 = base - c.lam * over if c.lam != 0.0 else base
-        rewards = rew64.astype(np.float32)
+        over = overrun_paid(cost, b)
+        ce = self._loss_flat.take(flat) if self._loss_flat is not None else None
+        opts = self.options
+        rewards = step_reward(correct, ce, over, reward=opts.reward, penalty=opts.penalty, lam=c.lam,
+                              hard_penalty=opts.hard_penalty).astype(np.float32)
         prev_obs = self._obs
         # b may be a row of the pre-drawn budget buffer (bandit mode) that _draw() refills below: copy it for the
         # lazily built infos.
         step_data = (a, cost, correct, over, b.copy(), s)
-        if c.mode == "bandit":
+        if self.render_mode is not None:
+            self._last_step = step_data + (rewards,)
+        if self._bandit:
             done = True
         else:
             if self._bucket_on:
                 self._level = c.bucket.spend(self._level, cost)
             self._t += 1
-            done = self._t >= c.episode_length
+            done = self._t >= opts.episode_length
         if done:
             # SB3 auto-reset: every env's episode ends here; the next request starts a new one.
             self._pin_b = None  # reset options only apply to the episode they were given for
@@ -298,7 +289,7 @@ class AdaInfVecEnv(VecEnv):
             self._stream_budget()
             self._obs = self._make_obs()
             dones = self._zeros.copy()
-        infos = LazyInfos(n, _InfoBuilder(step_data, prev_obs if done else None, c.obs_format == "dict"))
+        infos = LazyInfos(n, _InfoBuilder(step_data, prev_obs if done else None, opts.obs_format == "dict"))
         return self._obs, rewards, dones, infos  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ state (checkpoint / resume)
@@ -328,8 +319,8 @@ class AdaInfVecEnv(VecEnv):
         ``weights_only=True``, and :meth:`set_state` accepts tensors in place of arrays.
         """
         meta: dict[str, Any] = {
-            "format": self.STATE_FORMAT, "num_envs": self.num_envs, "mode": self.cfg.mode,
-            "obs_format": self.cfg.obs_format, "bucket": self._bucket_on, "table_sha256": self._table_id(),
+            "format": self.STATE_FORMAT, "num_envs": self.num_envs, "mode": self.options.mode,
+            "obs_format": self.options.obs_format, "bucket": self._bucket_on, "table_sha256": self._table_id(),
             "num_samples": self._ns, "num_plans": self._P, "started": self._started, "pos": int(self._pos),
             "upos": int(self._upos), "lam": float(self.cfg.lam),
             "rngs": [None if r is None else r.bit_generator.state for r in self._rngs],
@@ -364,7 +355,7 @@ class AdaInfVecEnv(VecEnv):
             raise ConfigError("vec env state: 'meta' and 'arrays' must be dicts")
         if meta.get("format") != self.STATE_FORMAT:
             raise ConfigError(f"vec env state has format {meta.get('format')!r}; expected {self.STATE_FORMAT!r}")
-        mine = {"num_envs": self.num_envs, "mode": self.cfg.mode, "obs_format": self.cfg.obs_format,
+        mine = {"num_envs": self.num_envs, "mode": self.options.mode, "obs_format": self.options.obs_format,
                 "bucket": self._bucket_on, "num_samples": self._ns, "num_plans": self._P}
         for k, v in mine.items():
             if meta.get(k) != v:
@@ -429,15 +420,13 @@ class AdaInfVecEnv(VecEnv):
     # ------------------------------------------------------------------ masks and attributes
     def action_masks(self) -> np.ndarray:
         """[N, P] bool: plans within each env's budget (cheapest always valid)."""
-        if self.cfg.action_type != "plan":
+        if self.options.action_type != "plan":
             raise ConfigError("action_masks() is defined for Discrete plan actions (action_type='plan')")
         if not self._started:
             raise AdaInfError("action_masks() called before reset()")
-        if not self.cfg.mask_over_budget:
+        if not self.options.mask_over_budget:
             return np.ones((self.num_envs, self._P), dtype=bool)
-        m = self.cfg.cost[None, :] <= self._budget[:, None]
-        m[:, self.cfg.cheapest] = True
-        return m
+        return feasible_with_fallback(self.cfg.cost, self._budget)
 
     _SHARED_ATTRS = ("render_mode", "mode", "cfg", "table", "plan_masks", "plan_cost", "lam", "observation_space",
                      "action_space", "budget_process", "metadata", "spec")
@@ -496,7 +485,7 @@ class AdaInfVecEnv(VecEnv):
             m = self.action_masks()
             return [m[i] for i in idx]
         if method_name == "render":
-            return [None] * len(idx)
+            return [self._render_one(i) for i in idx]
         raise AttributeError(f"AdaInfVecEnv supports env_method('action_masks') and 'render', not {method_name!r}; "
                              "use VecEnv.reset()/step() for the rest")
 
@@ -504,7 +493,24 @@ class AdaInfVecEnv(VecEnv):
         return [False] * len(self._indices(indices))
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None] * self.num_envs
+        """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.render`)."""
+        if self.render_mode != "rgb_array":
+            return [None] * self.num_envs
+        return [self._render_one(i) for i in range(self.num_envs)]
+
+    def _render_one(self, i: int) -> np.ndarray | str | None:
+        """Env ``i``'s last step as the render mode asks (the pending request before the first step)."""
+        if self.render_mode is None:
+            return None
+        if self._last_step is None:
+            rec: dict[str, Any] = {"plan": None, "cost": None, "correct": None, "overrun": 0.0, "reward": None,
+                                   "budget": float(self._budget[i]) if self._started else 1.0,
+                                   "sample": int(self._s[i]) if self._started else None}
+        else:
+            a, cost, correct, over, b, s, rew = self._last_step
+            rec = {"plan": int(a[i]), "cost": float(cost[i]), "correct": bool(correct[i]), "overrun": float(over[i]),
+                   "budget": float(b[i]), "sample": int(s[i]), "reward": float(rew[i])}
+        return render_text(rec) if self.render_mode == "ansi" else render_frame(rec, self.cfg.plan_masks)
 
     def close(self) -> None:
         pass

@@ -242,10 +242,8 @@ def test_bad_constructor_arguments(toy, kw, err):
         AdaInfEnv(toy, **kw)
 
 
-def test_needs_exactly_one_source(toy, toy_path):
-    with pytest.raises(ConfigError):
-        AdaInfEnv()
-    with pytest.raises(ConfigError):
+def test_at_most_one_source(toy, toy_path):
+    with pytest.raises(ConfigError, match="at most one"):
         AdaInfEnv(toy, table_path=toy_path)
 
 
@@ -308,7 +306,7 @@ def test_reset_step_inputs_only_raise_clean_errors(toy, seed, sample, budget, ac
 def test_registered_ids_and_exports(toy_path):
     assert {"AdaInf/Bandit-v0", "AdaInf/Stream-v0"} <= set(gym.registry)
     e = gym.make("AdaInf/Stream-v0", table_path=str(toy_path), episode_length=3)
-    assert e.unwrapped.mode == "stream" and e.unwrapped.cfg.episode_length == 3
+    assert e.unwrapped.mode == "stream" and e.unwrapped.options.episode_length == 3
     assert {"AdaInfEnv", "AdaInfVecEnv", "make_vec_env"} <= set(adainf_env.__all__)
     assert adainf_env.make_vec_env is not None
 
@@ -373,3 +371,56 @@ def test_live_source_validation(reference_checkpoint):
         AdaInfEnv(live=LiveSource(bb, imgs, np.zeros(4), plan_masks=np.ones((2, 5))))  # wrong block count
     with pytest.raises(ConfigError):
         AdaInfEnv(live=LiveSource(object(), imgs, np.zeros(4)))
+
+
+# ---------------------------------------------------------------------------------------------- options and reward
+def test_options_object_equals_keywords(toy):
+    from adainf_env.options import EnvOptions
+
+    opts = EnvOptions(mode="stream", episode_length=5, lam=0.3, obs_format="flat")
+    a, b = AdaInfEnv(toy, options=opts), AdaInfEnv(toy, mode="stream", episode_length=5, lam=0.3, obs_format="flat")
+    assert a.options == b.options == opts
+    # keywords override fields of a given options object
+    assert AdaInfEnv(toy, options=opts, lam=2.0).options.lam == 2.0
+    oa, _ = a.reset(seed=4)
+    ob, _ = b.reset(seed=4)
+    assert np.array_equal(oa, ob)
+    for t in range(5):
+        ra, rb = a.step(t % toy.num_plans)[1], b.step(t % toy.num_plans)[1]
+        assert ra == rb
+
+
+def test_unknown_option_is_a_config_error(toy):
+    with pytest.raises(ConfigError, match="unknown env option.*lamda"):
+        AdaInfEnv(toy, lamda=1.0)
+    with pytest.raises(ConfigError, match="options must be an EnvOptions"):
+        AdaInfEnv(toy, options={"mode": "stream"})
+
+
+@pytest.mark.parametrize("kw", [dict(reward="correct", penalty="linear", lam=0.7, hard_penalty=-1.0),
+                                dict(reward="neg_ce", penalty="linear", lam=2.0, hard_penalty=-1.0),
+                                dict(reward="correct", penalty="hard", lam=1.0, hard_penalty=-3.0),
+                                dict(reward="neg_ce", penalty="hard", lam=0.0, hard_penalty=-0.5)])
+def test_one_reward_function_for_scalars_and_arrays(kw):
+    """The single env (Python floats) and the vec env (arrays) compute the same rewards, and a plan that fits its
+    budget up to feasibility's tolerance pays no penalty."""
+    from adainf_env.feasibility import COST_TOL
+    from adainf_env.reward import overrun_paid, step_reward
+
+    rng = np.random.default_rng(0)
+    cost = rng.uniform(0.1, 1.0, 200)
+    budget = rng.uniform(0.1, 1.0, 200)
+    budget[:20] = cost[:20] - COST_TOL / 2  # over budget by less than the tolerance: fits
+    correct = rng.random(200) < 0.5
+    ce = rng.uniform(0, 3, 200)
+    over = overrun_paid(cost, budget)
+    assert (over[:20] == 0).all() and (over[cost > budget + COST_TOL] > 0).all()
+    arr = step_reward(correct, ce, over, **kw)
+    for i in range(200):
+        o = overrun_paid(float(cost[i]), float(budget[i]))
+        assert o == over[i]
+        assert step_reward(bool(correct[i]), float(ce[i]), o, **kw) == pytest.approx(arr[i], abs=1e-12)
+    base = np.where(correct, 1.0, 0.0) if kw["reward"] == "correct" else -ce
+    want = (np.where(over > 0, kw["hard_penalty"], base) if kw["penalty"] == "hard"
+            else base - kw["lam"] * np.maximum(cost - budget, 0) * (cost > budget + COST_TOL))
+    assert np.allclose(arr, want, atol=1e-12)
