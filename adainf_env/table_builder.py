@@ -22,6 +22,9 @@ With ``resume_path`` the partial table (rows done so far) is written atomically 
 together with a fingerprint of everything that determines the numbers (weights, images, labels, plans, batch size,
 dtypes). A killed build started again with the same arguments continues after the last checkpoint and produces the
 identical table; a checkpoint with another fingerprint is refused (:class:`~adainf_env.errors.TableMismatchError`).
+
+Several processes or machines build one table in shards with :mod:`adainf_env.table_shards`, from the same pieces
+(:func:`prepare_build_inputs`, :func:`evaluate_batch`, :func:`assemble_table`) and the same batches.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ __all__ = [
     "assemble_table",
     "build_settings",
     "build_fingerprint",
+    "weights_sha256",
     "evaluate_plans",
     "evaluate_plans_per_plan",
     "structured_plan_subset",
@@ -363,14 +367,21 @@ def build_settings(backbone: torch.nn.Module, inputs: BuildInputs, device: torch
             "backbone": backbone.name, "device_type": device.type, "torch": torch.__version__}
 
 
-def build_fingerprint(backbone: torch.nn.Module, inputs: BuildInputs, settings: Mapping[str, Any]) -> str:
-    """sha256 over everything that determines the table's numbers: settings, weights, images, labels, rows, plans."""
+def weights_sha256(backbone: torch.nn.Module) -> str:
+    """sha256 over the backbone's state dict (names and values, as loaded; bfloat16 hashed as float32)."""
     h = hashlib.sha256()
-    h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     for name, t in sorted(backbone.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().numpy().tobytes() if t.dtype != torch.bfloat16
                  else t.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def build_fingerprint(backbone: torch.nn.Module, inputs: BuildInputs, settings: Mapping[str, Any]) -> str:
+    """sha256 over everything that determines the table's numbers: settings, weights, images, labels, rows, plans."""
+    h = hashlib.sha256()
+    h.update(json.dumps(dict(settings), sort_keys=True, default=str).encode())
+    h.update(weights_sha256(backbone).encode())
     for a in (inputs.images, inputs.labels, inputs.sample_index, inputs.masks):
         a = np.ascontiguousarray(a)
         h.update(repr((a.dtype.str, a.shape)).encode())
