@@ -324,6 +324,29 @@ class RequestBatch:
         c = self._res[p] + self._sc[p] * (p >= self.chain) + self._suffix[np.minimum(p + 1, self.B)] + self.costs.head
         return np.where(p < self.B, c, np.inf)
 
+    def cost_to_read(self, target: np.ndarray) -> np.ndarray:
+        """[N] cost of reaching plan code ``target`` [N] from the current state (deciding blocks ``pos`` … up to its
+        last executed block as it says) and reading it; inf where ``target`` does not extend the decisions so far.
+
+        Used by policies to check that an escalation fits what is left of the budget before starting it.
+        """
+        target = np.asarray(target, dtype=np.int64)
+        below = (1 << self.pos) - 1
+        ok = (target & below) == self.code
+        hi = np.where(target > 0, np.floor(np.log2(np.maximum(target, 1))).astype(np.int64) + 1, 0)
+        cost = np.zeros(self.n)
+        chain = self.chain.copy()
+        code = self.code.copy()
+        for j in range(self.B):
+            passing = (j >= self.pos) & (j < hi)
+            run = passing & (((target >> j) & 1) == 1)
+            cost += np.where(passing, self._sc[j] * (j >= chain), 0.0) + np.where(run, self._res[j], 0.0)
+            chain = np.where(run, j + 1, np.where(passing, np.maximum(chain, j + 1), chain))
+            code = np.where(run, code | (1 << j), code)
+        fresh = self.fresh | (code != self.code)
+        cost += np.where(fresh, self._suffix[chain] + self.costs.head, 0.0)
+        return np.where(ok, cost, np.inf)
+
     def agree(self) -> np.ndarray:
         """[N] bool: at least two reads and the last two predicted the same class."""
         return (self.reads >= 2) & (self.last_pred == self.prev_pred)
