@@ -11,14 +11,18 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import torch
+
+from adainf_env.backbones import load_backbone
+from adainf_env.backbones.training import TrainSettings, train_backbone
+from adainf_env.fileio import sha256_arrays, sha256_file
+from adainf_lab.config import show_progress
 
 __all__ = ["obtain_backbone", "state_dict_sha256"]
 
 
 def state_dict_sha256(model: Any) -> str:
     """Content hash of a model's weights (names, dtypes, shapes, bytes) — identifies in-memory weights."""
-    from adainf_env.fileio import sha256_arrays
-
     return sha256_arrays({k: v.detach().cpu().numpy() for k, v in model.state_dict().items()})
 
 
@@ -34,11 +38,6 @@ def obtain_backbone(cfg: Any, images: np.ndarray, labels: np.ndarray, run_dir: P
       checkpoint written into ``run_dir/backbone`` (re-running with the same ``--out`` resumes a killed training);
       ``eval_images`` (calibration images, never trained on) give the per-epoch held-out accuracy.
     """
-    import torch
-
-    from adainf_env.backbones import load_backbone
-    from adainf_env.fileio import sha256_file
-
     if cfg.backbone == "clip_vit_b32":
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(cfg.seed))
@@ -51,9 +50,6 @@ def obtain_backbone(cfg: Any, images: np.ndarray, labels: np.ndarray, run_dir: P
         model = load_backbone(cfg.backbone, cfg.checkpoint, width=width, device=device)
         log(f"[backbone] {cfg.backbone} loaded from {cfg.checkpoint}")
         return model, sha256_file(cfg.checkpoint), Path(cfg.checkpoint)
-    from adainf_env.backbones.training import TrainSettings, train_backbone
-    from adainf_env.fileio import sha256_arrays
-
     settings = TrainSettings(backbone=cfg.backbone, num_classes=int(num_classes), width=int(width),
                              final_survival=float(cfg.final_survival), epochs=int(epochs), batch_size=int(batch_size),
                              lr=float(lr), momentum=0.9, weight_decay=5e-4, seed=int(cfg.seed))
@@ -63,7 +59,7 @@ def obtain_backbone(cfg: Any, images: np.ndarray, labels: np.ndarray, run_dir: P
         f"{cfg.final_survival}) for {epochs} epoch(s) on {len(fit_x)} fit images ({device})")
     metrics = train_backbone(settings, fit_images=fit_x, fit_labels=labels, eval_images=eval_images,
                              eval_labels=eval_labels, out=out, data_fingerprint=sha256_arrays({"x": fit_x, "y": labels}),
-                             device=device, progress=bool(cfg.progress), log=log)
+                             device=device, progress=show_progress(cfg.progress), log=log)
     ckpt = out / "checkpoint.pt"
     model = load_backbone(cfg.backbone, ckpt, width=width, device=device)
     log(f"[backbone] trained: held-out (calibration) accuracy {100 * metrics['final_eval_acc']:.2f} % → {ckpt}")

@@ -12,10 +12,14 @@ import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
+
+from adainf_env.data import cache_dir, demo_archive_path
 from adainf_env.errors import DataSourceError
 from adainf_env.fileio import sha256_file
 
-__all__ = ["DataChoice", "default_data_roots", "find_local_dataset", "resolve_data", "TORCHVISION_FOLDERS"]
+__all__ = ["DataChoice", "default_data_roots", "find_local_dataset", "resolve_data", "evenly_spaced",
+           "TORCHVISION_FOLDERS"]
 
 #: Folder torchvision's CIFAR classes create under their root (``base_folder``).
 TORCHVISION_FOLDERS = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python"}
@@ -33,11 +37,18 @@ class DataChoice:
     source_id: str
 
 
+def evenly_spaced(indices: np.ndarray, n: int | None) -> np.ndarray:
+    """``n`` evenly spaced entries of sorted ``indices`` (all when None or ≥ len). Subsets are spread out because
+    image-folder archives are sorted by class: "the first N" of a split would hold one or two classes."""
+    indices = np.asarray(indices, dtype=np.int64)
+    if n is None or n >= len(indices):
+        return indices
+    return indices[np.unique(np.linspace(0, len(indices) - 1, int(n)).round().astype(np.int64))]
+
+
 def default_data_roots() -> list[Path]:
     """Searched in order: ``$ADAINF_DATA``, ``./data``, ``~/data``, ``$ADAINF_CACHE/torchvision`` (or
     ``~/.cache/adainf/torchvision``, where ``--download`` puts the data)."""
-    from adainf_env.data import cache_dir
-
     roots = []
     env = os.environ.get("ADAINF_DATA")
     if env:
@@ -66,8 +77,6 @@ def _source_id(path: Path, dataset: str) -> str:
 def resolve_data(data: str | os.PathLike | None, dataset: str, *, download: bool = False,
                  allow_demo: bool = True, force_demo: bool = False) -> DataChoice:
     """Pick the data source (see module docstring). ``data`` is an archive path or a torchvision root."""
-    from adainf_env.data import demo_archive_path
-
     if force_demo:
         demo = demo_archive_path()
         if not demo.is_file():
@@ -81,8 +90,6 @@ def resolve_data(data: str | os.PathLike | None, dataset: str, *, download: bool
                                   f"or add --download)")
         return DataChoice("user", path, dataset, download, _source_id(path, dataset))
     if download:
-        from adainf_env.data import cache_dir
-
         root = cache_dir() / "torchvision"
         return DataChoice("user", root, dataset, True, f"torchvision:{dataset}")
     found = find_local_dataset(dataset)

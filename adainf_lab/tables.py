@@ -12,28 +12,50 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.errors import TableFormatError, TableMismatchError, UnsafeFileError
+from adainf_env.data import cache_dir
+from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError, UnsafeFileError
 from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, save_table
+from adainf_env.reference_tables import REFERENCE_DIR
+from adainf_env.table_builder import build_table
 
-__all__ = ["tables_from_dir", "table_cache_path", "cached_table", "default_table_cache"]
+__all__ = ["REFERENCE_ALIAS", "resolve_table_dir", "load_split_tables", "export_split_tables", "table_cache_path",
+           "cached_table", "default_table_cache"]
+
+#: ``--table-dir reference`` names the reference tables shipped in the package (``adainf_env/reference_data``).
+REFERENCE_ALIAS = "reference"
 
 
 def default_table_cache() -> Path:
     """``$ADAINF_CACHE/tables`` (default ``~/.cache/adainf/tables``)."""
-    from adainf_env.data import cache_dir
-
     return cache_dir() / "tables"
 
 
-def tables_from_dir(table_dir: str | os.PathLike) -> tuple[OutcomeTable, OutcomeTable]:
-    """``(calib, test)`` from a directory holding ``table_calib.npz`` / ``table_test.npz`` (project format or the
-    reference layout of ``../shared/reference``), checked to describe the same backbone, weights and plan space."""
-    paths = find_split_tables(table_dir)
+def resolve_table_dir(table_dir: str | os.PathLike) -> Path:
+    """The directory ``--table-dir`` names: ``reference`` (when no such directory exists here) is the shipped
+    reference tables; any other value is a path, checked to hold ``table_calib.npz`` and ``table_test.npz``
+    (ConfigError otherwise)."""
+    path = Path(table_dir)
+    if str(table_dir) == REFERENCE_ALIAS and not path.exists():
+        path = REFERENCE_DIR
+    missing = [f"table_{s}.npz" for s in ("calib", "test") if not (path / f"table_{s}.npz").is_file()]
+    if missing:
+        raise ConfigError(f"--table-dir {table_dir}: expected table_calib.npz and table_test.npz there, missing "
+                          f"{', '.join(missing)}. Build them with experiments/build_table.py, take a pipeline run's "
+                          f"<run>/tables, or use --table-dir {REFERENCE_ALIAS} (the tables shipped in the package)")
+    return path
+
+
+def load_split_tables(table_dir: str | os.PathLike, cost_unit: str = "macs") -> tuple[OutcomeTable, OutcomeTable]:
+    """``(calib, test)`` from a table directory (project format or the reference layout), refused unless both
+    describe the same backbone, weights, dataset and plan space and are different splits; a missing cost profile
+    (``cost_unit="latency"``) fails here, before anything is fitted."""
+    paths = find_split_tables(resolve_table_dir(table_dir))
     calib = load_table(paths["calib"], split="calib")
     test = load_table(paths["test"], split="test")
     for key in ("backbone", "checkpoint_sha256", "dataset"):
@@ -41,7 +63,23 @@ def tables_from_dir(table_dir: str | os.PathLike) -> tuple[OutcomeTable, Outcome
             raise TableMismatchError(f"{table_dir}: calib and test tables differ in {key} "
                                      f"({calib.meta.get(key)!r} vs {test.meta.get(key)!r})")
     test.check_compatible(plan_masks=calib.plan_masks)
+    calib.plan_cost(cost_unit), test.plan_cost(cost_unit)
     return calib, test
+
+
+def export_split_tables(paths: Mapping[str, str | os.PathLike], out_dir: str | os.PathLike) -> Path:
+    """Put the tables ``{"calib": path, "test": path}`` into ``out_dir`` as ``table_<split>.npz`` — the
+    ``--table-dir`` layout — hard-linked when the file system allows (tables are large), else copied."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, src in paths.items():
+        dst = out / f"table_{split}.npz"
+        dst.unlink(missing_ok=True)
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copyfile(src, dst)
+    return out
 
 
 def _rows_key(sample_index: np.ndarray, source_id: str, plan_masks: np.ndarray | None) -> str:
@@ -66,8 +104,6 @@ def cached_table(model: Any, images: np.ndarray, labels: np.ndarray, *, sample_i
                  log=print) -> tuple[OutcomeTable, Path, bool]:
     """The outcome table of ``model`` on ``images`` — reused from ``cache`` when a valid one exists, else built
     (resumably) and saved there. Returns ``(table, path, reused)``."""
-    from adainf_env.table_builder import build_table
-
     name = str(model.name)
     path = table_cache_path(cache, backbone=name, checkpoint_sha256=checkpoint_sha256, dataset=dataset, split=split,
                             sample_index=sample_index, source_id=source_id, plan_masks=plan_masks)

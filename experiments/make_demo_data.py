@@ -10,17 +10,16 @@ byte-reproducible.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # allow running as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
+from adainf_env.data import demo_archive_path, write_archive_subset
+from adainf_env.fileio import sha256_file
+from adainf_lab.cli import parse_config, run_script
 
-from adainf_env.data import demo_archive_path, write_archive_subset  # noqa: E402
-from adainf_env.fileio import sha256_file  # noqa: E402
-from adainf_lab.cli import parse_config  # noqa: E402
+__all__ = ["Config", "main"]
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
@@ -43,4 +42,4 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -13,20 +13,15 @@ CIFAR-100: with no data this script stops with a DataSourceError naming the opti
 from __future__ import annotations
 
 import dataclasses
-import os
-import sys
-from pathlib import Path
+from typing import Literal
 
-# On a shared or busy CPU, OpenMP threads that spin while waiting burn the cores other threads need (measured here on
-# a loaded 2-core machine: backbone training with 2 spinning threads was several times slower than with 1); passive
-# waiting costs little when the machine is idle. Must be set before torch loads OpenMP.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
-if __package__ in (None, ""):  # allow `python experiments/resnet32_cifar100.py` from a checkout
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from adainf_env.errors import ConfigError  # noqa: E402
-from adainf_lab.pipeline import PipelineConfig  # noqa: E402
+from adainf_env.backbones import load_backbone
+from adainf_env.errors import ConfigError
+from adainf_env.table_builder import structured_plan_subset
+from adainf_lab.cli import parse_config, run_script
+from adainf_lab.config import PipelineConfig
+from adainf_lab.pipeline import run_pipeline
+from adainf_lab.scheduler_options import SchedulerName
 
 __all__ = ["ResNet32Cifar100Config", "main"]
 
@@ -35,9 +30,11 @@ __all__ = ["ResNet32Cifar100Config", "main"]
 class ResNet32Cifar100Config(PipelineConfig):
     """A budget-aware scheduler on a stochastic-depth ResNet-32 (CIFAR-100), end to end."""
 
-    algo: str = dataclasses.field(default="hinge", metadata={"help": "scheduler (registry name)"})
-    backbone: str = dataclasses.field(default="resnet32_cifar", metadata={"help": "backbone"})
-    dataset: str = dataclasses.field(default="cifar100", metadata={"help": "dataset (cifar100)"})
+    algo: SchedulerName = dataclasses.field(default="hinge", metadata={"help": "scheduler to train"})
+    backbone: Literal["resnet18_cifar", "resnet32_cifar", "clip_vit_b32"] = dataclasses.field(
+        default="resnet32_cifar", metadata={"help": "backbone"})
+    dataset: Literal["cifar10", "cifar100", "imagenet", "imagefolder"] = dataclasses.field(
+        default="cifar100", metadata={"help": "dataset"})
     width: int = dataclasses.field(default=16, metadata={"help": "ResNet-32 width (16 = He et al. 2016)"})
     train_epochs: int = dataclasses.field(default=160, metadata={"help": "backbone training epochs"})
     num_random_plans: int = dataclasses.field(default=200, metadata={
@@ -50,15 +47,9 @@ class ResNet32Cifar100Config(PipelineConfig):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    from adainf_env.table_builder import structured_plan_subset
-    from adainf_lab.cli import parse_config
-    from adainf_lab.pipeline import run_pipeline
-
     cfg = parse_config(ResNet32Cifar100Config, argv)
     masks = None
     if cfg.table_dir is None:
-        from adainf_env.backbones import load_backbone
-
         num_blocks = load_backbone(cfg.backbone, width=cfg.width).num_blocks
         masks = structured_plan_subset(num_blocks, cfg.num_random_plans, seed=0)
     return run_pipeline(cfg, allow_demo=False, script="resnet32_cifar100.py", plan_masks=masks,
@@ -66,9 +57,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    from adainf_env.errors import AdaInfError
-
-    try:
-        main()
-    except AdaInfError as e:  # bad input or no data: one clear line, no traceback
-        sys.exit(f"error: {e}")
+    run_script(main)

@@ -12,16 +12,23 @@ resumes from the last finished epoch. GPU when present.
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # allow running as a plain script from a checkout
-    sys.path.insert(0, str(ROOT))
+import numpy as np
 
-from adainf_env.errors import ConfigError  # noqa: E402
+from adainf_env import load_backbone
+from adainf_env.backbones.training import TrainSettings, evaluate_accuracy, train_backbone
+from adainf_env.data import load_images, make_splits
+from adainf_env.errors import ConfigError
+from adainf_env.fileio import atomic_write_json, sha256_arrays
+from adainf_lab.cli import parse_config, run_script
+from adainf_lab.config import show_progress
+from adainf_lab.data import evenly_spaced
+from adainf_lab.rundir import make_run_dir, save_config
+
+__all__ = ["Config", "main"]
 
 
 @dataclass
@@ -50,7 +57,7 @@ class Config:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda[:i]"})
     stop_after_epochs: int | None = field(default=None, metadata={
         "help": "stop this invocation after N total epochs (resume later with the same --out)"})
-    progress: bool = field(default=True, metadata={"help": "tqdm progress bars"})
+    progress: bool = field(default=True, metadata={"help": "progress bars (drawn only when stderr is a terminal)"})
 
     def __post_init__(self) -> None:
         for name in ("limit_fit", "limit_eval", "stop_after_epochs"):
@@ -59,31 +66,13 @@ class Config:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
 
 
-def _subset(indices, limit: int | None):
-    """``limit`` evenly spaced entries of sorted ``indices`` (all of them when None): class-balanced-ish smoke runs,
-    since image-folder archives are sorted by class."""
-    import numpy as np
-
-    if limit is None or limit >= len(indices):
-        return indices
-    return indices[np.linspace(0, len(indices) - 1, limit).round().astype(np.int64)]
-
-
 def main(argv: list[str] | None = None) -> dict:
-    import numpy as np
-
-    from adainf_env.backbones.training import TrainSettings, evaluate_accuracy, train_backbone
-    from adainf_env.data import load_images, make_splits
-    from adainf_env.fileio import atomic_write_json, sha256_arrays
-    from adainf_lab.cli import parse_config
-    from adainf_lab.rundir import make_run_dir, save_config
-
     cfg = parse_config(Config, argv)
     out = make_run_dir(backbone=cfg.backbone, algo="train", seed=cfg.seed, out=cfg.out)
     images, labels = load_images(cfg.data, dataset=cfg.dataset, split="train", download=cfg.download)
     splits = make_splits(len(images), seed=cfg.seed, num_calib=cfg.num_calib,
                          reference_calib_indices=cfg.calib_indices)
-    fit, calib = _subset(splits["fit"], cfg.limit_fit), _subset(splits["calib"], cfg.limit_eval)
+    fit, calib = evenly_spaced(splits["fit"], cfg.limit_fit), evenly_spaced(splits["calib"], cfg.limit_eval)
     fit_x, fit_y = np.ascontiguousarray(images[fit]), labels[fit]
     settings = TrainSettings(backbone=cfg.backbone, num_classes=10 if cfg.dataset == "cifar10" else 100,
                              width=cfg.width, final_survival=cfg.final_survival, epochs=cfg.epochs,
@@ -94,12 +83,11 @@ def main(argv: list[str] | None = None) -> dict:
                                  "num_calib": int(len(calib))})
     metrics = train_backbone(settings, fit_images=fit_x, fit_labels=fit_y, eval_images=images[calib],
                              eval_labels=labels[calib], out=out, data_fingerprint=fingerprint, device=cfg.device,
-                             stop_after_epochs=cfg.stop_after_epochs, progress=cfg.progress)
+                             stop_after_epochs=cfg.stop_after_epochs,
+                             progress=show_progress(cfg.progress))
     if metrics["complete"]:
-        from adainf_env import load_backbone
-
         test_x, test_y = load_images(cfg.data, dataset=cfg.dataset, split="test", download=cfg.download)
-        keep = _subset(np.arange(len(test_x)), cfg.limit_eval)
+        keep = evenly_spaced(np.arange(len(test_x)), cfg.limit_eval)
         test_x, test_y = test_x[keep], test_y[keep]
         model = load_backbone(cfg.backbone, checkpoint=out / "checkpoint.pt",
                               **({"width": cfg.width} if cfg.width else {}))
@@ -113,4 +101,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main)

@@ -1,5 +1,6 @@
 """Every experiment script smoke-runs with a tiny budget and leaves a complete run directory; the offline demo runs
-with no ../shared, no data and no network; scripts without data fail with a clear DataSourceError.
+with no ../shared, no data and no network, records what it ran and leaves reusable tables; bad arguments stop a
+script with exit status 2 and one clear line before any work; scripts without data fail with a clear DataSourceError.
 
 Tables for the table-driven scripts are the synthetic toy tables (adainf_env.toy) saved in the project format, so
 these tests need nothing outside the repository.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -48,7 +50,7 @@ def toy_table_dir(tmp_path_factory) -> Path:
 
 
 def check_run_dir(run: Path, *, schedulers: set[str], setting: str = "bandit") -> list[dict]:
-    """The run directory holds config.json (config + git revision), results.json in the issue-4 record format, a
+    """The run directory holds config.json (config + git revision), results.json in the harness's record format, a
     TensorBoard events file and at least one PNG."""
     cfg = json.loads((run / "config.json").read_text())
     assert "config" in cfg and "git" in cfg and set(cfg["git"]) >= {"commit", "dirty"}
@@ -81,7 +83,7 @@ def test_ppo_from_table_dir(toy_table_dir, tmp_path):
 
     out = tmp_path / "run"
     summary = ppo_resnet18.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--timesteps", "6144",
-                                 "--scheduler-kwargs", '{"n_envs": 64}', "--budgets", "0.4,0.7,1.0",
+                                 "--scheduler.n-envs", "64", "--budgets", "0.4", "0.7", "1.0",
                                  "--no-progress"])
     records = check_run_dir(out, schedulers={"ppo", "lut", "oracle"})
     assert summary["mode"] == "tables"
@@ -99,12 +101,13 @@ def test_ppo_from_table_dir(toy_table_dir, tmp_path):
     assert (out / "tensorboard" / "hparams").is_dir()
 
 
-@pytest.mark.parametrize("script,algo", [("reinforce_resnet18", "reinforce"), ("hinge_resnet18", "hinge")])
-def test_torch_learner_scripts(script, algo, toy_table_dir, tmp_path):
-    mod = __import__(script)
+@pytest.mark.parametrize("algo", ["reinforce", "hinge"])
+def test_train_scheduler_torch_learners(algo, toy_table_dir, tmp_path):
+    import train_scheduler
+
     out = tmp_path / algo
-    mod.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--epochs", "3", "--budgets", "0.5,1.0",
-              "--no-progress"])
+    train_scheduler.main(["--algo", algo, "--table-dir", str(toy_table_dir), "--out", str(out), "--epochs", "3",
+                          "--budgets", "0.5", "1.0", "--scheduler.hidden", "32", "--no-progress"])
     check_run_dir(out, schedulers={algo, "lut", "oracle"})
     tags = _tb_tags(out)
     # training curves from the TrainingMonitor (calibration rows) + the final test metrics
@@ -166,7 +169,7 @@ def test_resnet32_cifar100_smoke(tmp_path):
     out = tmp_path / "r32"
     summary = resnet32_cifar100.main(["--data", str(archive), "--out", str(out), "--num-calib", "100",
                                       "--train-epochs", "1", "--width", "4", "--num-random-plans", "0",
-                                      "--epochs", "2", "--budgets", "0.5,1.0", "--no-progress"])
+                                      "--epochs", "2", "--budgets", "0.5", "1.0", "--no-progress"])
     check_run_dir(out, schedulers={"hinge", "lut", "oracle"})
     assert summary["mode"] == "full" and summary["num_plans"] < 2 ** 15  # the structured subset, not 2^15
     assert (out / "backbone" / "checkpoint.pt").is_file()
@@ -182,7 +185,7 @@ def test_clip_vitb_random_weights_says_so(tmp_path, capsys):
 
     out = tmp_path / "clip"
     clip_vitb.main(["--out", str(out), "--calib-limit", "5", "--test-limit", "5", "--epochs", "1",
-                    "--budgets", "0.5,1.0", "--no-progress"])
+                    "--budgets", "0.5", "1.0", "--no-progress"])
     printed = capsys.readouterr().out
     assert "RANDOM WEIGHTS" in printed and "DEMO MODE" in printed
     check_run_dir(out, schedulers={"hinge", "lut", "oracle"})
@@ -190,36 +193,107 @@ def test_clip_vitb_random_weights_says_so(tmp_path, capsys):
     assert cfg["random_weights"] is True and cfg["num_plans"] == clip_vitb.RANDOM_SUBSET["num_plans"]
 
 
-def test_demo_offline_subprocess(tmp_path):
-    """`python experiments/ppo_resnet18.py` on a machine with no ../shared, no data and no network: the demo runs
-    on the shipped sample, says so, and writes results.json (shrunk with --demo-scale to keep the test short)."""
+def _offline_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ADAINF_")}
     env.update(HOME=str(tmp_path), ADAINF_CACHE=str(tmp_path / "cache"), ADAINF_SHARED=str(tmp_path / "none"),
-               PYTHONPATH=str(ROOT), OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
+               OMP_NUM_THREADS=env.get("OMP_NUM_THREADS", "2"),
                # no network: point every proxy at a closed port, so any download attempt fails loudly
                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", NO_PROXY="")
+    return env
+
+
+def test_demo_offline_subprocess(tmp_path):
+    """`python experiments/ppo_resnet18.py` on a machine with no ../shared, no data and no network: the demo runs
+    on the shipped sample, says so, writes results.json, records the sizes it ran in config.json, and leaves its
+    tables in <run>/tables, reusable with --table-dir (shrunk with --demo-scale to keep the test short)."""
+    env = _offline_env(tmp_path)
     out = tmp_path / "demo"
     proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "ppo_resnet18.py"), "--out", str(out),
-                           "--demo-scale", "0.03", "--no-progress"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
+                           "--demo-scale", "0.03"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "DEMO MODE" in proc.stdout and "python experiments/ppo_resnet18.py --data" in proc.stdout
+    assert "\r" not in proc.stderr  # no progress bars when stderr is not a terminal
     check_run_dir(out, schedulers={"ppo", "lut", "oracle"})
     cfg = json.loads((out / "config.json").read_text())
-    assert cfg["mode"] == "demo"
+    from adainf_lab.config import demo_settings
+
+    demo = demo_settings(0.03)
+    assert cfg["mode"] == "demo" and cfg["config"]["demo"] is True
+    assert cfg["config"]["width"] == demo["width"] and cfg["config"]["train_epochs"] == demo["train_epochs"]
+    assert cfg["config"]["timesteps"] == demo["timesteps"] and cfg["config"]["num_calib"] == demo["calib_images"]
     assert (out / "backbone" / "checkpoint.pt").is_file()
+    # the tables are in the --table-dir layout, and the printed command reuses them with no data and no backbone
+    assert (out / "tables" / "table_calib.npz").is_file() and (out / "tables" / "table_test.npz").is_file()
+    reuse = f"--table-dir {out / 'tables'}"
+    assert reuse in proc.stdout
+    again = subprocess.run([sys.executable, str(ROOT / "experiments" / "train_scheduler.py"), "--algo", "hinge",
+                            "--table-dir", str(out / "tables"), "--out", str(tmp_path / "again"), "--epochs", "2"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "DEMO" not in again.stdout
+    check_run_dir(tmp_path / "again", schedulers={"hinge", "lut", "oracle"})
 
 
-def test_bad_input_is_a_clear_error(toy_table_dir, tmp_path):
+def _bad_input(main, argv, capsys) -> str:
+    """``main(argv)`` must stop with exit status 2 and one ``error:`` line on stderr; returns that line."""
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--algo", "nope"], "invalid choice 'nope'"),
+    (["--budgets", "0", "1.5"], r"budgets must lie in \(0, 1\]"),
+    (["--timesteps", "ten"], "--timesteps"),
+    (["--bogus"], "Unrecognized options: --bogus"),
+    (["--table-dir", "reference", "--checkpoint", "x.pt"], "cannot be combined"),
+    (["--table-dir", "reference", "--algo", "hinge", "--scheduler.n-envs", "8"],
+     "--scheduler.n-envs is not an option of scheduler 'hinge'"),
+    (["--table-dir", "reference", "--scheduler.extra", "{not json"], "--scheduler.extra is not valid JSON"),
+    (["--demo-scale", "2"], "--demo-scale must be in"),
+])
+def test_bad_argument_exits_2_with_one_line(argv, match, capsys):
     import ppo_resnet18
 
-    from adainf_env.errors import ConfigError, TableFormatError
+    err = _bad_input(ppo_resnet18.main, argv, capsys)
+    assert re.search(match, err), err
 
-    with pytest.raises(ConfigError, match="unknown scheduler"):
-        ppo_resnet18.main(["--algo", "nope", "--table-dir", str(toy_table_dir)])
-    with pytest.raises(ConfigError, match="budgets must lie in"):
-        ppo_resnet18.main(["--budgets", "0,1.5", "--table-dir", str(toy_table_dir)])
-    with pytest.raises(ConfigError, match="cannot be combined"):
-        ppo_resnet18.main(["--table-dir", str(toy_table_dir), "--checkpoint", "x.pt"])
-    with pytest.raises(TableFormatError, match="table_calib.npz"):
-        ppo_resnet18.main(["--table-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+
+def test_bad_paths_stop_before_any_work(tmp_path, capsys):
+    """A missing --checkpoint / --table-dir / --data stops before the DEMO banner and leaves no run directory."""
+    import ppo_resnet18
+
+    for argv, match in ((["--checkpoint", str(tmp_path / "missing.pt")], "--checkpoint .*missing.pt: no such file"),
+                        (["--table-dir", str(tmp_path)], "table_calib.npz"),
+                        (["--data", str(tmp_path / "nothing.tgz")], "--data .*nothing.tgz: no such file")):
+        out = tmp_path / "run"
+        with pytest.raises(SystemExit) as e:
+            ppo_resnet18.main([*argv, "--out", str(out)])
+        assert e.value.code == 2
+        captured = capsys.readouterr()
+        assert "DEMO" not in captured.out and re.search(match, captured.err), captured.err
+        assert not out.exists() and not (tmp_path / "runs").exists()
+
+
+def test_script_entry_point_exit_status(tmp_path):
+    """As a command: a bad value → status 2, one line, no traceback; --help → status 0 and lists the choices."""
+    script = str(ROOT / "experiments" / "train_scheduler.py")
+    bad = subprocess.run([sys.executable, script, "--algo", "hinge", "--table-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path))
+    assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --table-dir")
+    assert len(bad.stderr.strip().splitlines()) == 1
+    helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300,
+                            env=_offline_env(tmp_path))
+    assert helped.returncode == 0 and "maskable_ppo" in helped.stdout and "--scheduler.n-envs" in helped.stdout
+
+
+def test_reference_alias_names_the_shipped_tables():
+    from adainf_env.reference_tables import REFERENCE_DIR
+    from adainf_lab.config import PipelineConfig
+
+    cfg = PipelineConfig(table_dir=Path("reference"))
+    assert cfg.table_dir == REFERENCE_DIR
