@@ -112,7 +112,7 @@ def test_stream_ceiling_script_runs(tmp_path, capsys):
     save_table(make_toy_table(400, seed=0), tmp_path / "table_calib.npz")
     save_table(make_toy_table(400, seed=1, split="test"), tmp_path / "table_test.npz")
     out = main(["--table-dir", str(tmp_path), "--avg-budget", "0.4", "--seeds", "1", "--num-streams", "4",
-                "--horizon", "50", "--scheduler-kwargs", json.dumps({"epochs": 5}), "--out",
+                "--horizon", "50", "--epochs", "5", "--out",
                 str(tmp_path / "c.json")])
     s = out["settings"]
     assert s["label_router (bound)"]["accuracy_mean"] >= s["lagrangian"]["accuracy_mean"]

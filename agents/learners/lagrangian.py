@@ -36,11 +36,13 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, masked_argmax
 from adainf_env.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler, check_budgets
+from agents.learners.base import load_weights, split_rows, weights_to_arrays
 from agents.learners.policy_nets import FeatureScaler, candidate_plans, mlp
 
 __all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_budget", "route"]
@@ -145,7 +147,7 @@ class LagrangianScheduler(Scheduler):
     # ----------------------------------------------------------------- state
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.model is not None
-        out = {f"w_{k}": v.detach().cpu().numpy() for k, v in self.model.state_dict().items()}
+        out = weights_to_arrays(self.model)
         out.update(candidates=self.candidates, grid_budget=self.grid_budget, grid_price=self.grid_price)
         return out
 
@@ -155,10 +157,7 @@ class LagrangianScheduler(Scheduler):
         self.grid_budget = arrays["grid_budget"].astype(np.float64)
         self.grid_price = arrays["grid_price"].astype(np.float64)
         self.model = CorrectnessModel(self.plan_space.feature_dim, len(self.candidates), hidden=self.hidden)
-        try:
-            self.model.load_state_dict({k[2:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("w_")})
-        except RuntimeError as e:
-            raise CheckpointError(f"{self.name}: saved weights do not fit the model: {str(e)[:300]}") from None
+        load_weights(self.model, arrays, who=self.name)
         self.model.eval()
 
     # ----------------------------------------------------------------- inference
@@ -191,15 +190,9 @@ class LagrangianScheduler(Scheduler):
 
     # ----------------------------------------------------------------- training
     def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs") -> "LagrangianScheduler":
-        from tqdm.auto import tqdm
-
         self.plan_space = PlanSpace.from_table(table, cost_unit)
         cost_all = self.plan_space.plan_cost
-        perm = np.random.default_rng(seed).permutation(table.num_samples)
-        n_val = max(1, int(round(self.val_fraction * table.num_samples)))
-        val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        if fit_rows.size == 0:
-            raise ConfigError(f"{self.name}: no rows left to fit after holding out val_fraction={self.val_fraction}")
+        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, min_val=1, who=self.name)
         self.candidates = candidate_plans(table, cost_all, self.plans, np.arange(table.num_samples))
         k = len(self.candidates)
         y = torch.as_tensor(table.correct[:, self.candidates], dtype=torch.float32)

@@ -3,27 +3,28 @@
 What every learner gets from :class:`TorchTableLearner`:
 
 * **Fit on calibration only.** ``fit(table)`` splits the calibration rows (seeded) into a fit part and a held-out
-  part (``val_fraction``); the feature scaler and the candidate plan set are computed on the fit part, the policy is
-  trained on it, and the epoch whose policy scores best on the held-out part (mean accuracy over a budget grid, with
-  over-budget choices counted as wrong) is kept — early stopping / model selection never sees the test split.
+  part (``val_fraction``, :func:`agents.learners.base.split_rows`); the feature scaler is fitted on the fit part,
+  the policy is trained on it, and the epoch whose policy scores best on the held-out part (mean accuracy over a
+  budget grid, with over-budget choices counted as wrong; :meth:`~agents.learners.base.LearnerBase.keeps`) is kept —
+  early stopping / model selection never sees the test split.
 * **Budgets sampled during training** uniformly in ``[cheapest candidate cost, 1]`` (fractions of the full model),
   so one policy serves every budget.
 * **Determinism.** All training randomness flows from one ``torch.Generator`` seeded by ``fit(seed=)``; network init
   uses ``torch.manual_seed(seed)`` inside ``torch.random.fork_rng`` (the caller's global RNG is untouched).
-* **Resume** (issue 7). With ``checkpoint_dir``, after every epoch ``last.pt`` is written atomically holding the model,
+* **Resume.** With ``checkpoint_dir``, after every epoch ``last.pt`` is written atomically holding the model,
   optimiser, generator state, best-so-far state and history (plain tensors/containers: loadable with
   ``torch.load(weights_only=True)``). ``fit(..., checkpoint_dir=D)`` on a directory that holds a checkpoint of the
   same config, seed and table continues from it; the resumed run ends bit-identical to an uninterrupted one.
   A checkpoint from another config/seed/table is refused (:class:`~adainf_env.errors.CheckpointError`).
 * **Inference restricted to the budget** (``restrict_to_budget=True``, default): the argmax is taken over candidate
-  plans whose cost ≤ budget (if none fits — a budget below the cheapest plan — the cheapest plan is used). This is
-  what makes the overrun rate 0 % (issue 4 acceptance: ≤ 2 %). ``restrict_to_budget=False`` gives the raw argmax.
+  plans that fit the budget (:func:`adainf_env.feasibility.masked_argmax`: if none fits — a budget below the
+  cheapest plan — the cheapest plan is used), so the overrun rate is 0. ``restrict_to_budget=False`` gives the raw
+  argmax.
 * **Save/load** through :class:`~agents.base.Scheduler` (``.npz``, no pickles): the policy's state_dict as arrays.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -31,13 +32,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
-from adainf_env.errors import CheckpointError, ConfigError
-from adainf_env.feasibility import masked_argmax, overrun
-from adainf_env.fileio import atomic_torch_save, safe_torch_load
+from adainf_env.errors import ConfigError
+from adainf_env.feasibility import masked_argmax
+from adainf_env.fileio import atomic_torch_save
 from adainf_env.outcomes import OutcomeTable
-from agents.base import PlanSpace, Scheduler
-from agents.evaluation.metrics import BUDGET_GRID
+from agents.base import PlanSpace
+from agents.learners.base import HeldOutScores, LearnerBase, load_weights, split_rows, weights_to_arrays
 from agents.learners.policy_nets import PlanPolicy, candidate_plans
 
 __all__ = ["TorchTableLearner", "EpochCallback"]
@@ -46,7 +48,7 @@ __all__ = ["TorchTableLearner", "EpochCallback"]
 EpochCallback = Callable[[int, dict[str, float]], None]
 
 
-class TorchTableLearner(Scheduler):
+class TorchTableLearner(LearnerBase):
     """Base class; subclasses implement :meth:`_build_policy`, :meth:`_prepare` and :meth:`_batch_loss`."""
 
     name = "torch_learner"
@@ -88,20 +90,14 @@ class TorchTableLearner(Scheduler):
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.policy is not None and self.candidates is not None
-        out = {f"w_{k}": v.detach().cpu().numpy() for k, v in self.policy.state_dict().items()}
-        out["candidates"] = self.candidates
-        return out
+        return {**weights_to_arrays(self.policy), "candidates": self.candidates}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         assert self.plan_space is not None
         self.candidates = arrays["candidates"].astype(np.int64)
         self.policy = self._build_policy(self.plan_space.feature_dim, self.plan_space.plan_cost[self.candidates],
                                          self.plan_space.plan_masks.shape[1])
-        state = {k[2:]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith("w_")}
-        try:
-            self.policy.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{self.name}: saved weights do not fit the policy: {str(e)[:300]}") from None
+        load_weights(self.policy, arrays, who=self.name)
 
     # ----------------------------------------------------------------- subclass hooks
     def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int,
@@ -127,7 +123,6 @@ class TorchTableLearner(Scheduler):
         return self.policy(x, b)
 
     def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
-        """Plan indices (into the table plan list) for features [N, F] and validated budgets [N]."""
         assert self.policy is not None and self.candidates is not None and self.plan_space is not None
         x = torch.as_tensor(np.asarray(features, dtype=np.float32))
         b = torch.as_tensor(budgets, dtype=torch.float32)
@@ -139,24 +134,52 @@ class TorchTableLearner(Scheduler):
             return self.candidates[masked_argmax(scores, cand_cost, torch.as_tensor(budgets)).numpy()]
         return self.candidates[scores.argmax(dim=1).numpy()]
 
-    def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
-        features, budgets = self._validated_inputs(features, budgets, fitted=self.policy is not None)
-        return self._select_idx(features, budgets)
-
     # ----------------------------------------------------------------- training
     def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs",
             checkpoint_dir: str | Path | None = None, callback: EpochCallback | None = None) -> "TorchTableLearner":
         """Train on the calibration ``table`` (see the module docstring for split, selection and resume)."""
-        from tqdm.auto import tqdm
+        val_rows, fit_rows = self._setup(table, seed, cost_unit)
+        cost = self.plan_space.plan_cost
+        opt = torch.optim.Adam(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
+        gen = torch.Generator().manual_seed(int(seed))
+        b_lo = float(cost[self.candidates].min())
+        ckpt = self.checkpoint_path(checkpoint_dir)
+        ident = self.run_identity(table, seed, cost_unit)
+        score_rows = val_rows if val_rows.size else fit_rows
+        start, best_score, best_state, untrained = self._resume(self.open_checkpoint(ckpt, ident), opt, gen)
+        if start == 0:  # the untrained policy (= the LUT when a prior is used) is a candidate for selection too
+            untrained = self.held_out_scores(table, score_rows)
+            best_score = untrained.score
+            best_state = _clone_state(self.policy)
+            self.history = [{"epoch": 0.0, "val_score": best_score}]
+        fit_t = torch.as_tensor(fit_rows)
+        bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=self.progress is False
+                   if self.progress is not None else None, initial=start, total=self.epochs, leave=False)
+        for epoch in bar:
+            metrics = self._train_epoch(fit_t, b_lo, opt, gen)
+            metrics["epoch"] = float(epoch + 1)
+            scores = self.held_out_scores(table, score_rows)
+            metrics["val_score"] = scores.score
+            self.history.append(metrics)
+            if self.keeps(scores, best_score, untrained):
+                best_score, best_state = scores.score, _clone_state(self.policy)
+            bar.set_postfix(val=f"{metrics['val_score']:.4f}")
+            if ckpt is not None:
+                atomic_torch_save({"ident": ident, "epoch": epoch + 1, "model": self.policy.state_dict(),
+                                   "opt": opt.state_dict(), "gen": gen.get_state(), "best_score": best_score,
+                                   "best_state": best_state, "history": self.history,
+                                   "untrained_accuracy": untrained.accuracy}, ckpt)
+            if callback is not None:
+                callback(epoch + 1, metrics)
+        bar.close()
+        self._finish(table, best_state)
+        return self
 
+    def _setup(self, table: OutcomeTable, seed: int, cost_unit: str) -> tuple[np.ndarray, np.ndarray]:
+        """Split the rows, pick the candidates, build the (seeded) policy and the training targets."""
         self.plan_space = PlanSpace.from_table(table, cost_unit)
         cost = self.plan_space.plan_cost
-        rng = np.random.default_rng(seed)
-        perm = rng.permutation(table.num_samples)
-        n_val = int(round(self.val_fraction * table.num_samples))
-        val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
-        if fit_rows.size == 0:
-            raise ConfigError(f"{self.name}: no rows left to fit after holding out val_fraction={self.val_fraction}")
+        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, who=self.name)
         # The candidate set is a calibration statistic like the LUT: computed on all calibration rows.
         self.candidates = candidate_plans(table, cost, self.plans, np.arange(table.num_samples))
         with torch.random.fork_rng(devices=[]):
@@ -167,66 +190,44 @@ class TorchTableLearner(Scheduler):
         self._table = table
         self._prepare(table, cost)
         self._features_t = torch.as_tensor(table.features, dtype=torch.float32)
-        opt = torch.optim.Adam(self.policy.parameters(), lr=self.lr, weight_decay=self.weight_decay)
-        gen = torch.Generator().manual_seed(int(seed))
-        b_lo = float(cost[self.candidates].min())
-        best_score, best_state, start = -math.inf, None, 0
-        self.history = []
+        return val_rows, fit_rows
 
-        ckpt = Path(checkpoint_dir) / "last.pt" if checkpoint_dir is not None else None
-        ident = {"scheduler": self.name, "config": json.dumps(self.config(), sort_keys=True), "seed": int(seed),
-                 "table": table.meta.get("content_sha256") or table.content_hash(), "cost_unit": cost_unit}
-        if ckpt is not None and ckpt.is_file():
-            saved = safe_torch_load(ckpt)
-            if not isinstance(saved, dict) or saved.get("ident") != ident:
-                raise CheckpointError(
-                    f"{ckpt}: checkpoint was written for another run (scheduler/config/seed/table differ); "
-                    "use another checkpoint_dir or delete it")
-            self.policy.load_state_dict(saved["model"])
-            opt.load_state_dict(saved["opt"])
-            gen.set_state(saved["gen"])
-            start, best_score = int(saved["epoch"]), float(saved["best_score"])
-            best_state = saved["best_state"]
-            self.history = [dict(h) for h in saved["history"]]
+    def _resume(self, saved: dict[str, Any] | None, opt: torch.optim.Optimizer, gen: torch.Generator
+                ) -> tuple[int, float, dict[str, torch.Tensor] | None, HeldOutScores | None]:
+        """Load a checkpoint of this run into the policy, optimiser and generator → (epoch, best score, best state,
+        untrained scores); ``(0, -inf, None, None)`` without one."""
+        if saved is None:
+            self.history = []
+            return 0, -math.inf, None, None
+        self.policy.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        gen.set_state(saved["gen"])
+        self.history = [dict(h) for h in saved["history"]]
+        acc = [float(a) for a in saved.get("untrained_accuracy", [])]
+        untrained = HeldOutScores([], acc, [], [], [])
+        return int(saved["epoch"]), float(saved["best_score"]), saved["best_state"], untrained
 
-        score_rows = val_rows if val_rows.size else fit_rows
-        if start == 0:  # the untrained policy (= the LUT when a prior is used) is a candidate for selection too
-            best_score = self._val_score(table, score_rows)
-            best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-            self.history.append({"epoch": 0.0, "val_score": best_score})
-        fit_t = torch.as_tensor(fit_rows)
-        bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=self.progress is False
-                   if self.progress is not None else None, initial=start, total=self.epochs, leave=False)
-        for epoch in bar:
-            self.policy.train()
-            order = fit_t[torch.randperm(fit_t.numel(), generator=gen)]
-            sums: dict[str, float] = {}
-            nb = 0
-            for i in range(0, order.numel(), self.batch_size):
-                rows = order[i:i + self.batch_size]
-                budgets = b_lo + (1.0 - b_lo) * torch.rand(rows.numel(), generator=gen, dtype=torch.float64)
-                loss, stats = self._batch_loss(rows, budgets, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                for k, v in stats.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-                nb += 1
-            metrics = {k: v / nb for k, v in sums.items()}
-            metrics["epoch"] = float(epoch + 1)
-            metrics["val_score"] = self._val_score(table, score_rows)
-            self.history.append(metrics)
-            if metrics["val_score"] > best_score:
-                best_score = metrics["val_score"]
-                best_state = {k: v.detach().clone() for k, v in self.policy.state_dict().items()}
-            bar.set_postfix(val=f"{metrics['val_score']:.4f}")
-            if ckpt is not None:
-                atomic_torch_save({"ident": ident, "epoch": epoch + 1, "model": self.policy.state_dict(),
-                                   "opt": opt.state_dict(), "gen": gen.get_state(), "best_score": best_score,
-                                   "best_state": best_state, "history": self.history}, ckpt)
-            if callback is not None:
-                callback(epoch + 1, metrics)
-        bar.close()
+    def _train_epoch(self, fit_t: torch.Tensor, b_lo: float, opt: torch.optim.Optimizer,
+                     gen: torch.Generator) -> dict[str, float]:
+        """One pass over the fit rows in a seeded order, budgets uniform in [b_lo, 1] → mean batch statistics."""
+        self.policy.train()
+        order = fit_t[torch.randperm(fit_t.numel(), generator=gen)]
+        sums: dict[str, float] = {}
+        nb = 0
+        for i in range(0, order.numel(), self.batch_size):
+            rows = order[i:i + self.batch_size]
+            budgets = b_lo + (1.0 - b_lo) * torch.rand(rows.numel(), generator=gen, dtype=torch.float64)
+            loss, stats = self._batch_loss(rows, budgets, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            for k, v in stats.items():
+                sums[k] = sums.get(k, 0.0) + float(v)
+            nb += 1
+        return {k: v / nb for k, v in sums.items()}
+
+    def _finish(self, table: OutcomeTable, best_state: dict[str, torch.Tensor] | None) -> None:
+        """Deploy the selected parameters; the LUT prior moves to all calibration rows; drop training tensors."""
         if best_state is not None:
             self.policy.load_state_dict(best_state)
         if self.prior_temp is not None and hasattr(self.policy, "plan_prior"):
@@ -235,17 +236,7 @@ class TorchTableLearner(Scheduler):
             self.policy.plan_prior.copy_(torch.as_tensor(acc_all / self.prior_temp, dtype=torch.float32))
         self.policy.eval()
         del self._table, self._features_t
-        return self
 
-    def _val_score(self, table: OutcomeTable, rows: np.ndarray) -> float:
-        """Mean accuracy over :data:`BUDGET_GRID` on held-out calibration rows; over-budget choices count wrong."""
-        assert self.plan_space is not None
-        cost = self.plan_space.plan_cost
-        grid = [b for b in BUDGET_GRID if b >= cost.min()] or [1.0]
-        accs = []
-        for b in grid:
-            budgets = np.full(rows.size, b)
-            plans = self._select_idx(table.features[rows], budgets)
-            ok = table.correct[rows, plans] & ~overrun(cost[plans], b)
-            accs.append(ok.mean())
-        return float(np.mean(accs))
+
+def _clone_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -1,0 +1,160 @@
+"""What every trained scheduler shares (the torch table learners and the stable-baselines3 schedulers).
+
+* :func:`split_rows` — the seeded split of the calibration rows into a fit part and a held-out part; the test split
+  never trains or selects anything.
+* :meth:`LearnerBase.run_identity` / :meth:`LearnerBase.open_checkpoint` — the identity written into a checkpoint
+  (scheduler, config, seed, table content, cost unit) and the rule that a checkpoint of another run is refused.
+* :meth:`LearnerBase.held_out_scores` — accuracy, mean cost, overrun rate and plan entropy of the deployed policy
+  (:meth:`LearnerBase._select_idx`) on held-out calibration rows at each budget of
+  :data:`~agents.evaluation.metrics.BUDGET_GRID` (over-budget choices count as wrong).
+* :meth:`LearnerBase.keeps` — the one model-selection rule: does a newly scored policy replace the best so far.
+* :func:`weights_to_arrays` / :func:`load_weights` — a module's ``state_dict`` as named numpy arrays for
+  :meth:`agents.base.Scheduler.save` (no pickles) and back.
+
+torch is imported here; import this module only from learner modules (``import agents`` stays light).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.feasibility import overrun
+from adainf_env.fileio import safe_torch_load
+from adainf_env.outcomes import OutcomeTable
+from agents.base import Scheduler
+from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
+
+__all__ = ["LearnerBase", "HeldOutScores", "split_rows", "weights_to_arrays", "load_weights", "CHECKPOINT_NAME"]
+
+#: File name of the resumable checkpoint inside a ``checkpoint_dir``.
+CHECKPOINT_NAME = "last.pt"
+
+# Accuracies are means over the same rows; a tie up to float rounding is not a loss.
+_ACC_TOL = 1e-12
+
+
+def split_rows(num_samples: int, val_fraction: float, seed: int, *, min_val: int = 0,
+               who: str = "learner") -> tuple[np.ndarray, np.ndarray]:
+    """``(held-out rows, fit rows)``, each sorted: a seeded permutation's first ``round(val_fraction·N)`` rows (at
+    least ``min_val``) are held out. :class:`ConfigError` when no row is left to fit."""
+    perm = np.random.default_rng(seed).permutation(num_samples)
+    n_val = max(int(min_val), int(round(val_fraction * num_samples)))
+    val_rows, fit_rows = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    if fit_rows.size == 0:
+        raise ConfigError(f"{who}: no rows left to fit after holding out val_fraction={val_fraction}")
+    return val_rows, fit_rows
+
+
+def weights_to_arrays(module: torch.nn.Module, prefix: str = "w_") -> dict[str, np.ndarray]:
+    """``{prefix + name: array}`` of a module's ``state_dict``."""
+    return {f"{prefix}{k}": v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+
+
+def load_weights(module: torch.nn.Module, arrays: dict[str, np.ndarray], *, who: str, prefix: str = "w_") -> None:
+    """Load the arrays written by :func:`weights_to_arrays`; :class:`CheckpointError` when they do not fit."""
+    state = {k[len(prefix):]: torch.as_tensor(v) for k, v in arrays.items() if k.startswith(prefix)}
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"{who}: saved weights do not fit the policy: {str(e)[:300]}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOutScores:
+    """Per-budget metrics of a policy on held-out calibration rows (lists aligned with ``budgets``)."""
+
+    budgets: list[float]
+    accuracy: list[float]  # over-budget choices count as wrong
+    mean_cost: list[float]
+    overrun_rate: list[float]
+    plan_entropy: list[float]
+
+    @property
+    def score(self) -> float:
+        """The selection score: mean held-out accuracy over the budget grid."""
+        return float(np.mean(self.accuracy))
+
+
+class LearnerBase(Scheduler):
+    """Base of the trained schedulers. Subclasses set ``self.restrict_to_budget`` and implement
+    :meth:`_select_idx` (the deployed policy) and :meth:`fit`."""
+
+    #: Selection among the scored policies of a run (see :meth:`keeps`): ``"best_mean"`` keeps the best mean held-out
+    #: accuracy over the budget grid; ``"best_mean_no_worse"`` keeps it among the policies that are, at every grid
+    #: budget, no worse than the untrained one.
+    selection: ClassVar[str] = "best_mean"
+
+    restrict_to_budget: bool = True
+
+    # ----------------------------------------------------------------- inference hook
+    def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        """Plan indices (into the table's plan list) for features [N, F] and validated budgets [N]."""
+        raise NotImplementedError
+
+    def select(self, features: np.ndarray, budgets: np.ndarray, state: dict[str, Any] | None = None) -> np.ndarray:
+        features, budgets = self._validated_inputs(features, budgets, fitted=self._is_fitted())
+        return self._select_idx(features, budgets)
+
+    def _is_fitted(self) -> bool:
+        return getattr(self, "policy", None) is not None
+
+    # ----------------------------------------------------------------- run and checkpoint identity
+    def run_identity(self, table: OutcomeTable, seed: int, cost_unit: str) -> dict[str, Any]:
+        """What a checkpoint must match to be resumed: scheduler, config, seed, table content, cost unit."""
+        return {"scheduler": self.name, "config": json.dumps(self.config(), sort_keys=True), "seed": int(seed),
+                "table": table.meta.get("content_sha256") or table.content_hash(), "cost_unit": cost_unit}
+
+    @staticmethod
+    def checkpoint_path(checkpoint_dir: str | Path | None) -> Path | None:
+        return Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir else None
+
+    @staticmethod
+    def open_checkpoint(ckpt: Path | None, ident: dict[str, Any]) -> dict[str, Any] | None:
+        """The checkpoint at ``ckpt`` if there is one (``None`` otherwise); :class:`CheckpointError` when it was
+        written by another run."""
+        if ckpt is None or not ckpt.is_file():
+            return None
+        saved = safe_torch_load(ckpt)
+        if not isinstance(saved, dict) or saved.get("ident") != ident:
+            why = "scheduler/config/seed/table differ" if isinstance(saved, dict) and "ident" in saved else \
+                "it carries no run identity: an older AdaInf wrote it"
+            raise CheckpointError(f"{ckpt}: checkpoint was written for another run ({why}); "
+                                  "use another checkpoint_dir or delete it")
+        return saved
+
+    # ----------------------------------------------------------------- held-out scoring and selection
+    def held_out_scores(self, table: OutcomeTable, rows: np.ndarray) -> HeldOutScores:
+        """The deployed policy on held-out calibration ``rows`` at each grid budget the plans can meet."""
+        assert self.plan_space is not None
+        cost = self.plan_space.plan_cost
+        grid = [b for b in BUDGET_GRID if b >= cost.min()] or [1.0]
+        accs, costs, overs, ents = [], [], [], []
+        for b in grid:
+            plans = self._select_idx(table.features[rows], np.full(rows.size, b))
+            over = overrun(cost[plans], b)
+            accs.append(float((table.correct[rows, plans] & ~over).mean()))
+            costs.append(float(cost[plans].mean()))
+            overs.append(float(over.mean()))
+            ents.append(plan_entropy(plans, len(cost)))
+        return HeldOutScores(list(grid), accs, costs, overs, ents)
+
+    def keeps(self, scores: HeldOutScores, best_score: float, untrained: HeldOutScores) -> bool:
+        """The selection rule (:attr:`selection`): does the policy scored ``scores`` replace the best so far (held-out
+        score ``best_score``)? ``untrained`` is the score of the policy before any training step."""
+        if self.selection == "best_mean":
+            return scores.score > best_score
+        if self.selection == "best_mean_no_worse":
+            return self.no_worse(scores, untrained) and scores.score > best_score
+        raise ConfigError(f"{self.name}: unknown selection rule {self.selection!r}")
+
+    @staticmethod
+    def no_worse(scores: HeldOutScores, untrained: HeldOutScores) -> bool:
+        """At every grid budget, held-out accuracy no lower than the untrained policy's."""
+        return all(a >= a0 - _ACC_TOL for a, a0 in zip(scores.accuracy, untrained.accuracy))
