@@ -18,10 +18,9 @@ Every row therefore sees exactly the computation ``backbone.forward(x_row, mask=
 so predictions equal running each sample alone (up to float reassociation in batched kernels; tests check it).
 
 ``strategy="auto"`` (default) picks ``"group"`` when the batch holds on average at least
-:data:`GROUP_MIN_ROWS_PER_PLAN` rows per distinct plan and ``"gather"`` otherwise. Measured on the reference
-ResNet18, batch 64, 1 CPU thread (2-core AMD EPYC), speedup over the full model at a 0.49 MACs mix: 58 distinct
-plans — gather 1.87×, group 1.38× (tiny per-plan sub-batches); 4 distinct plans (16 rows each) — group 2.27×,
-gather 2.01× (a whole plan on a small sub-batch stays in cache).
+:data:`GROUP_MIN_ROWS_PER_PLAN` rows per distinct plan and ``"gather"`` otherwise: with many distinct plans the
+per-plan sub-batches of ``"group"`` are too small to use the kernels well, while with a few plans a whole plan on
+its sub-batch stays in cache. ``benchmarks/bench_executor.py`` measures both on a given machine.
 """
 
 from __future__ import annotations
@@ -32,6 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.errors import ConfigError
 
 __all__ = ["AdaptiveExecutor", "ExecResult", "SchedulerFn", "STRATEGIES", "GROUP_MIN_ROWS_PER_PLAN"]
@@ -55,6 +55,60 @@ class ExecResult:
     logits: np.ndarray  # [N, C] float32
 
 
+def _name(backbone: torch.nn.Module) -> str:
+    return getattr(backbone, "name", type(backbone).__name__)
+
+
+def _check_options(*, strategy: str, feature_format: str, bucket: Any) -> None:
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    if feature_format not in ("numpy", "torch"):
+        raise ConfigError(f"feature_format must be 'numpy' or 'torch', got {feature_format!r}")
+    if not isinstance(bucket, (int, np.integer)) or isinstance(bucket, bool) or bucket < 0:
+        raise ConfigError(f"bucket must be an int ≥ 0, got {bucket!r}")
+
+
+def _checked_plan_masks(plan_masks: Any, backbone: torch.nn.Module) -> np.ndarray:
+    """The plan space as bool [P, B], checked against the backbone (which must be a SkippableBackbone)."""
+    for attr in ("stem", "features", "head", "blocks", "prepare", "input_size"):
+        if not hasattr(backbone, attr):
+            raise ConfigError(f"AdaptiveExecutor needs a SkippableBackbone; {type(backbone).__name__} lacks {attr!r}")
+    masks = np.asarray(plan_masks)
+    if masks.ndim != 2 or masks.shape[0] == 0:
+        raise ConfigError(f"plan_masks must be a non-empty [P, B] array, got shape {masks.shape}")
+    if masks.dtype != bool:
+        if not np.isin(masks, (0, 1)).all():
+            raise ConfigError("plan_masks must be boolean (or 0/1)")
+        masks = masks.astype(bool)
+    num_blocks = len(backbone.blocks)
+    if masks.shape[1] != num_blocks:
+        raise ConfigError(f"plan_masks has {masks.shape[1]} blocks per plan, backbone {_name(backbone)!r} has "
+                          f"{num_blocks}")
+    return masks
+
+
+def _checked_plan_cost(plan_cost: Any, backbone: torch.nn.Module, masks: np.ndarray) -> tuple[np.ndarray, str]:
+    """``(cost [P] float64, unit)``: the given costs ("given"), or MACs fractions measured on the backbone."""
+    if plan_cost is None:
+        macs = measure_macs(backbone)
+        plan_cost, unit = plan_macs(macs, masks).astype(np.float64) / float(macs.full), "macs"
+    else:
+        unit = "given"
+    cost = np.asarray(plan_cost, dtype=np.float64)
+    if cost.shape != (masks.shape[0],):
+        raise ConfigError(f"plan_cost must have shape ({masks.shape[0]},) like plan_masks, got {cost.shape}")
+    if not np.isfinite(cost).all() or (cost <= 0).any():
+        raise ConfigError("plan_cost must be positive and finite (fraction of the full model)")
+    return cost, unit
+
+
+def _probe_feature_dim(backbone: torch.nn.Module, device: torch.device) -> int:
+    """Size of the stem features the scheduler receives, from one blank input."""
+    with torch.inference_mode():
+        probe = torch.zeros((1,) + tuple(backbone.input_size), device=device)
+        return int(backbone.features(backbone.stem(backbone.prepare(probe))).shape[1])
+
+
 class AdaptiveExecutor:
     """Run mixed-plan batches on a :class:`~adainf_env.backbones.base.SkippableBackbone`.
 
@@ -67,8 +121,8 @@ class AdaptiveExecutor:
             against the backbone so a mismatch fails before any request is served.
         strategy: ``"gather"`` (per-block row gather/scatter), ``"group"`` (one sub-batch per plan) or ``"auto"``.
         channels_last: convert the backbone (in place) and inputs to channels-last memory format. Off by default:
-            on the 2-core CPU it did not help (see ``benchmarks/bench_executor.py --channels-last``); on GPUs with
-            tensor cores it usually does.
+            whether it helps depends on the device (it usually does on GPUs with tensor cores); measure with
+            ``benchmarks/bench_executor.py --channels-last``.
         compile: wrap each block's run/skip path, the stem and the head in ``torch.compile(dynamic=True)``.
         compile_mode: ``torch.compile`` mode; ``"reduce-overhead"`` = CUDA graphs (then the gather strategy is
             always used, so each graph replays at most once per batch).
@@ -92,27 +146,8 @@ class AdaptiveExecutor:
         bucket: int = 0,
         feature_format: str = "numpy",
     ) -> None:
-        for attr in ("stem", "features", "head", "blocks", "prepare", "input_size"):
-            if not hasattr(backbone, attr):
-                raise ConfigError(f"AdaptiveExecutor needs a SkippableBackbone; {type(backbone).__name__} lacks "
-                                  f"{attr!r}")
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
-        if feature_format not in ("numpy", "torch"):
-            raise ConfigError(f"feature_format must be 'numpy' or 'torch', got {feature_format!r}")
-        if not isinstance(bucket, (int, np.integer)) or isinstance(bucket, bool) or bucket < 0:
-            raise ConfigError(f"bucket must be an int ≥ 0, got {bucket!r}")
-        masks = np.asarray(plan_masks)
-        if masks.ndim != 2 or masks.shape[0] == 0:
-            raise ConfigError(f"plan_masks must be a non-empty [P, B] array, got shape {masks.shape}")
-        if masks.dtype != bool:
-            if not np.isin(masks, (0, 1)).all():
-                raise ConfigError("plan_masks must be boolean (or 0/1)")
-            masks = masks.astype(bool)
-        num_blocks = len(backbone.blocks)
-        if masks.shape[1] != num_blocks:
-            raise ConfigError(f"plan_masks has {masks.shape[1]} blocks per plan, backbone "
-                              f"{getattr(backbone, 'name', type(backbone).__name__)!r} has {num_blocks}")
+        _check_options(strategy=strategy, feature_format=feature_format, bucket=bucket)
+        masks = _checked_plan_masks(plan_masks, backbone)
         self.backbone = backbone.eval()
         self.plan_masks = masks
         self.num_plans, self.num_blocks = masks.shape
@@ -123,30 +158,16 @@ class AdaptiveExecutor:
         self.device = next((p.device for p in backbone.parameters()), torch.device("cpu"))
         if self.channels_last:
             backbone.to(memory_format=torch.channels_last)
-
-        if plan_cost is None:
-            from adainf_env.costs import measure_macs, plan_macs
-
-            macs = measure_macs(backbone)
-            plan_cost = plan_macs(macs, masks).astype(np.float64) / float(macs.full)
-            self.cost_unit = "macs"
-        else:
-            self.cost_unit = "given"
-        cost = np.asarray(plan_cost, dtype=np.float64)
-        if cost.shape != (self.num_plans,):
-            raise ConfigError(f"plan_cost must have shape ({self.num_plans},) like plan_masks, got {cost.shape}")
-        if not np.isfinite(cost).all() or (cost <= 0).any():
-            raise ConfigError("plan_cost must be positive and finite (fraction of the full model)")
-        self.plan_cost = cost
-
-        with torch.inference_mode():
-            probe = torch.zeros((1,) + tuple(backbone.input_size), device=self.device)
-            self.feature_dim = int(backbone.features(backbone.stem(backbone.prepare(probe))).shape[1])
+        self.plan_cost, self.cost_unit = _checked_plan_cost(plan_cost, backbone, masks)
+        self.feature_dim = _probe_feature_dim(backbone, self.device)
         if feature_dim is not None and int(feature_dim) != self.feature_dim:
             raise ConfigError(f"feature-size mismatch: the scheduler expects {int(feature_dim)}-d features, backbone "
-                              f"{getattr(backbone, 'name', type(backbone).__name__)!r} produces {self.feature_dim}-d")
+                              f"{_name(backbone)!r} produces {self.feature_dim}-d")
+        self._build_paths(compile=compile, compile_mode=compile_mode)
 
-        # Callables per block (swapped for compiled versions when asked); ``run`` = whole block, ``skip`` = shortcut.
+    def _build_paths(self, *, compile: bool, compile_mode: str | None) -> None:
+        """Callables per block (``run`` = whole block, ``skip`` = shortcut), stem and head; compiled when asked."""
+        backbone = self.backbone
         blocks = list(backbone.blocks)
         self._run_fns: list[Callable[[torch.Tensor], torch.Tensor]] = [b.__call__ for b in blocks]
         self._skip_fns: list[Callable[[torch.Tensor], torch.Tensor]] = [b.skip for b in blocks]

@@ -237,9 +237,9 @@ def profile_latency(
 
     # In-context timing: each repeat is one pass through the network in execution order, timing every part on the
     # hidden state the full model feeds it. Timing a block many times in a row instead keeps its weights hot in
-    # the CPU caches and under-predicts a real forward, where each block's weights arrive cold (at batch 1 on the
-    # 2-core CPU that bias was ~2×). The executed block is timed first (cold, as in a forward), then its skip path,
-    # then the two branches (for inspection only).
+    # the CPU caches and under-predicts a real forward, where each block's weights arrive cold (most at batch 1,
+    # where weights dominate the memory traffic). The executed block is timed first (cold, as in a forward), then
+    # its skip path, then the two branches (for inspection only).
     with tqdm(total=len(batch_sizes) * (warmup + repeats), desc=f"latency profile {_backbone_name(backbone)}",
               disable=not progress) as bar:
         for bs in batch_sizes:

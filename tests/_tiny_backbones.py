@@ -39,7 +39,7 @@ class TinyResNet(SkippableBackbone):
     def __init__(self, num_blocks: int = 4, num_classes: int = 5, width: int = 4, seed: int = 0) -> None:
         super().__init__(num_classes=num_classes, input_size=(3, 8, 8), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
         g = torch.Generator().manual_seed(seed)
-        self.stem_layers = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem_net = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
         blocks, c = [], width
         for i in range(num_blocks):
             cout, stride = (c * 2, 2) if i in (1, 3) else (c, 1)
@@ -58,7 +58,7 @@ class TinyResNet(SkippableBackbone):
         self.eval()
 
     def stem(self, x):
-        return self.stem_layers(x)
+        return self.stem_net(x)
 
     def features(self, h):
         return h.mean(dim=(2, 3))

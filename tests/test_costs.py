@@ -23,7 +23,7 @@ def _conv_macs(conv: torch.nn.Conv2d, out_hw: tuple[int, int]) -> int:
 def test_tiny_resnet_macs_match_conv_arithmetic():
     m = TinyResNet(num_blocks=4, width=4)
     c = measure_macs(m)
-    assert c.stem == _conv_macs(m.stem_layers[0], (8, 8))
+    assert c.stem == _conv_macs(m.stem_net[0], (8, 8))
     hw = 8
     for i, blk in enumerate(m.blocks):
         out = hw // blk.conv1.stride[0]

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
 from adainf_env.backbones.base import SkippableBackbone, SkippableBlock
+from adainf_env.backbones.checkpoints import load_state_dict_checked, state_dict_of
+from adainf_env.backbones.clip_vit import clip_vit_b32
 from adainf_env.backbones.resnet_cifar import resnet18_cifar, resnet32_cifar
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import safe_torch_load, sha256_file
@@ -31,54 +33,6 @@ __all__ = [
 ]
 
 BACKBONES: tuple[str, ...] = ("resnet18_cifar", "resnet32_cifar", "clip_vit_b32")
-
-_MAX_KEYS_LISTED = 12  # keep error messages readable for ViT-sized key lists
-
-
-def _state_dict_of(obj: Any, path: Path) -> dict[str, torch.Tensor]:
-    """Accept a raw state dict (reference layout) or a dict holding one under ``state_dict`` / ``model``."""
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-                obj = inner
-                break
-        if obj and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()):
-            return dict(obj)
-    raise CheckpointError(f"{path}: not a state dict (expected a mapping of parameter names to tensors, "
-                          f"got {type(obj).__name__})")
-
-
-def _fmt(keys: Sequence[str]) -> str:
-    keys = list(keys)
-    more = f" … (+{len(keys) - _MAX_KEYS_LISTED} more)" if len(keys) > _MAX_KEYS_LISTED else ""
-    return ", ".join(keys[:_MAX_KEYS_LISTED]) + more
-
-
-def load_state_dict_checked(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str,
-                            ignore_missing: Callable[[str], bool] | None = None) -> None:
-    """Load ``state`` into ``model`` strictly, float tensors cast to the model's dtype, with a readable error.
-
-    ``ignore_missing`` marks model keys that may legitimately be absent (e.g. a zero-shot head built from text).
-    """
-    own = model.state_dict()
-    missing = [k for k in own if k not in state and not (ignore_missing and ignore_missing(k))]
-    unexpected = [k for k in state if k not in own]
-    mismatched = [f"{k} (checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)})"
-                  for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"missing keys: {_fmt(missing)}")
-        if unexpected:
-            parts.append(f"unexpected keys: {_fmt(unexpected)}")
-        if mismatched:
-            parts.append(f"mismatched shapes: {_fmt(mismatched)}")
-        name = getattr(model, "name", type(model).__name__)
-        raise CheckpointError(f"{source}: checkpoint does not fit {name} — " + "; ".join(parts))
-    cast = {k: (v.to(own[k].dtype) if v.is_floating_point() else v) for k, v in state.items()}
-    model.load_state_dict(cast, strict=ignore_missing is None)
-
 
 def _num_classes_from(state: Mapping[str, torch.Tensor] | None, default: int) -> int:
     if state is not None and "fc.weight" in state and state["fc.weight"].ndim == 2:
@@ -111,15 +65,13 @@ def load_backbone(name: str, checkpoint: str | os.PathLike | None = None, *, num
         digest = sha256_file(ckpt_path)
 
     if name == "clip_vit_b32":
-        from adainf_env.backbones.clip_vit import clip_vit_b32
-
         model: SkippableBackbone = clip_vit_b32(class_names=class_names, pretrained=pretrained,
                                                 checkpoint=ckpt_path, **kwargs)
     else:
         if pretrained is not None:
             raise ConfigError(f"{name} has no downloadable pretrained weights; pass checkpoint=PATH "
                               f"(e.g. one written by experiments/train_backbone.py)")
-        state = _state_dict_of(safe_torch_load(ckpt_path), ckpt_path) if ckpt_path is not None else None
+        state = state_dict_of(safe_torch_load(ckpt_path), ckpt_path) if ckpt_path is not None else None
         builder = resnet18_cifar if name == "resnet18_cifar" else resnet32_cifar
         try:
             model = builder(num_classes=num_classes or _num_classes_from(state, 10), **kwargs)

@@ -51,7 +51,7 @@ class SkippableBlock(nn.Module):
 
 
 class SkippableBackbone(nn.Module):
-    """Base class: subclasses set ``stem_layers``, ``blocks``, ``head_layers`` and implement :meth:`stem`,
+    """Base class: subclasses set ``blocks`` (a ModuleList of :class:`SkippableBlock`) and implement :meth:`stem`,
     :meth:`features`, :meth:`head`.
 
     Inputs to :meth:`forward` / :meth:`stem` are images as uint8 [N, C, H, W] or float in [0, 1];

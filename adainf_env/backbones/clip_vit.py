@@ -30,8 +30,11 @@ from torch import nn
 from torch.nn import functional as F
 
 from adainf_env.backbones.base import SkippableBackbone, SkippableBlock
+from adainf_env.backbones.checkpoints import load_state_dict_checked, state_dict_of
 from adainf_env.backbones.stochastic_depth import linear_survival_probs
+from adainf_env.data import CIFAR10_CLASSES
 from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.fileio import safe_torch_load
 
 __all__ = ["ViTBlock", "ClipViT", "build_open_clip", "clip_vit_b32", "zero_shot_classifier", "PROMPT_TEMPLATE", "OPENCLIP_MODEL"]
 
@@ -137,10 +140,7 @@ def _load_clip_state(path: Path) -> dict[str, torch.Tensor]:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{path}: unreadable safetensors checkpoint ({e})") from None
-    from adainf_env.backbones import _state_dict_of  # late import: the registry imports this module lazily
-    from adainf_env.fileio import safe_torch_load
-
-    return _state_dict_of(safe_torch_load(path), path)
+    return state_dict_of(safe_torch_load(path), path)
 
 
 def build_open_clip(*, model_name: str = OPENCLIP_MODEL, pretrained: str | None = None,
@@ -159,8 +159,6 @@ def build_open_clip(*, model_name: str = OPENCLIP_MODEL, pretrained: str | None 
     except RuntimeError as e:
         raise ConfigError(f"open_clip could not create {model_name} (pretrained={pretrained!r}): {e}") from None
     if checkpoint is not None:
-        from adainf_env.backbones import load_state_dict_checked
-
         state = _load_clip_state(Path(checkpoint))
         if state and all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
             state = {k[len("module."):]: v for k, v in state.items()}
@@ -178,8 +176,6 @@ def clip_vit_b32(*, class_names: Sequence[str] | None = None, pretrained: str | 
     if kwargs:
         raise ConfigError(f"clip_vit_b32: unknown arguments {sorted(kwargs)}")
     if class_names is None:
-        from adainf_env.data import CIFAR10_CLASSES
-
         class_names = CIFAR10_CLASSES
     class_names = list(class_names)
     if not class_names or not all(isinstance(c, str) and c for c in class_names):

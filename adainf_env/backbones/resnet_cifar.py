@@ -73,21 +73,13 @@ class ResNetCifar(SkippableBackbone):
             raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
         self.name = name
         # Registered under "stem" (checkpoint keys stem.0 / stem.1); ``stem`` is also the base-class method, hence
-        # the direct registration. ``stem_layers`` / ``head_layers`` are read-only views, not extra state-dict keys.
+        # the direct registration.
         self._modules["stem"] = nn.Sequential(nn.Conv2d(3, stem_width, 3, padding=1, bias=False),
                                               nn.BatchNorm2d(stem_width))
         self.blocks = nn.ModuleList(BasicBlock(i, o, s) for i, o, s in block_specs)
         self.fc = nn.Linear(block_specs[-1][1], num_classes)
         self._init_weights()
         self.set_survival_probs(linear_survival_probs(len(self.blocks), final_survival))
-
-    @property
-    def stem_layers(self) -> nn.Sequential:
-        return self._modules["stem"]  # type: ignore[return-value]
-
-    @property
-    def head_layers(self) -> nn.ModuleList:
-        return nn.ModuleList([self.fc])
 
     def _init_weights(self) -> None:
         # He et al. 2015 init for convs, BN at (1, 0): the standard ResNet recipe.

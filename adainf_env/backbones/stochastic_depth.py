@@ -1,4 +1,5 @@
-"""Stochastic depth (Huang et al., 2016, "Deep Networks with Stochastic Depth"): a pure function and a thin module.
+"""Stochastic depth (Huang et al., 2016, "Deep Networks with Stochastic Depth"): per-sample branch dropping and the
+linear survival-probability rule.
 
 Training a residual network while randomly dropping whole residual branches per sample makes the network robust to
 blocks being skipped at inference — exactly what adaptive inference exploits.
@@ -7,9 +8,8 @@ blocks being skipped at inference — exactly what adaptive inference exploits.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
-__all__ = ["drop_path", "DropPath", "linear_survival_probs"]
+__all__ = ["drop_path", "linear_survival_probs"]
 
 
 def drop_path(x: torch.Tensor, survival_prob: float, training: bool, scale_by_keep: bool = True) -> torch.Tensor:
@@ -27,23 +27,6 @@ def drop_path(x: torch.Tensor, survival_prob: float, training: bool, scale_by_ke
     if scale_by_keep:
         keep.div_(survival_prob)
     return x * keep
-
-
-class DropPath(nn.Module):
-    """Module form of :func:`drop_path` for a residual branch."""
-
-    def __init__(self, survival_prob: float = 1.0, scale_by_keep: bool = True) -> None:
-        super().__init__()
-        if not 0.0 < survival_prob <= 1.0:
-            raise ValueError(f"survival_prob must be in (0, 1], got {survival_prob}")
-        self.survival_prob = float(survival_prob)
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return drop_path(x, self.survival_prob, self.training, self.scale_by_keep)
-
-    def extra_repr(self) -> str:
-        return f"survival_prob={self.survival_prob:.3f}"
 
 
 def linear_survival_probs(num_blocks: int, final_survival: float = 0.5) -> list[float]:

@@ -4,7 +4,7 @@ Recipe (the reference checkpoint's, ../shared/README.md): stochastic depth with 
 probability (Huang et al. 2016), SGD with Nesterov momentum, cosine learning-rate schedule (per epoch), random crop
 (4-pixel zero padding) + horizontal flip, on the *fit* split only (calibration images stay unseen by the backbone).
 
-Resumability (issue 7): after every epoch ``resume.pt`` is written atomically with the model, optimizer and scheduler
+Resumability: after every epoch ``resume.pt`` is written atomically with the model, optimizer and scheduler
 state, the RNG states (global torch RNG — drop-path masks — and the data generator — shuffling and augmentation) and
 the metric history; only tensors and plain containers, so it loads with ``weights_only=True``. Re-running with the
 same output directory continues from it and ends with the same weights as an uninterrupted run (CPU, same seed).
@@ -23,7 +23,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch.nn import functional as F
+from tqdm.auto import tqdm
 
+from adainf_env.backbones import load_backbone
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.fileio import atomic_torch_save, atomic_write_json, safe_torch_load
 
@@ -115,10 +117,6 @@ def train_backbone(settings: TrainSettings, *, fit_images: np.ndarray, fit_label
     ``stop_after_epochs`` ends this invocation early (as if killed) after that many *total* epochs; a later call
     resumes. Returns the metrics document.
     """
-    from tqdm.auto import tqdm
-
-    from adainf_env.backbones import load_backbone
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else torch.device(device)
