@@ -45,7 +45,7 @@ import numpy as np
 from adainf_env import __version__
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays
-from adainf_env.reference_meta import REFERENCE_META_NAME, ReferenceMeta, reference_meta_for
+from adainf_env.reference_meta import REFERENCE_META_NAME, SHIPPED_REFERENCE_DIR, ReferenceMeta, reference_meta_for
 
 __all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables", "masks_from_codes", "codes_from_masks"]
 
@@ -294,7 +294,7 @@ def load_table(
     split: str | None = None,
     plan_masks: np.ndarray | None = None,
 ) -> OutcomeTable:
-    """Load and validate an outcome table (project format or the ``../shared/reference`` layout).
+    """Load and validate an outcome table (project format, or the reference layout with its ``table_meta.json``).
 
     Keyword arguments, when given, must match the table's metadata or :class:`TableMismatchError` is raised.
     Never unpickles: a pickle-bearing file raises :class:`~adainf_env.errors.UnsafeFileError`.
@@ -438,7 +438,8 @@ def _reference_sample_index(ref: ReferenceMeta, name: str | None, n: int) -> np.
 def find_split_tables(table_dir: str | os.PathLike) -> dict[str, Path]:
     """``{"calib": path, "test": path}`` for a directory holding ``table_calib.npz`` and ``table_test.npz``.
 
-    Both the project's build script and the reference directory use these names.
+    The project's build script, the shipped reference tables (``adainf_env/reference_data``) and
+    ``../shared/reference`` all use these names.
     """
     table_dir = Path(table_dir)
     out = {s: table_dir / f"table_{s}.npz" for s in ("calib", "test")}
@@ -446,6 +447,6 @@ def find_split_tables(table_dir: str | os.PathLike) -> dict[str, Path]:
     if missing:
         raise TableFormatError(
             f"{table_dir}: expected table_calib.npz and table_test.npz; missing {missing}. Build them with "
-            "experiments/build_table.py or pass the reference directory ../shared/reference"
+            f"experiments/build_table.py or pass the shipped reference tables' directory {SHIPPED_REFERENCE_DIR}"
         )
     return out

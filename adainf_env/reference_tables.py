@@ -12,10 +12,11 @@ from pathlib import Path
 
 from adainf_env.errors import ConfigError
 from adainf_env.outcomes import OutcomeTable, load_table
+from adainf_env.reference_meta import SHIPPED_REFERENCE_DIR
 
 __all__ = ["REFERENCE_DIR", "REFERENCE_SPLITS", "reference_table_path", "load_reference_table"]
 
-REFERENCE_DIR: Path = Path(__file__).resolve().parent / "reference_data"
+REFERENCE_DIR: Path = SHIPPED_REFERENCE_DIR
 REFERENCE_SPLITS: tuple[str, ...] = ("calib", "test")
 
 
