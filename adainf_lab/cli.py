@@ -7,10 +7,11 @@ Conventions (every script in ``experiments/`` and ``benchmarks/bench_executor.py
 * booleans are flags: ``--plots`` / ``--no-plots``; ``X | None`` fields take ``None``; sequences take several
   values separated by spaces (``--budgets 0.3 0.5 1``); a nested dataclass field ``scheduler`` gives
   ``--scheduler.n-envs`` … (its own group in ``--help``);
-* **exit status 2 with one line** ``error: …`` on stderr for a bad argument *or* a bad value found by the config's
-  validation (``__post_init__`` raising :class:`~adainf_env.errors.ConfigError`), before any work starts; the same
-  for any other :class:`~adainf_env.errors.AdaInfError` (missing file, table mismatch, …) raised later by the script
-  (:func:`run_script`).
+* one way to fail: a bad argument, or a value the config's validation (``__post_init__``) rejects, is a
+  :class:`~adainf_env.errors.ConfigError` raised by the script's ``main(argv)`` before any work starts
+  (``parse_config(..., raise_errors=True)``); as a command (``run_script(main)``) that — and any other
+  :class:`~adainf_env.errors.AdaInfError` the script raises later (missing file, table mismatch, …) — becomes
+  **exit status 2 with one line** ``error: …`` on stderr and no traceback.
 """
 
 from __future__ import annotations

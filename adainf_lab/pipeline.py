@@ -350,5 +350,5 @@ def run_pipeline(cfg: PipelineConfig, *, allow_demo: bool = True, script: str = 
 
 def pipeline_main(argv: Sequence[str] | None, *, script: str, config_cls: type[PipelineConfig] = PipelineConfig,
                   **kwargs: Any) -> dict[str, Any]:
-    """Parse ``argv`` into ``config_cls`` (exit status 2 on a bad argument) and :func:`run_pipeline` it."""
-    return run_pipeline(parse_config(config_cls, argv), script=script, **kwargs)
+    """Parse ``argv`` into ``config_cls`` (ConfigError on a bad argument) and :func:`run_pipeline` it."""
+    return run_pipeline(parse_config(config_cls, argv, raise_errors=True), script=script, **kwargs)

@@ -56,7 +56,7 @@ class ClipViTBConfig(PipelineConfig):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(ClipViTBConfig, argv)
+    cfg = parse_config(ClipViTBConfig, argv, raise_errors=True)
     random_weights = cfg.pretrained is None
     n_random = cfg.num_random_plans
     if random_weights:

@@ -81,7 +81,7 @@ class CompareConfig:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(CompareConfig, argv)
+    cfg = parse_config(CompareConfig, argv, raise_errors=True)
     calib, test = load_split_tables(cfg.table_dir, cfg.cost_unit)
     names = list(cfg.schedulers)
     skipped = {}

@@ -34,7 +34,7 @@ class Config:
 
 
 def main(argv: list[str] | None = None) -> Path:
-    cfg = parse_config(Config, argv)
+    cfg = parse_config(Config, argv, raise_errors=True)
     counts = write_archive_subset(cfg.archive, cfg.out,
                                   per_class={"train": cfg.train_per_class, "test": cfg.test_per_class})
     print(f"wrote {cfg.out} ({cfg.out.stat().st_size / 1e6:.2f} MB, {counts}, sha256 {sha256_file(cfg.out)[:16]}…)")

@@ -47,7 +47,7 @@ class ResNet32Cifar100Config(PipelineConfig):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(ResNet32Cifar100Config, argv)
+    cfg = parse_config(ResNet32Cifar100Config, argv, raise_errors=True)
     masks = None
     if cfg.table_dir is None:
         num_blocks = load_backbone(cfg.backbone, width=cfg.width).num_blocks

@@ -107,7 +107,7 @@ def run_streams(cfg: ShiftingBudgetsConfig, run: PreparedRun, processes: dict[st
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(ShiftingBudgetsConfig, argv)
+    cfg = parse_config(ShiftingBudgetsConfig, argv, raise_errors=True)
     run = prepare_run(cfg, algo_label=f"shifting-{cfg.algo}", script="shifting_budgets.py")
     processes, trace_note = budget_processes(cfg, run.run_dir)
     records, traces = run_streams(cfg, run, processes)

@@ -60,7 +60,7 @@ class CeilingConfig:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg = parse_config(CeilingConfig, argv)
+    cfg = parse_config(CeilingConfig, argv, raise_errors=True)
     calib, test = load_split_tables(cfg.table_dir)
     summary = ceiling_analysis(calib, test, avg_budget=cfg.avg_budget, seeds=cfg.seeds,
                                router_kwargs=cfg.router_kwargs(), bucket_cap=cfg.bucket_cap,

@@ -67,7 +67,7 @@ class Config:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    cfg = parse_config(Config, argv)
+    cfg = parse_config(Config, argv, raise_errors=True)
     out = make_run_dir(backbone=cfg.backbone, algo="train", seed=cfg.seed, out=cfg.out)
     images, labels = load_images(cfg.data, dataset=cfg.dataset, split="train", download=cfg.download)
     splits = make_splits(len(images), seed=cfg.seed, num_calib=cfg.num_calib,

@@ -236,13 +236,14 @@ def test_demo_offline_subprocess(tmp_path):
 
 
 def _bad_input(main, argv, capsys) -> str:
-    """``main(argv)`` must stop with exit status 2 and one ``error:`` line on stderr; returns that line."""
-    with pytest.raises(SystemExit) as e:
+    """``main(argv)`` must refuse ``argv`` with a ConfigError before doing anything (nothing printed: no banner);
+    as a command, :func:`adainf_lab.cli.run_script` turns it into one ``error:`` line and exit status 2."""
+    from adainf_env.errors import ConfigError
+
+    with pytest.raises(ConfigError) as e:
         main(argv)
-    assert e.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
-    return err
+    assert capsys.readouterr().out == ""
+    return str(e.value)
 
 
 @pytest.mark.parametrize("argv, match", [
@@ -271,11 +272,7 @@ def test_bad_paths_stop_before_any_work(tmp_path, capsys):
                         (["--table-dir", str(tmp_path)], "table_calib.npz"),
                         (["--data", str(tmp_path / "nothing.tgz")], "--data .*nothing.tgz: no such file")):
         out = tmp_path / "run"
-        with pytest.raises(SystemExit) as e:
-            ppo_resnet18.main([*argv, "--out", str(out)])
-        assert e.value.code == 2
-        captured = capsys.readouterr()
-        assert "DEMO" not in captured.out and re.search(match, captured.err), captured.err
+        assert re.search(match, _bad_input(ppo_resnet18.main, [*argv, "--out", str(out)], capsys))
         assert not out.exists() and not (tmp_path / "runs").exists()
 
 
@@ -285,7 +282,10 @@ def test_script_entry_point_exit_status(tmp_path):
     bad = subprocess.run([sys.executable, script, "--algo", "hinge", "--table-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=300, env=_offline_env(tmp_path))
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --table-dir")
-    assert len(bad.stderr.strip().splitlines()) == 1
+    assert len(bad.stderr.strip().splitlines()) == 1 and bad.stdout == ""
+    typo = subprocess.run([sys.executable, script, "--algo", "hinge", "--epochs", "ten"], capture_output=True,
+                          text=True, timeout=300, env=_offline_env(tmp_path))
+    assert typo.returncode == 2 and re.fullmatch(r"error: command line: .*--epochs.*\n", typo.stderr), typo.stderr
     helped = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, timeout=300,
                             env=_offline_env(tmp_path))
     assert helped.returncode == 0 and "maskable_ppo" in helped.stdout and "--scheduler.n-envs" in helped.stdout
