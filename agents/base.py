@@ -23,6 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from adainf_env.errors import ConfigError, TableMismatchError
+from adainf_env.fileio import atomic_write, safe_np_load
 from adainf_env.outcomes import OutcomeTable
 
 __all__ = ["Scheduler", "Decisions", "PlanSpace", "check_budgets"]
@@ -131,8 +132,6 @@ class Scheduler:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Save to ``path``. Default: ``.npz`` of :meth:`state_arrays` + the plan space (atomic, no pickles)."""
-        from adainf_env.fileio import atomic_write
-
         if self.plan_space is None:
             raise ConfigError(f"{self.name}: nothing to save before fit()")
         arrays = {f"ps_{k}": v for k, v in self.plan_space.to_arrays().items()}
@@ -147,8 +146,6 @@ class Scheduler:
     @classmethod
     def load(cls, path: str | os.PathLike, table: OutcomeTable | None = None) -> "Scheduler":
         """Load a scheduler saved by :meth:`save`; if ``table`` is given, refuse a mismatched plan/feature space."""
-        from adainf_env.fileio import safe_np_load
-
         raw = safe_np_load(path)
         if "scheduler" not in raw:
             raise TableMismatchError(f"{path}: not a saved AdaInf scheduler")

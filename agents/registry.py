@@ -12,10 +12,10 @@ from typing import Any
 
 from adainf_env.errors import ConfigError
 
-__all__ = ["SCHEDULERS", "LEARNERS", "BASELINES", "scheduler_class", "make_scheduler", "available_schedulers",
+__all__ = ["SCHEDULERS", "BASELINES", "scheduler_class", "make_scheduler", "available_schedulers",
            "known_schedulers"]
 
-# name -> "module:ClassName". Learners (issue 4, other half) live in agents/{hinge,reinforce,blockdrop,sb3_agents}.py.
+# name -> "module:ClassName": learners in agents/learners/ and agents/sb3/, baselines in agents/baselines/.
 SCHEDULERS: dict[str, str] = {
     "ppo": "agents.sb3.scheduler:PPOScheduler",
     "a2c": "agents.sb3.scheduler:A2CScheduler",
@@ -33,7 +33,7 @@ SCHEDULERS: dict[str, str] = {
     "confidence_cascade": "agents.baselines.cascades:ConfidenceCascade",
     "agreement_cascade": "agents.baselines.cascades:AgreementCascade",
 }
-LEARNERS: tuple[str, ...] = ("ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian")
+#: The non-learned schedulers and bounds (fitted in milliseconds; no torch).
 BASELINES: tuple[str, ...] = ("lut", "lut_upper", "hull_mix", "random", "oracle", "confidence_cascade",
                               "agreement_cascade")
 

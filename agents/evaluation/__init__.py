@@ -1,12 +1,9 @@
-"""Evaluation: the harness (bandit budget sweeps, stream / shared-bucket runs → result records) and report writers."""
+"""Evaluation: the harness (bandit budget sweeps, stream / shared-bucket runs → result records), the report writers
+(summaries, tables, files, plots, TensorBoard), per-decision metrics and per-request stream traces."""
 
-from agents.evaluation.harness import (
-    evaluate_bandit,
-    evaluate_stream,
-    markdown_tables,
-    run_comparison,
-    summarize,
-    write_results,
-)
+from agents.evaluation.harness import evaluate_bandit, evaluate_stream, run_comparison
+from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
+from agents.evaluation.report import markdown_tables, summarize, write_results
 
-__all__ = ["evaluate_bandit", "evaluate_stream", "run_comparison", "summarize", "markdown_tables", "write_results"]
+__all__ = ["evaluate_bandit", "evaluate_stream", "run_comparison", "summarize", "markdown_tables", "write_results",
+           "BUDGET_GRID", "plan_entropy"]

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from adainf_env.fileio import atomic_write, save_figure
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler
+from agents.evaluation.harness import evaluate_stream
 
 __all__ = ["DEFAULT_PROCESSES", "TraceRecorder", "synthetic_trace", "run_stream_traces", "plot_stream_traces"]
 
@@ -77,10 +79,6 @@ def run_stream_traces(schedulers: Mapping[str, Scheduler], test: OutcomeTable, p
                       seed: int, num_streams: int, horizon: int, shared: bool = False,
                       progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, dict[str, dict]]]:
     """Every scheduler along every process on the test table → (records, traces[process][scheduler])."""
-    from tqdm.auto import tqdm
-
-    from agents.evaluation.harness import evaluate_stream
-
     records: list[dict[str, Any]] = []
     traces: dict[str, dict[str, dict]] = {}
     jobs = [(p, s) for p in processes for s in schedulers]

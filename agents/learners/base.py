@@ -1,6 +1,6 @@
 """What every trained scheduler shares (the torch table learners and the stable-baselines3 schedulers).
 
-* :func:`split_rows` — the seeded split of the calibration rows into a fit part and a held-out part; the test split
+* :func:`split_rows` / :meth:`LearnerBase._split_and_candidates` — the seeded split of the calibration rows into a fit part and a held-out part; the test split
   never trains or selects anything.
 * :meth:`LearnerBase.run_identity` / :meth:`LearnerBase.open_checkpoint` — the identity written into a checkpoint
   (scheduler, config, seed, table content, cost unit) and the rule that a checkpoint of another run is refused.
@@ -28,8 +28,9 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import overrun
 from adainf_env.fileio import safe_torch_load
 from adainf_env.outcomes import OutcomeTable
-from agents.base import Scheduler
+from agents.base import PlanSpace, Scheduler
 from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
+from agents.learners.policy_nets import candidate_plans
 
 __all__ = ["LearnerBase", "HeldOutScores", "split_rows", "weights_to_arrays", "load_weights", "CHECKPOINT_NAME"]
 
@@ -83,8 +84,8 @@ class HeldOutScores:
 
 
 class LearnerBase(Scheduler):
-    """Base of the trained schedulers. Subclasses set ``self.restrict_to_budget`` and implement
-    :meth:`_select_idx` (the deployed policy) and :meth:`fit`."""
+    """Base of the trained schedulers. Subclasses set ``restrict_to_budget``, ``val_fraction`` and ``plans`` and
+    implement :meth:`_select_idx` (the deployed policy) and :meth:`fit`."""
 
     #: Selection among the scored policies of a run (see :meth:`keeps`): ``"best_mean"`` keeps the best mean held-out
     #: accuracy over the budget grid; ``"best_mean_no_worse"`` keeps it among the policies that are, at every grid
@@ -128,6 +129,16 @@ class LearnerBase(Scheduler):
             raise CheckpointError(f"{ckpt}: checkpoint was written for another run ({why}); "
                                   "use another checkpoint_dir or delete it")
         return saved
+
+    # ----------------------------------------------------------------- split and candidates
+    def _split_and_candidates(self, table: OutcomeTable, seed: int, cost_unit: str) -> tuple[np.ndarray, np.ndarray]:
+        """Set the plan space and the candidate plans (``self.plans``) → ``(held-out rows, fit rows)``
+        (``self.val_fraction``, :func:`split_rows`). The candidate set is a calibration statistic like the LUT:
+        computed on all calibration rows."""
+        self.plan_space = PlanSpace.from_table(table, cost_unit)
+        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, who=self.name)
+        self.candidates = candidate_plans(table, self.plan_space.plan_cost, self.plans, np.arange(table.num_samples))
+        return val_rows, fit_rows
 
     # ----------------------------------------------------------------- held-out scoring and selection
     def held_out_scores(self, table: OutcomeTable, rows: np.ndarray) -> HeldOutScores:

@@ -38,9 +38,8 @@ from adainf_env.errors import ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.fileio import atomic_torch_save
 from adainf_env.outcomes import OutcomeTable
-from agents.base import PlanSpace
-from agents.learners.base import HeldOutScores, LearnerBase, load_weights, split_rows, weights_to_arrays
-from agents.learners.policy_nets import PlanPolicy, candidate_plans
+from agents.learners.base import HeldOutScores, LearnerBase, load_weights, weights_to_arrays
+from agents.learners.policy_nets import PlanPolicy
 
 __all__ = ["TorchTableLearner", "EpochCallback"]
 
@@ -177,11 +176,8 @@ class TorchTableLearner(LearnerBase):
 
     def _setup(self, table: OutcomeTable, seed: int, cost_unit: str) -> tuple[np.ndarray, np.ndarray]:
         """Split the rows, pick the candidates, build the (seeded) policy and the training targets."""
-        self.plan_space = PlanSpace.from_table(table, cost_unit)
+        val_rows, fit_rows = self._split_and_candidates(table, seed, cost_unit)
         cost = self.plan_space.plan_cost
-        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, who=self.name)
-        # The candidate set is a calibration statistic like the LUT: computed on all calibration rows.
-        self.candidates = candidate_plans(table, cost, self.plans, np.arange(table.num_samples))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
             cand_acc = table.correct[fit_rows][:, self.candidates].mean(axis=0)

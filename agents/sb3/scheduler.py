@@ -62,9 +62,7 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.outcomes import OutcomeTable
 from adainf_env.vec_env import make_vec_env
-from agents.base import PlanSpace
-from agents.learners.base import LearnerBase, load_weights, split_rows, weights_to_arrays
-from agents.learners.policy_nets import candidate_plans
+from agents.learners.base import LearnerBase, load_weights, weights_to_arrays
 from agents.sb3.callback import SelectionCallback, StepCallback
 from agents.sb3.obs import ObsBuilder, SchedulerObsWrapper
 from agents.sb3.policy import ALGOS, policy_class
@@ -256,11 +254,9 @@ class SB3Scheduler(LearnerBase):
 
     def _setup(self, table: OutcomeTable, seed: int, cost_unit: str) -> tuple[np.ndarray, np.ndarray]:
         """Split the rows, pick the candidates and fit the observation builder on the fit rows."""
-        self.plan_space = PlanSpace.from_table(table, cost_unit)
+        val_rows, fit_rows = self._split_and_candidates(table, seed, cost_unit)
         cost = self.plan_space.plan_cost
-        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, who=self.name)
-        # candidate set and (after selection) the LUT statistics use all calibration rows, like the LUT itself
-        self.candidates = candidate_plans(table, cost, self.plans, np.arange(table.num_samples))
+        # the observation's LUT statistics come from the fit rows; after selection, from all calibration rows
         self.builder = ObsBuilder.fit(table.features[fit_rows], cost[self.candidates],
                                       table.correct[fit_rows][:, self.candidates].mean(axis=0))
         return val_rows, fit_rows
