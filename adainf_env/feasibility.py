@@ -95,7 +95,8 @@ def masked_argmax(scores: Any, plan_cost: Any, budgets: Any) -> Any:
         import torch
 
         neg = torch.finfo(scores.dtype).min
-        return torch.where(mask.to(scores.device), scores, torch.full_like(scores, neg)).argmax(1)
+        mask = torch.as_tensor(mask, device=scores.device)
+        return torch.where(mask, scores, torch.full_like(scores, neg)).argmax(1)
     s = np.asarray(scores, dtype=np.float64)
     return np.where(mask, s, -np.inf).argmax(1).astype(np.int64)
 

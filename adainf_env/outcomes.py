@@ -447,6 +447,7 @@ def find_split_tables(table_dir: str | os.PathLike) -> dict[str, Path]:
     if missing:
         raise TableFormatError(
             f"{table_dir}: expected table_calib.npz and table_test.npz; missing {missing}. Build them with "
-            f"experiments/build_table.py or pass the shipped reference tables' directory {SHIPPED_REFERENCE_DIR}"
+            f"experiments/build_table.py, or pass --table-dir reference for the shipped reference tables "
+            f"({SHIPPED_REFERENCE_DIR})"
         )
     return out

@@ -27,7 +27,7 @@ from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 from agents.evaluation.harness import evaluate_stream, stream_process_for
 from agents.learners.lagrangian import price_for_budget, route
-from agents.learners.policy_nets import pareto_plans
+from adainf_env.feasibility import pareto_frontier
 from agents.registry import make_scheduler
 
 __all__ = ["roc_auc", "LabelRouter", "SETTINGS", "ceiling_analysis", "format_ceiling"]
@@ -68,7 +68,7 @@ class LabelRouter(Scheduler):
         budgets = check_budgets(budgets, len(rows))
         cost = self.plan_space.plan_cost
         if getattr(self, "_cache", (None,))[0] is not table:
-            cand = pareto_plans(table, cost)
+            cand = pareto_frontier(cost, table.accuracy_by_plan())
             self._cache = (table, cand, table.correct[:, cand].astype(np.float64), {})
         _, cand, corr, prices = self._cache
         avg = None

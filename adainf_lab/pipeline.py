@@ -47,7 +47,8 @@ from adainf_lab.report import TrainingMonitor, format_comparison, log_hparams, l
 from adainf_lab.rundir import make_run_dir, save_config
 from adainf_lab.scheduler_options import SB3_ALGOS, accepts
 from adainf_lab.tables import cached_table, default_table_cache, export_split_tables, load_split_tables
-from agents.evaluation.harness import evaluate_bandit, write_results
+from agents.evaluation.harness import evaluate_bandit
+from agents.evaluation.report import write_results
 from agents.registry import make_scheduler, scheduler_class
 
 __all__ = ["Mode", "PreparedRun", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler",

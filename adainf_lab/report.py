@@ -27,17 +27,12 @@ import numpy as np
 
 from adainf_env.fileio import save_figure
 from adainf_env.outcomes import OutcomeTable
+from adainf_env.feasibility import overrun as is_overrun
 from agents.base import Scheduler
+from agents.evaluation.metrics import plan_entropy
 
 __all__ = ["TrainingMonitor", "plan_entropy", "decision_metrics", "log_test_records", "log_hparams",
            "plot_run", "format_comparison"]
-
-
-def plan_entropy(plans: np.ndarray, num_plans: int) -> float:
-    """Entropy (nats) of the empirical distribution of chosen plans: 0 = one plan for everyone, log P = uniform."""
-    counts = np.bincount(np.asarray(plans, dtype=np.int64).reshape(-1), minlength=num_plans).astype(np.float64)
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log(p)).sum())
 
 
 def decision_metrics(scheduler: Scheduler, table: OutcomeTable, rows: np.ndarray, budget: float,
@@ -50,7 +45,7 @@ def decision_metrics(scheduler: Scheduler, table: OutcomeTable, rows: np.ndarray
     return {
         "accuracy": float(correct.mean()),
         "mean_cost": float(dec.cost.mean()),
-        "overrun_rate": float((overrun > 1e-9).mean()),
+        "overrun_rate": float(is_overrun(dec.cost, budgets).mean()),
         "reward": float((correct - lam * overrun).mean()),
         "plan_entropy": plan_entropy(dec.plan, table.num_plans),
     }
@@ -102,9 +97,9 @@ def log_test_records(writer: Any, schedulers: Mapping[str, Scheduler], table: Ou
             writer.add_scalar(f"test/{tag}/{k}", float(r[k]), global_step=step)
         hist = r.get("plan_hist") or {}
         if hist:
-            counts = np.array(list(hist.values()), dtype=np.float64)
-            p = counts / counts.sum()
-            writer.add_scalar(f"test/{tag}/plan_entropy", float(-(p * np.log(p)).sum()), global_step=step)
+            plans = np.repeat(np.array([int(k) for k in hist], dtype=np.int64),
+                              np.array(list(hist.values()), dtype=np.int64))
+            writer.add_scalar(f"test/{tag}/plan_entropy", plan_entropy(plans, int(plans.max()) + 1), global_step=step)
         writer.add_scalar(f"test/{tag}/reward", float(r["accuracy"]) - lam * float(r.get("mean_overrun", 0.0)),
                           global_step=step)
     writer.flush()

@@ -25,7 +25,8 @@ from adainf_lab.config import show_progress
 from adainf_lab.rundir import make_run_dir, save_config
 from adainf_lab.scheduler_options import SchedulerName
 from adainf_lab.tables import load_split_tables, resolve_table_dir
-from agents.evaluation.harness import BANDIT_BUDGETS, run_comparison, write_results, write_tensorboard
+from agents.evaluation.harness import BANDIT_BUDGETS, run_comparison
+from agents.evaluation.report import write_results, write_tensorboard
 from agents.registry import available_schedulers
 
 __all__ = ["CompareConfig", "main"]

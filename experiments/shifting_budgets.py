@@ -28,7 +28,7 @@ from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import PipelineConfig, show_progress
 from adainf_lab.pipeline import PreparedRun, fit_scheduler, prepare_run
 from adainf_lab.scheduler_options import SchedulerName
-from agents.evaluation.harness import summarize, write_results, write_tensorboard
+from agents.evaluation.report import summarize, write_results, write_tensorboard
 from agents.evaluation.traces import DEFAULT_PROCESSES, plot_stream_traces, run_stream_traces, synthetic_trace
 from agents.registry import make_scheduler
 
