@@ -2,6 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
+# OpenMP threads that spin while waiting (libgomp's default, ACTIVE) take the cores that the env, SB3's Python loop
+# and other processes need; on a shared or busy CPU a small PPO run slows down by an order of magnitude.
+# Passive waiting costs little on an idle machine. OpenMP reads the variable once, when torch
+# loads it, so this only helps when adainf_env is imported before torch; an explicit OMP_WAIT_POLICY always wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 __version__ = "0.1.0"
 
 from adainf_env.errors import (  # noqa: E402

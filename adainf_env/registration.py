@@ -1,8 +1,10 @@
 """Gymnasium ids for the AdaInf environment.
 
-``gymnasium.make("AdaInf/Bandit-v0", table_path=PATH, ...)`` and ``gymnasium.make("AdaInf/Stream-v0", table_path=PATH,
-...)`` build :class:`adainf_env.env.AdaInfEnv` with ``mode`` preset; every other argument of the env is accepted.
-PATH is a project outcome table or a reference table (``../shared/reference/table_calib.npz``).
+``gymnasium.make("AdaInf/Bandit-v0")`` and ``gymnasium.make("AdaInf/Stream-v0")`` build
+:class:`adainf_env.env.AdaInfEnv` with ``mode`` preset on the shipped reference calibration table; every other
+argument of the env is accepted (``table_path=PATH`` for another outcome table, ``options=EnvOptions(...)``, ...).
+``gymnasium.make_vec(id, num_envs=N)`` builds the numpy-batched :class:`adainf_env.gym_vector.AdaInfVectorEnv`
+(the ids' ``vector_entry_point``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ def register_envs() -> None:
         if env_id in gymnasium.registry:
             continue
         # No TimeLimit: episode length is part of the env (1 request in bandit, episode_length in stream).
-        gymnasium.register(id=env_id, entry_point="adainf_env.env:AdaInfEnv", kwargs={"mode": mode})
+        gymnasium.register(id=env_id, entry_point="adainf_env.env:AdaInfEnv",
+                           vector_entry_point="adainf_env.gym_vector:AdaInfVectorEnv", kwargs={"mode": mode})
 
 
 register_envs()

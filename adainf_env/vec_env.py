@@ -240,14 +240,27 @@ class AdaInfVecEnv(VecEnv):
         self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
-        if not self._started:
-            raise AdaInfError("AdaInfVecEnv.step() called before reset()")
         if self._actions is None:
             raise AdaInfError("step_wait() called without step_async()")
+        actions, self._actions = self._actions, None
+        obs, rewards, done, step_data, terminal_obs = self.step_arrays(actions)
+        dones = self._ones.copy() if done else self._zeros.copy()
+        infos = LazyInfos(self.num_envs, _InfoBuilder(step_data, terminal_obs, self.options.obs_format == "dict"))
+        return obs, rewards, dones, infos  # type: ignore[return-value]
+
+    def step_arrays(self, actions: Any) -> tuple[Any, np.ndarray, bool, tuple, Any]:
+        """One step of every env, as arrays: ``(obs, rewards [N] float32, done, step_data, terminal_obs)``.
+
+        ``step_data`` = (plan [N], cost [N], correct [N], overrun [N], budget [N], sample [N]) of the requests just
+        served. All envs end their episodes together (``done``: bandit every step, stream after
+        ``episode_length``); then ``obs`` is already the next episode's first request and ``terminal_obs`` the
+        observation the ended episode's last action was chosen on (``None`` when not done). The SB3 and Gymnasium
+        vector interfaces both wrap this.
+        """
+        if not self._started:
+            raise AdaInfError("AdaInfVecEnv.step() called before reset()")
         c = self.cfg
-        n = self.num_envs
-        a = c.plans_of_actions(self._actions, n)
-        self._actions = None
+        a = c.plans_of_actions(actions, self.num_envs)
         s = self._s
         b = self._budget
         flat = s * self._P + a
@@ -276,7 +289,6 @@ class AdaInfVecEnv(VecEnv):
             self._pin_b = None  # reset options only apply to the episode they were given for
             s2, k = self._draw()
             self._start(s2, k)
-            dones = self._ones.copy()
         else:
             s2, k = self._draw()
             self._s = s2
@@ -288,9 +300,7 @@ class AdaInfVecEnv(VecEnv):
                 self._proc_b = np.where(np.isnan(self._pin_b), nxt, self._pin_b)
             self._stream_budget()
             self._obs = self._make_obs()
-            dones = self._zeros.copy()
-        infos = LazyInfos(n, _InfoBuilder(step_data, prev_obs if done else None, opts.obs_format == "dict"))
-        return self._obs, rewards, dones, infos  # type: ignore[return-value]
+        return self._obs, rewards, done, step_data, prev_obs if done else None
 
     # ------------------------------------------------------------------ state (checkpoint / resume)
     STATE_FORMAT = "AdaInfVecEnv/1"
@@ -485,7 +495,7 @@ class AdaInfVecEnv(VecEnv):
             m = self.action_masks()
             return [m[i] for i in idx]
         if method_name == "render":
-            return [self._render_one(i) for i in idx]
+            return [self.render_one(i) for i in idx]
         raise AttributeError(f"AdaInfVecEnv supports env_method('action_masks') and 'render', not {method_name!r}; "
                              "use VecEnv.reset()/step() for the rest")
 
@@ -496,9 +506,15 @@ class AdaInfVecEnv(VecEnv):
         """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.render`)."""
         if self.render_mode != "rgb_array":
             return [None] * self.num_envs
-        return [self._render_one(i) for i in range(self.num_envs)]
+        return [self.render_one(i) for i in range(self.num_envs)]
 
-    def _render_one(self, i: int) -> np.ndarray | str | None:
+    def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every env's pending request: (table rows [N] int64, budgets [N] float64)."""
+        if not self._started:
+            raise AdaInfError("current_requests() called before reset()")
+        return np.asarray(self._s, dtype=np.int64).copy(), np.asarray(self._budget, dtype=np.float64).copy()
+
+    def render_one(self, i: int) -> np.ndarray | str | None:
         """Env ``i``'s last step as the render mode asks (the pending request before the first step)."""
         if self.render_mode is None:
             return None

@@ -1,0 +1,114 @@
+"""The numpy-batched AdaInf env as a Gymnasium ``VectorEnv`` (what ``gymnasium.make_vec`` returns).
+
+``gymnasium.make_vec("AdaInf/Bandit-v0", num_envs=N)`` (the ids' ``vector_entry_point``; also with
+``vectorization_mode="vector_entry_point"``) builds :class:`AdaInfVectorEnv`: a thin adapter over
+:class:`~adainf_env.vec_env.AdaInfVecEnv`, so N envs step as a few numpy operations instead of N Python ``step``
+calls. Same numbers as ``gymnasium.make_vec(..., vectorization_mode="sync",
+vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})`` (tested).
+
+Autoreset: ``AutoresetMode.SAME_STEP``. All envs end their episodes on the same step (bandit: every step; stream:
+every ``episode_length`` steps). On that step ``terminations`` is all True, the returned observation is already the
+next episode's first request, and ``infos`` holds
+
+* ``final_obs``: the *batched* observation the ended step's actions were chosen on (an array ``[N, ...]``, or a dict
+  of them for ``obs_format="dict"``; index it per key, not per env), with ``_final_obs`` (all True);
+* ``final_info``: the served requests' ``plan``, ``cost``, ``correct``, ``overrun``, ``budget``, ``sample`` (arrays
+  ``[N]``, each with its ``_key`` mask), with ``_final_info``;
+* ``sample`` and ``budget``: the new requests (what ``reset`` reports).
+
+On the other steps (stream, mid-episode) ``infos`` is the served requests' ``plan`` … ``sample`` directly. Episodes
+are never truncated. Rewards are float32. Seeding: ``reset(seed=s)`` seeds env i with ``s + i`` (a list gives one
+seed per env), exactly as the single env ``reset(seed=s + i)``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from adainf_env.errors import ConfigError
+from adainf_env.options import RENDER_MODES, EnvOptions
+from adainf_env.outcomes import OutcomeTable
+from adainf_env.vec_env import AdaInfVecEnv
+
+__all__ = ["AdaInfVectorEnv"]
+
+_STEP_KEYS = ("plan", "cost", "correct", "overrun", "budget", "sample")
+
+
+class AdaInfVectorEnv(VectorEnv):
+    """``num_envs`` AdaInf envs as a Gymnasium ``VectorEnv``; arguments as :class:`~adainf_env.env.AdaInfEnv`
+    (table mode; no table → the shipped reference calibration table). ``self.core`` is the underlying
+    :class:`~adainf_env.vec_env.AdaInfVecEnv` (``get_state``/``set_state``, ``action_masks``)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": list(RENDER_MODES), "render_fps": 4}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        table: OutcomeTable | None = None,
+        table_path: str | os.PathLike | None = None,
+        options: EnvOptions | None = None,
+        **option_kwargs: Any,
+    ) -> None:
+        self.core = AdaInfVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs)
+        self.num_envs = self.core.num_envs
+        self.single_observation_space = self.core.observation_space
+        self.single_action_space = self.core.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = self.core.render_mode
+
+    @property
+    def options(self) -> EnvOptions:
+        return self.core.options
+
+    def action_masks(self) -> np.ndarray:
+        """``[N, P]`` valid plans per env (see :meth:`AdaInfVecEnv.action_masks`)."""
+        return self.core.action_masks()
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        core = self.core
+        if seed is not None:
+            if isinstance(seed, (list, tuple)):
+                if len(seed) != self.num_envs:
+                    raise ConfigError(f"reset(seed=list) needs {self.num_envs} seeds, got {len(seed)}")
+                core._seeds = [None if sd is None else int(sd) for sd in seed]
+            else:
+                core.seed(int(seed))
+            self._np_random_seed = seed if isinstance(seed, int) else None
+        if options is not None:
+            core.set_options(options)
+        obs = core.reset()
+        return obs, self._request_info()
+
+    def _request_info(self) -> dict[str, Any]:
+        every = np.ones(self.num_envs, dtype=bool)
+        sample, budget = self.core.current_requests()
+        return {"sample": sample, "_sample": every, "budget": budget, "_budget": every}
+
+    def step(self, actions: Any):
+        obs, rewards, done, data, terminal_obs = self.core.step_arrays(actions)
+        n = self.num_envs
+        every = np.ones(n, dtype=bool)
+        step_info: dict[str, Any] = {}
+        for k, v in zip(_STEP_KEYS, data):
+            step_info[k] = v.view(bool) if k == "correct" else v  # the table's correct flags are stored as uint8
+            step_info["_" + k] = every
+        if done:
+            infos = self._request_info()
+            infos.update(final_obs=terminal_obs, _final_obs=every, final_info=step_info, _final_info=every)
+        else:
+            infos = step_info
+        return obs, rewards, np.full(n, done), np.zeros(n, dtype=bool), infos
+
+    def render(self) -> tuple[Any, ...] | None:
+        """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""
+        if self.render_mode is None:
+            return None
+        return tuple(self.core.render_one(i) for i in range(self.num_envs))
