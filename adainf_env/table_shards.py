@@ -95,7 +95,7 @@ class ShardReport:
     batches_built: int  # computed in this call
     batches_reused: int  # found complete from an earlier (killed) call
     rows_built: int
-    seconds: float
+    seconds: float  # wall-clock time of this call
 
     @property
     def rows_per_s(self) -> float:

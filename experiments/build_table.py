@@ -1,6 +1,6 @@
 """Build an outcome table (every plan × every sample of one split) for a backbone and save it as ``.npz``.
 
-Example (the acceptance command of the foundation issue)::
+Example::
 
     python experiments/build_table.py --backbone resnet18_cifar \
         --checkpoint ../shared/reference/resnet18_sd_cifar10.pt --data ../shared/data/cifar10-jpg.tgz \
@@ -36,7 +36,7 @@ from adainf_env.backbones import load_backbone  # noqa: E402
 from adainf_env.data import load_images, make_splits  # noqa: E402
 from adainf_env.errors import AdaInfError, ConfigError  # noqa: E402
 from adainf_env.outcomes import OutcomeTable, save_table  # noqa: E402
-from adainf_env.table_builder import prepare_build_inputs, structured_plan_subset  # noqa: E402
+from adainf_env.table_builder import BuildInputs, prepare_build_inputs, structured_plan_subset  # noqa: E402
 from adainf_env.table_shards import (  # noqa: E402
     ShardLayout,
     build_shard,
@@ -113,13 +113,8 @@ def _summary_line(table: OutcomeTable, out: Path, wall: float) -> str:
     return line
 
 
-def run(cfg: BuildTableConfig) -> Path:
-    """Build the table of ``cfg`` in this process's shard, merge on rank 0, return the output path."""
-    env = DistEnv.from_environ()
-    device = rank_device(cfg.device, env)
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
-    out = Path(cfg.out)
+def _prepare_inputs(cfg: BuildTableConfig, device: torch.device) -> tuple[torch.nn.Module, BuildInputs, dict]:
+    """The backbone on ``device``, the validated build inputs and the table metadata of ``cfg``."""
     torch.manual_seed(0)  # a random-init backbone (no --checkpoint) is then the same on every rank
     model = load_backbone(cfg.backbone, cfg.checkpoint, device=device)
     images, labels, index, info = _select_split(cfg)
@@ -130,8 +125,23 @@ def run(cfg: BuildTableConfig) -> Path:
     inputs = prepare_build_inputs(model, images, labels, sample_index=index, plan_masks=masks,
                                   batch_size=cfg.batch_size, float_dtype=cfg.float_dtype, channels_last=True,
                                   meta=meta)
+    return model, inputs, meta
+
+
+def run(cfg: BuildTableConfig) -> Path:
+    """Build this process's shard of the table of ``cfg``; rank 0 merges the shards and writes ``cfg.out``."""
+    env = DistEnv.from_environ()
+    device = rank_device(cfg.device, env)
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out = Path(cfg.out)
+    model, inputs, meta = _prepare_inputs(cfg, device)
     identity = run_identity(model, inputs, device=device, meta=meta, world_size=env.world_size)
     shards = shard_dir_for(out)
+    if env.is_main and inputs.num_batches < env.world_size:
+        print(f"warning: {inputs.num_batches} batch(es) for {env.world_size} processes: "
+              f"{env.world_size - inputs.num_batches} process(es) stay idle; pass --batch-size ≤ "
+              f"{-(-inputs.num_rows // env.world_size)} to give every process rows", file=sys.stderr)
     t0 = time.perf_counter()
     with process_group(env, device) as backend:
         if not cfg.resume:

@@ -164,24 +164,58 @@ def _torchrun(args, tmp_path, nproc=2):
                           capture_output=True, text=True, timeout=300)
 
 
-def test_torchrun_two_ranks_equal_the_single_process_build(tmp_path, monkeypatch):
-    """experiments/build_table.py under torchrun (2 gloo ranks) writes the table one process writes."""
-    spec = importlib.util.spec_from_file_location("build_table_script", ROOT / "experiments" / "build_table.py")
+_KILLING_LAUNCHER = """
+import importlib.util, os, signal, sys
+spec = importlib.util.spec_from_file_location("build_table_script", sys.argv[1])
+script = importlib.util.module_from_spec(spec)
+sys.modules[spec.name] = script
+spec.loader.exec_module(script)
+real_build_shard = script.build_shard
+
+def build_shard_then_die(*args, **kw):  # rank 1 is SIGKILLed right after writing its first batch
+    if os.environ["RANK"] == "1":
+        kw["on_batch"] = lambda batch, total: os.kill(os.getpid(), signal.SIGKILL)
+    return real_build_shard(*args, **kw)
+
+script.build_shard = build_shard_then_die
+sys.exit(script.main(sys.argv[2:]))
+"""
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_the_single_process_build_also_after_a_killed_rank(tmp_path, monkeypatch):
+    """experiments/build_table.py under torchrun (2 gloo ranks) writes the table one process writes; with rank 1
+    SIGKILLed mid-way, the same command run again redoes only the missing batches and writes it too."""
+    script_path = ROOT / "experiments" / "build_table.py"
+    spec = importlib.util.spec_from_file_location("build_table_script", script_path)
     script = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, script)  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(script)
     monkeypatch.setenv("ADAINF_CACHE", str(tmp_path / "cache"))
-    common = ["--data", str(demo_archive_path()), "--split", "test", "--limit", "10", "--batch-size", "4",
-              "--plans", "structured", "--num-random", "4", "--no-progress"]
+    common = ["--data", str(demo_archive_path()), "--split", "test", "--limit", "12", "--batch-size", "3",
+              "--plans", "structured", "--num-random", "0", "--no-progress"]  # 4 batches, 2 per rank
     assert script.main(common + ["--out", str(tmp_path / "one.npz")]) == 0
-    done = _torchrun(["experiments/build_table.py", *common, "--out", str(tmp_path / "two.npz")], tmp_path)
+    one = load_table(tmp_path / "one.npz")
+    assert one.meta["build"]["world_size"] == 1 and one.meta["build"]["backend"] is None
+
+    done = _torchrun([str(script_path), *common, "--out", str(tmp_path / "two.npz")], tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
-    one, two = load_table(tmp_path / "one.npz"), load_table(tmp_path / "two.npz", split="test")
+    two = load_table(tmp_path / "two.npz", split="test")
     assert two.content_hash() == one.content_hash()
     assert two.meta["build"]["world_size"] == 2 and two.meta["build"]["backend"] == "gloo"
-    assert one.meta["build"]["world_size"] == 1 and one.meta["build"]["backend"] is None
     assert not shard_dir_for(tmp_path / "two.npz").exists()  # removed once the table is written
-    assert "rank 1/2 (cpu): 1 batches built" in done.stderr
+
+    launcher = tmp_path / "launch_and_kill.py"
+    launcher.write_text(_KILLING_LAUNCHER)
+    out = tmp_path / "killed.npz"
+    killed = _torchrun([str(launcher), str(script_path), *common, "--out", str(out)], tmp_path)
+    assert killed.returncode != 0 and not out.exists()
+    shards = shard_dir_for(out)
+    assert (shards / "batch-000001.npz").is_file() and not (shards / "batch-000003.npz").exists()
+    again = _torchrun([str(script_path), *common, "--out", str(out)], tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "rank 1/2 (cpu): 1 batches built, 1 kept from an earlier run" in again.stderr
+    assert load_table(out).content_hash() == one.content_hash()
 
 
 # ---------------------------------------------------------------------------------------------- run_jobs

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from _tiny_backbones import TinyResNet, TinyTokenNet
 from adainf_env import load_table, save_table
+from adainf_env.backbones import load_backbone
+from adainf_env.data import demo_archive_path, load_images
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError, TableMismatchError
 from adainf_env.outcomes import codes_from_masks
 from adainf_env.table_builder import (
@@ -184,9 +191,6 @@ def test_bad_inputs_raise_clear_errors():
 
 def test_reference_images_agree_with_reference_table(reference_checkpoint, cifar_archive, test_table):
     """A CPU float32 rebuild of ~32 test images agrees with the H200 reference on ≥ 99.5 % of predictions."""
-    from adainf_env.backbones import load_backbone
-    from adainf_env.data import load_images
-
     model = load_backbone("resnet18_cifar", reference_checkpoint)
     imgs, labels = load_images(cifar_archive, "cifar10", "test")
     n = 32
@@ -206,13 +210,6 @@ def test_reference_images_agree_with_reference_table(reference_checkpoint, cifar
 def test_build_table_script_smoke(tmp_path):
     """experiments/build_table.py end to end on the shipped demo sample (random weights, 4 images): writes a table
     that load_table accepts with the expected metadata, and refuses a bad --split with one clear line."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    from adainf_env.data import demo_archive_path
-
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "ADAINF_CACHE": str(tmp_path / "cache")}
     out = tmp_path / "t.npz"
