@@ -101,11 +101,6 @@ class BudgetProcess:
         """Budget of request ``t`` ≥ 1 of the episode."""
         raise NotImplementedError
 
-    @property
-    def stateful(self) -> bool:
-        """True when budgets depend on the request index (the stream mode evolves them)."""
-        return True
-
 
 @dataclasses.dataclass(frozen=True)
 class UniformBudget(BudgetProcess):
@@ -124,10 +119,6 @@ class UniformBudget(BudgetProcess):
     def next(self, t, b_prev, aux, u):
         return self.low + (self.high - self.low) * u
 
-    @property
-    def stateful(self) -> bool:
-        return False
-
 
 @dataclasses.dataclass(frozen=True)
 class FixedBudget(BudgetProcess):
@@ -142,10 +133,6 @@ class FixedBudget(BudgetProcess):
 
     def next(self, t, b_prev, aux, u):
         return np.full_like(u, float(self.value))
-
-    @property
-    def stateful(self) -> bool:
-        return False
 
 
 @dataclasses.dataclass(frozen=True)

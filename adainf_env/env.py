@@ -65,13 +65,18 @@ class AdaInfEnv(gym.Env):
 
     | key        | shape | dtype   | range              | meaning                                                  |
     |------------|-------|---------|--------------------|----------------------------------------------------------|
-    | features   | (F,)  | float32 | table min … max    | stem features of the request's input                     |
+    | features   | (F,)  | float32 | finite float32     | stem features of the request's input                     |
     | budget     | (1,)  | float32 | (0, 1]             | budget of this request, fraction of the full model       |
     | bucket     | (3,)  | float32 | [0,cap]×[0,1]×[0,1] | stream + token bucket only: bucket level after refill, this request's refill, fraction of the episode left |
 
+    The space depends only on the feature dimension F and the options, never on the table's values: the calibration
+    and test tables of a backbone give the same space, so a policy trained on one loads and runs on the other.
+
     ## Rewards
     With ``cost`` and ``budget`` fractions of the full model (``cost_unit="macs"``: MACs, ``"latency"``: measured
-    time) and ``overrun = max(0, cost − budget)``:
+    time) and ``overrun = cost − budget`` when the plan does not fit the budget by
+    :func:`adainf_env.feasibility.overrun` (the rule of the action mask and the evaluation harness), else 0
+    (:func:`adainf_env.reward.step_reward`):
 
     * ``reward="correct"`` (default): ``1[prediction correct] − λ·overrun`` — in [−λ, 1];
     * ``reward="neg_ce"``: ``−CE(true label) − λ·overrun`` (CE in nats);
@@ -91,27 +96,37 @@ class AdaInfEnv(gym.Env):
     "fraction left"). Never truncated. The observation returned with ``terminated=True`` is the last request's.
 
     ## Arguments
-    ``AdaInfEnv(table=None, *, table_path=None, live=None, mode="bandit", episode_length=200, budget="uniform",
-    bucket=None, lam=1.0, reward="correct", penalty="linear", hard_penalty=-1.0, cost_unit="macs",
-    obs_format="dict", action_type="plan", mask_over_budget=True, render_mode=None)``
+    ``AdaInfEnv(table=None, *, table_path=None, live=None, options=None, **option_kwargs)``; the options are the
+    fields of :class:`~adainf_env.options.EnvOptions`, given as ``options=EnvOptions(...)`` and/or as keywords
+    (keywords win): ``mode="bandit", episode_length=200, budget="uniform", bucket=None, lam=1.0, reward="correct",
+    penalty="linear", hard_penalty=-1.0, cost_unit="macs", obs_format="dict", action_type="plan",
+    mask_over_budget=True, render_mode=None``. An unknown keyword raises ConfigError.
 
-    * ``table`` / ``table_path``: an OutcomeTable or a path for :func:`adainf_env.load_table` (project tables or
-      ``../shared/reference/table_{calib,test}.npz``); ``live``: a :class:`LiveSource` instead.
+    * ``table`` / ``table_path``: an OutcomeTable or a path for :func:`adainf_env.load_table`; ``live``: a
+      :class:`LiveSource` instead. None of them: the reference calibration table shipped with the package
+      (:func:`adainf_env.reference_tables.reference_table_path`).
     * ``budget``: a budget process spec for :func:`adainf_env.budgets.make_budget_process` (``"uniform"``,
       ``"fixed:0.3"``, ``"random_walk"``, ``"step"``, ``"periodic"``, ``"trace:FILE.csv"``, a dict, or an object).
     * ``bucket``: stream mode only. ``True``, a dict or a :class:`~adainf_env.budgets.TokenBucket`: requests share a
       compute budget refilled by the budget process each request (so ``budget="fixed:0.2", bucket=True`` constrains
       the *average* cost to 0.2); the request's budget is what is in the bucket (at most 1).
     * ``lam`` (λ ≥ 0), ``reward``, ``penalty``, ``hard_penalty``: see Rewards.
-    * ``render_mode``: None or ``"ansi"`` (a text line per step).
+    * ``render_mode``: None, ``"ansi"`` (a text line about the last step) or ``"rgb_array"`` (a uint8 frame of it:
+      the plan's blocks run/skipped, the cost paid against the budget, correct or not; :mod:`adainf_env.render`).
 
-    Registered as ``AdaInf/Bandit-v0`` and ``AdaInf/Stream-v0``:
-    ``gymnasium.make("AdaInf/Stream-v0", table_path=PATH, budget="fixed:0.2", bucket=True)``.
+    Registered as ``AdaInf/Bandit-v0`` and ``AdaInf/Stream-v0``; both work with no arguments:
+    ``gymnasium.make("AdaInf/Stream-v0", budget="fixed:0.2", bucket=True)``. ``gymnasium.make_vec(id, num_envs=N)``
+    gives the numpy-batched :class:`~adainf_env.gym_vector.AdaInfVectorEnv` (same-step autoreset); SB3 users can
+    take :class:`~adainf_env.vec_env.AdaInfVecEnv` directly.
     Bad arguments raise :class:`~adainf_env.errors.ConfigError`; bad tables
     :class:`~adainf_env.errors.TableFormatError`; bad actions :class:`ActionError`.
 
     ## Version History
     * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
+    * v0 (unchanged dynamics): the shipped reference calibration table is the default source; the features Box
+      spans the finite float32 range instead of the table's min/max (data-independent space); a plan within budget
+      up to the shared feasibility tolerance pays no overrun; ``render_mode="rgb_array"``; options as one
+      :class:`~adainf_env.options.EnvOptions`; a Gymnasium ``vector_entry_point``.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
@@ -147,7 +162,7 @@ class AdaInfEnv(gym.Env):
         self.action_space = c.action_space
         self.render_mode = opts.render_mode
         self.mode = opts.mode
-        # Hot-path aliases (attribute lookups through cfg cost ~50 ns each; the bandit step is a few µs).
+        # Hot-path aliases: the bandit step is a handful of Python operations, attribute chains through cfg count.
         self._n = c.num_samples
         self._features = c.features
         self._correct = c.correct

@@ -1,5 +1,6 @@
-"""Configuration, validation and precomputed arrays shared by :class:`~adainf_env.env.AdaInfEnv` and
-:class:`~adainf_env.vec_env.AdaInfVecEnv`, so both parse arguments, build spaces and compute rewards identically.
+"""Precomputed arrays, spaces and action parsing shared by :class:`~adainf_env.env.AdaInfEnv` and
+:class:`~adainf_env.vec_env.AdaInfVecEnv`, so both build spaces and read actions identically (their options are one
+:class:`~adainf_env.options.EnvOptions`; their reward is :func:`adainf_env.reward.step_reward`).
 
 Randomness protocol (the contract that makes N independent envs and one vec env of N produce the same numbers):
 each env owns one ``np.random.Generator``; every request makes two draws from it, in this order —
@@ -23,7 +24,7 @@ from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
-from adainf_env.options import EnvOptions, make_bucket
+from adainf_env.options import EnvOptions, make_bucket  # make_bucket: also imported from here by anytime_core
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
 
 __all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "make_bucket", "observation_space"]

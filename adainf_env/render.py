@@ -1,7 +1,7 @@
 """Pictures of one AdaInf step, for ``render_mode="ansi"`` (a text line) and ``"rgb_array"`` (a uint8 frame).
 
-The frame (``FRAME_HEIGHT`` × ``FRAME_WIDTH`` × 3, drawn with numpy only, so recording a video costs microseconds
-per frame), top to bottom:
+The frame (``FRAME_HEIGHT`` × ``FRAME_WIDTH`` × 3, drawn with numpy only, so recording a video adds little to a
+step), top to bottom:
 
 1. the plan: one cell per skippable block, dark blue = executed, light grey = skipped;
 2. the cost bar: the full width is the full model; the cost paid is filled blue up to the budget and red beyond it

@@ -12,7 +12,11 @@ observations and rewards), but every step is a handful of numpy operations over 
   all end after ``episode_length``), so the per-step buffer positions are scalars;
 * ``infos`` is a lazy list: dicts (``terminal_observation``, ``TimeLimit.truncated``, and the single env's
   ``plan``/``cost``/``correct``/``overrun``/``budget``/``sample``) are built only for the entries a caller reads,
-  from arrays kept by reference. Per-step Python work is therefore O(1) in N.
+  from arrays kept by reference. Per-step Python work is therefore O(1) in N;
+* :meth:`AdaInfVecEnv.get_state` / :meth:`AdaInfVecEnv.set_state` capture and restore all of the above (plain JSON
+  values and numpy arrays), so a training run resumes on the exact same requests;
+* :meth:`AdaInfVecEnv.step_arrays` is the batched step that both this SB3 ``VecEnv`` and the Gymnasium
+  ``VectorEnv`` (:mod:`adainf_env.gym_vector`) wrap.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from adainf_env.reference_tables import reference_table_path
 from adainf_env.render import render_frame, render_text
 from adainf_env.reward import overrun_paid, step_reward
 
-__all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos"]
+__all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos", "ActionError"]
 
 
 _REFILL_BLOCK = 128  # envs per transposed block write at a refill (a 512 B contiguous run per destination row)
@@ -78,7 +82,9 @@ class LazyInfos(Sequence):
 class AdaInfVecEnv(VecEnv):
     """N AdaInf envs over one outcome table, stepped together with numpy.
 
-    Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only) plus ``num_envs``.
+    Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only; no table → the shipped reference
+    calibration table) plus ``num_envs``: ``options=EnvOptions(...)`` and/or its fields as keywords.
+    ``render_mode="rgb_array"`` gives one frame per env from ``get_images()`` (SB3's ``VecEnv.render``).
     Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
     ``action_masks()`` returns ``[N, P]``; MaskablePPO reaches it through ``env_method("action_masks")``.
     """
@@ -588,5 +594,3 @@ def make_vec_env(
         venv.seed(int(seed))
     return venv
 
-
-__all__ += ["ActionError"]

@@ -2,10 +2,14 @@
 
 * single env: ``gymnasium.make("AdaInf/Bandit-v0")`` steps/s (step + reset, as a training loop runs it) next to
   ``gymnasium.make("CartPole-v1")`` measured the same way in the same process (goal: ratio ≥ 1.0);
-* ``AdaInfVecEnv`` env-steps/s at 1024 envs with random actions drawn beforehand (goal ≥ 5,000,000).
+* ``AdaInfVecEnv`` (the SB3 ``VecEnv``) env-steps/s at 1024 envs with random actions drawn beforehand
+  (goal ≥ 5,000,000);
+* the same through ``gymnasium.make_vec(id, num_envs=1024, vectorization_mode="vector_entry_point")`` (the Gymnasium
+  ``VectorEnv`` that cleanrl-style code gets; goal ≥ 5,000,000).
 
-Usage: ``python benchmarks/bench_env.py [--table PATH] [--num-envs 1024] [--seconds 3]``.
-Last output line: JSON with ``single_vs_cartpole`` and ``vec_steps_per_s``.
+Usage: ``python benchmarks/bench_env.py [--table PATH] [--num-envs 1024] [--seconds 3]`` (default table: the shipped
+reference calibration table). Last output line: JSON with ``single_vs_cartpole``, ``vec_steps_per_s`` and
+``gym_vector_steps_per_s``.
 """
 
 from __future__ import annotations
@@ -15,18 +19,18 @@ import dataclasses
 import json
 import os
 import time
-from pathlib import Path
 
 import gymnasium as gym
 import numpy as np
 
 import adainf_env  # noqa: F401  (registers the ids)
 from adainf_env import load_table, make_vec_env
+from adainf_env.reference_tables import reference_table_path
 
 
 @dataclasses.dataclass
 class Config:
-    table: str = str(Path(__file__).resolve().parents[2] / "shared" / "reference" / "table_calib.npz")
+    table: str = str(reference_table_path("calib"))
     num_envs: int = 1024
     seconds: float = 3.0  # wall time per measurement
     mode: str = "bandit"
@@ -77,6 +81,25 @@ def vec_steps_per_s(venv, seconds: float) -> float:
     return steps * n_envs / (time.perf_counter() - t0)
 
 
+def gym_vector_steps_per_s(envs: gym.vector.VectorEnv, seconds: float) -> float:
+    """Env-steps/s of ``envs.step`` (Gymnasium VectorEnv API, infos as dicts of arrays)."""
+    rng = np.random.default_rng(0)
+    batches = [rng.integers(0, envs.single_action_space.n, envs.num_envs) for _ in range(64)]
+    envs.reset(seed=0)
+    for a in batches[:8]:
+        envs.step(a)
+    steps = 0
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    while True:
+        for a in batches:
+            envs.step(a)
+        steps += len(batches)
+        if time.perf_counter() >= deadline:
+            break
+    return steps * envs.num_envs / (time.perf_counter() - t0)
+
+
 def main() -> None:
     cfg = _cli()
     table = load_table(cfg.table)
@@ -90,10 +113,15 @@ def main() -> None:
     cart_sps, ada_sps = float(np.median(cp)), float(np.median(ad))
     venv = make_vec_env(table, cfg.num_envs, mode=cfg.mode, seed=0)
     vec = vec_steps_per_s(venv, cfg.seconds)
+    env_id = "AdaInf/Bandit-v0" if cfg.mode == "bandit" else "AdaInf/Stream-v0"
+    gvec = gym_vector_steps_per_s(gym.make_vec(env_id, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point",
+                                               table=table), cfg.seconds)
     print(f"CartPole-v1 (gymnasium.make)      : {cart_sps:12,.0f} steps/s")
     print(f"AdaInf/{cfg.mode:6s} (gymnasium.make)  : {ada_sps:12,.0f} steps/s   ratio {ada_sps / cart_sps:.2f}x")
     print(f"AdaInfVecEnv x{cfg.num_envs} ({cfg.mode})       : {vec:12,.0f} env-steps/s")
+    print(f"gymnasium.make_vec x{cfg.num_envs} ({cfg.mode}) : {gvec:12,.0f} env-steps/s")
     print(json.dumps({"single_vs_cartpole": round(ada_sps / cart_sps, 3), "vec_steps_per_s": round(vec),
+                      "gym_vector_steps_per_s": round(gvec),
                       "single_steps_per_s": round(ada_sps), "cartpole_steps_per_s": round(cart_sps),
                       "num_envs": cfg.num_envs, "mode": cfg.mode, "table": cfg.table,
                       "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}))

@@ -27,7 +27,7 @@ def test_bench_env_reports_ratio_and_vec_rate(tmp_path):
 
     table = save_table(make_toy_table(200, seed=0), tmp_path / "toy.npz")
     res = _last_json(["benchmarks/bench_env.py", "--table", str(table), "--num-envs", "8", "--seconds", "0.2"])
-    assert res["single_vs_cartpole"] > 0 and res["vec_steps_per_s"] > 0
+    assert res["single_vs_cartpole"] > 0 and res["vec_steps_per_s"] > 0 and res["gym_vector_steps_per_s"] > 0
 
 
 def test_bench_table_prefix_sharing_matches_per_plan(tmp_path):
