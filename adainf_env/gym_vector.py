@@ -13,7 +13,7 @@ next episode's first request, and ``infos`` holds
 * ``final_obs``: the *batched* observation the ended step's actions were chosen on (an array ``[N, ...]``, or a dict
   of them for ``obs_format="dict"``; index it per key, not per env), with ``_final_obs`` (all True);
 * ``final_info``: the served requests' ``plan``, ``cost``, ``correct``, ``overrun``, ``budget``, ``sample`` (arrays
-  ``[N]``, each with its ``_key`` mask), with ``_final_info``;
+  ``[N]``, each with its ``_key`` mask), with ``_final_info``; the ``_key`` masks are one shared read-only array;
 * ``sample`` and ``budget``: the new requests (what ``reset`` reports).
 
 On the other steps (stream, mid-episode) ``infos`` is the served requests' ``plan`` … ``sample`` directly. Episodes
@@ -63,6 +63,12 @@ class AdaInfVectorEnv(VectorEnv):
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self.render_mode = self.core.render_mode
+        n = self.num_envs
+        # Every env ends its episode on the same step: one read-only all-True "_key" mask serves every info key.
+        self._every = np.ones(n, dtype=bool)
+        self._every.flags.writeable = False
+        self._all_done = np.ones(n, dtype=bool)
+        self._none_done = np.zeros(n, dtype=bool)
 
     @property
     def options(self) -> EnvOptions:
@@ -88,14 +94,13 @@ class AdaInfVectorEnv(VectorEnv):
         return obs, self._request_info()
 
     def _request_info(self) -> dict[str, Any]:
-        every = np.ones(self.num_envs, dtype=bool)
+        every = self._every
         sample, budget = self.core.current_requests()
         return {"sample": sample, "_sample": every, "budget": budget, "_budget": every}
 
     def step(self, actions: Any):
         obs, rewards, done, data, terminal_obs = self.core.step_arrays(actions)
-        n = self.num_envs
-        every = np.ones(n, dtype=bool)
+        every = self._every
         step_info: dict[str, Any] = {}
         for k, v in zip(_STEP_KEYS, data):
             step_info[k] = v.view(bool) if k == "correct" else v  # the table's correct flags are stored as uint8
@@ -105,7 +110,7 @@ class AdaInfVectorEnv(VectorEnv):
             infos.update(final_obs=terminal_obs, _final_obs=every, final_info=step_info, _final_info=every)
         else:
             infos = step_info
-        return obs, rewards, np.full(n, done), np.zeros(n, dtype=bool), infos
+        return obs, rewards, (self._all_done if done else self._none_done).copy(), self._none_done.copy(), infos
 
     def render(self) -> tuple[Any, ...] | None:
         """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""

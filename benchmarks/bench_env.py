@@ -19,6 +19,7 @@ import dataclasses
 import json
 import os
 import time
+from typing import Any, Callable
 
 import gymnasium as gym
 import numpy as np
@@ -61,43 +62,22 @@ def single_steps_per_s(env: gym.Env, n_actions: int, seconds: float) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def vec_steps_per_s(venv, seconds: float) -> float:
-    n_envs = venv.num_envs
+def batched_steps_per_s(step: Callable[[np.ndarray], Any], num_envs: int, num_actions: int, seconds: float) -> float:
+    """Env-steps/s of ``step(actions)`` on ``num_envs`` envs (random actions drawn beforehand; the env is reset)."""
     rng = np.random.default_rng(0)
-    batches = [rng.integers(0, venv.action_space.n, n_envs) for _ in range(64)]
-    venv.reset()
+    batches = [rng.integers(0, num_actions, num_envs) for _ in range(64)]
     for a in batches[:8]:  # warm-up: first permutation / uniform chunk refills happen here
-        venv.step(a)
+        step(a)
     steps = 0
     t0 = time.perf_counter()
     deadline = t0 + seconds
     while True:
         for a in batches:
-            venv.step_async(a)
-            venv.step_wait()
+            step(a)
         steps += len(batches)
         if time.perf_counter() >= deadline:
             break
-    return steps * n_envs / (time.perf_counter() - t0)
-
-
-def gym_vector_steps_per_s(envs: gym.vector.VectorEnv, seconds: float) -> float:
-    """Env-steps/s of ``envs.step`` (Gymnasium VectorEnv API, infos as dicts of arrays)."""
-    rng = np.random.default_rng(0)
-    batches = [rng.integers(0, envs.single_action_space.n, envs.num_envs) for _ in range(64)]
-    envs.reset(seed=0)
-    for a in batches[:8]:
-        envs.step(a)
-    steps = 0
-    t0 = time.perf_counter()
-    deadline = t0 + seconds
-    while True:
-        for a in batches:
-            envs.step(a)
-        steps += len(batches)
-        if time.perf_counter() >= deadline:
-            break
-    return steps * envs.num_envs / (time.perf_counter() - t0)
+    return steps * num_envs / (time.perf_counter() - t0)
 
 
 def main() -> None:
@@ -112,10 +92,17 @@ def main() -> None:
         ad.append(single_steps_per_s(ada, table.num_plans, cfg.seconds / 3))
     cart_sps, ada_sps = float(np.median(cp)), float(np.median(ad))
     venv = make_vec_env(table, cfg.num_envs, mode=cfg.mode, seed=0)
-    vec = vec_steps_per_s(venv, cfg.seconds)
+    venv.reset()
+
+    def sb3_step(a: np.ndarray) -> None:  # what SB3's collect_rollouts calls
+        venv.step_async(a)
+        venv.step_wait()
+
+    vec = batched_steps_per_s(sb3_step, cfg.num_envs, table.num_plans, cfg.seconds)
     env_id = "AdaInf/Bandit-v0" if cfg.mode == "bandit" else "AdaInf/Stream-v0"
-    gvec = gym_vector_steps_per_s(gym.make_vec(env_id, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point",
-                                               table=table), cfg.seconds)
+    envs = gym.make_vec(env_id, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point", table=table)
+    envs.reset(seed=0)
+    gvec = batched_steps_per_s(envs.step, cfg.num_envs, table.num_plans, cfg.seconds)
     print(f"CartPole-v1 (gymnasium.make)      : {cart_sps:12,.0f} steps/s")
     print(f"AdaInf/{cfg.mode:6s} (gymnasium.make)  : {ada_sps:12,.0f} steps/s   ratio {ada_sps / cart_sps:.2f}x")
     print(f"AdaInfVecEnv x{cfg.num_envs} ({cfg.mode})       : {vec:12,.0f} env-steps/s")
