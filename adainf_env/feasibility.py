@@ -54,6 +54,8 @@ def fits(plan_cost: Any, budgets: Any) -> Any:
 
 def overrun(cost: Any, budgets: Any) -> Any:
     """Elementwise bool: a paid ``cost`` exceeds its ``budget`` (beyond :data:`COST_TOL`)."""
+    if type(cost) is float and type(budgets) is float:  # the single env's per-step path: skip array conversion
+        return cost > budgets + COST_TOL
     if _is_torch(cost) or _is_torch(budgets):
         return cost > budgets + COST_TOL
     return np.asarray(cost, dtype=np.float64) > np.asarray(budgets, dtype=np.float64) + COST_TOL

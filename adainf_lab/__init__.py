@@ -9,10 +9,6 @@ end-to-end run), :mod:`~adainf_lab.report` (TensorBoard, headline plot, console 
 (run directories), :mod:`~adainf_lab.ceiling` (how much feature-based routing can gain in the stream setting).
 """
 
-import os
-
-# The scripts import this package before torch. OpenMP threads that spin while waiting (libgomp's default) take the
-# cores other threads and processes need on a shared or busy CPU, which slows backbone training and table building
-# several-fold there; passive waiting costs little on an idle machine. OpenMP reads this once, when torch loads it,
-# so it must be set before the first torch import. An explicit OMP_WAIT_POLICY in the environment wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# adainf_env sets the OpenMP wait policy (passive) before anything loads torch; importing it first gives every script
+# that imports this package the same setting.
+import adainf_env  # noqa: E402,F401
