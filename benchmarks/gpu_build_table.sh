@@ -9,11 +9,13 @@
 #   DATA             cifar10-jpg.tgz (or a torchvision CIFAR-10 root)
 #   REFERENCE_TABLE  optional table_test.npz to compare predictions with (reference layout or project format)
 # Environment:
-#   OUT              output directory (required): table_test.npz, summary.json, build logs
+#   OUT              output directory (required): table_test.npz, pred_test.npz (the [N, P] uint8 predictions alone,
+#                    small enough to copy back anywhere), summary.json, build.log, eq.log
 #   NPROC            processes, one GPU each (default: all visible GPUs)
 #   DEVICE           cuda (default) or cpu (a dry run of this script on a machine without a GPU)
 #   BATCH_SIZE       images per prefix-sharing pass (default 1000)
 #   LIMIT            first LIMIT test images (default: all 10,000)
+#   FLOAT_DTYPE      loss / conf precision, float32 (default) or float16 (a table file half the size)
 #   EQUALITY_ROWS    rows of the one-process vs torchrun equality check (default 1000; 0 skips it)
 #   PYTHON           interpreter (default: python3)
 # Needs: torch with CUDA, numpy, tqdm, pillow, tyro, gymnasium (the project's runtime imports); the checkout is put on
@@ -33,6 +35,7 @@ BATCH_SIZE=${BATCH_SIZE:-1000}
 EQUALITY_ROWS=${EQUALITY_ROWS:-1000}
 LIMIT=${LIMIT:-}
 DEVICE=${DEVICE:-cuda}
+FLOAT_DTYPE=${FLOAT_DTYPE:-float32}
 for f in "$CKPT" "$DATA" ${REF:+"$REF"}; do
   [[ -e "$f" ]] || { echo "error: $f does not exist" >&2; exit 2; }
 done
@@ -61,14 +64,14 @@ else
 fi
 TORCHRUN=("$PY" -m torch.distributed.run --standalone --nproc_per_node="$NPROC")
 COMMON=(--backbone resnet18_cifar --checkpoint "$CKPT" --data "$DATA" --split test --device "$DEVICE"
-        --batch-size "$BATCH_SIZE" --no-progress)
+        --batch-size "$BATCH_SIZE" --float-dtype "$FLOAT_DTYPE" --no-progress)
 
 if [[ "$EQUALITY_ROWS" -gt 0 ]]; then
   echo "== equality check: first $EQUALITY_ROWS rows, one process vs torchrun ($NPROC process(es))"
   "$PY" experiments/build_table.py "${COMMON[@]}" --limit "$EQUALITY_ROWS" --out "$OUT/eq_one.npz" \
-    2>&1 | tee "$OUT/eq_one.log"
+    2>&1 | tee "$OUT/eq.log"
   "${TORCHRUN[@]}" experiments/build_table.py "${COMMON[@]}" --limit "$EQUALITY_ROWS" --out "$OUT/eq_ddp.npz" \
-    2>&1 | tee "$OUT/eq_ddp.log"
+    2>&1 | tee -a "$OUT/eq.log"
 fi
 
 echo "== full table: torchrun --nproc_per_node=$NPROC, batch $BATCH_SIZE${LIMIT:+, first $LIMIT images}"
@@ -110,6 +113,7 @@ if ref:
                       "prediction_agreement": float(agree.mean()),
                       "min_agreement_over_plans": float(agree.mean(0).min()),
                       "full_plan_accuracy_reference": float(r.accuracy_by_plan()[r.full_plan()])}
+np.savez_compressed(out / "pred_test.npz", pred=t.pred, label=t.label, plan_codes=codes_from_masks(t.plan_masks))
 (out / "summary.json").write_text(json.dumps(s, indent=2) + "\n")
 print(json.dumps(s))
 EOF
