@@ -160,6 +160,11 @@ class Scheduler:
             obj._check_table(table)
         return obj
 
+    def provenance(self) -> dict[str, Any]:
+        """Fields every result record of this scheduler carries besides the metrics (learners: ``selected_step``,
+        ``prior``; see :meth:`agents.learners.base.LearnerBase.provenance`). Baselines: none."""
+        return {}
+
     def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (JSON-serialisable) needed to rebuild this scheduler."""
         return {}

@@ -16,14 +16,14 @@ from agents.evaluation.harness import evaluate_bandit
 from agents.registry import SCHEDULERS, make_scheduler
 
 # Small but real fits: enough to leave the untrained policy, fast enough for the unit suite.
-_SB3 = {"total_timesteps": 512, "n_envs": 16, "eval_every": 2, "lut_prior": 0.0}
+_SB3 = {"total_timesteps": 512, "n_envs": 16, "eval_every": 2, "prior": False}
 KWARGS: dict[str, dict] = {
     "ppo": {**_SB3, "algo_kwargs": {"n_steps": 8, "batch_size": 64, "n_epochs": 1}},
     "maskable_ppo": {**_SB3, "algo_kwargs": {"n_steps": 8, "batch_size": 64, "n_epochs": 1}},
     "a2c": dict(_SB3),
     "dqn": {"total_timesteps": 512, "n_envs": 16, "algo_kwargs": {"learning_starts": 128, "buffer_size": 1000}},
-    "hinge": {"epochs": 2, "prior_temp": None, "progress": False},
-    "reinforce": {"epochs": 2, "prior_temp": None, "progress": False},
+    "hinge": {"epochs": 2, "prior": False, "progress": False},
+    "reinforce": {"epochs": 2, "prior": False, "progress": False},
     "blockdrop": {"epochs": 2, "progress": False},
     "lagrangian": {"epochs": 2, "progress": False},
     # a cascade meets a hard budget only in strict mode (average mode meets it in expectation, by design)

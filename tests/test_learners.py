@@ -43,7 +43,7 @@ def _check_learns(sched, test, *, near_optimum: bool):
 
 TORCH_LEARNERS = [
     ("hinge", {"epochs": 5}),
-    ("hinge", {"epochs": 8, "train_mask": True, "prior_temp": None}),
+    ("hinge", {"epochs": 8, "train_mask": True, "prior": False}),
     ("reinforce", {"epochs": 6}),
     ("reinforce", {"epochs": 8, "policy": "blocks"}),
     ("blockdrop", {"epochs": 8}),
@@ -67,9 +67,9 @@ def test_sb3_learner_beats_random_on_toy(toy, algo):
     from agents.sb3.scheduler import SB3Scheduler
 
     train, test = toy
-    # lut_prior=0: the plain SB3 policy must learn the plans itself (with the prior the untrained policy is the LUT)
+    # prior=False: the plain SB3 policy must learn the plans itself (with the prior the untrained policy is the LUT)
     kw = {"total_timesteps": 4000, "n_envs": 16, "eval_every": 5} if algo == "dqn" else \
-        {"total_timesteps": 8192, "n_envs": 64, "eval_every": 4, "lut_prior": 0.0}
+        {"total_timesteps": 8192, "n_envs": 64, "eval_every": 4, "prior": False}
     if algo == "dqn":
         kw["algo_kwargs"] = {"learning_starts": 500, "buffer_size": 10_000, "target_update_interval": 200}
     s = SB3Scheduler(algo=algo, **kw).fit(train, seed=0)
@@ -207,34 +207,82 @@ def test_policy_prior_makes_untrained_policy_the_lut(toy):
     from agents.learners.hinge import HingeScheduler
 
     train, _ = toy
-    s = HingeScheduler(epochs=1, progress=False)
+    s = HingeScheduler(epochs=1, progress=False, prior=True)
     s.fit(train, seed=0)
-    assert s.history[0]["epoch"] == 0.0  # the untrained policy was scored as a selection candidate
+    assert s.history[0]["epoch"] == 0.0  # the untrained policy was scored (a reference, not a candidate)
+    assert s.selected_step == 1 and s.provenance() == {"selected_step": 1, "prior": True}
     cost = train.plan_cost()
     acc = train.accuracy_by_plan()
     for b in (0.3, 0.6, 1.0):
         ok = np.flatnonzero(cost <= b + 1e-12)
         lut = ok[np.argmax(acc[ok])]
-        s2 = HingeScheduler(epochs=1, progress=False, lr=1e-12).fit(train, seed=0)
+        s2 = HingeScheduler(epochs=1, progress=False, lr=1e-12, prior=True).fit(train, seed=0)
         assert (s2.select(train.features, np.full(train.num_samples, b)) == lut).mean() > 0.99
 
 
 def test_sb3_lut_prior_makes_untrained_policy_the_lut(toy):
-    """With ``lut_prior`` the policy's most probable plan within budget is the LUT plan before any learning, and the
-    untrained policy is the first selection candidate."""
+    """With ``prior=True`` the policy's most probable plan within budget is the LUT plan before any learning; the
+    untrained policy is scored first (as a reference: the selected step is after training)."""
     from agents.sb3.scheduler import SB3Scheduler
+    from agents.registry import make_scheduler
 
     train, _ = toy
     cost, acc = train.plan_cost(), train.accuracy_by_plan()
     for algo in ("ppo", "maskable_ppo"):
-        s = SB3Scheduler(algo=algo, total_timesteps=256, n_envs=32, learning_rate=1e-12, lut_prior=3.0)
+        s = SB3Scheduler(algo=algo, total_timesteps=256, n_envs=32, learning_rate=1e-12, prior=True)
         s.fit(train, seed=0)
-        assert s.history[0]["timesteps"] == 0.0
+        assert s.history[0]["timesteps"] == 0.0 and s.selected_step > 0 and s.config()["prior"] is True
         for b in (0.3, 0.6, 1.0):
             ok = np.flatnonzero(cost <= b + 1e-12)
             lut = ok[np.argmax(acc[ok])]
             assert (s.select(train.features, np.full(train.num_samples, b)) == lut).mean() > 0.99, (algo, b)
     with pytest.raises(ConfigError):
-        SB3Scheduler(algo="dqn", lut_prior=1.0)
+        SB3Scheduler(algo="dqn", prior=True)
     with pytest.raises(ConfigError):
-        SB3Scheduler(algo="ppo", lut_prior=-1.0)
+        SB3Scheduler(algo="ppo", prior_scale=-1.0)
+    with pytest.raises(ConfigError):
+        make_scheduler("blockdrop", prior=True)  # a per-block policy has no per-plan prior
+    with pytest.raises(ConfigError):
+        make_scheduler("reinforce", policy="blocks", prior=True)
+
+
+def test_selection_rule_best_mean_never_untrained_no_veto():
+    """One rule for every learner: the best mean held-out accuracy among policies after ≥ 1 step; an improvement
+    that is not uniform over budgets is kept; the untrained policy is never the selection."""
+    from agents.learners.base import HeldOutScores, LearnerBase
+
+    def sc(*acc):
+        return HeldOutScores([0.2, 0.5, 1.0][:len(acc)], list(acc), [0.0] * len(acc), [0.0] * len(acc),
+                             [0.0] * len(acc))
+
+    assert not LearnerBase.keeps(sc(0.9, 0.9, 0.9), -np.inf, step=0)  # untrained: a reference only
+    assert LearnerBase.keeps(sc(0.5, 0.5, 0.5), -np.inf, step=1)
+    # better mean although worse at budget 1.0: kept (the old no-worse-anywhere rule vetoed this)
+    assert LearnerBase.keeps(sc(0.7, 0.9, 0.89), sc(0.6, 0.88, 0.9).score, step=5)
+    assert not LearnerBase.keeps(sc(0.6, 0.88, 0.9), sc(0.6, 0.88, 0.9).score, step=6)  # a tie keeps the earlier
+
+
+def test_records_carry_selected_step_and_prior(toy, tmp_path):
+    """Every learner's records say which checkpoint was kept and whether it started as the LUT; results.json keeps
+    both; baselines carry neither."""
+    import json
+
+    from agents.evaluation.harness import evaluate_bandit
+    from agents.evaluation.report import write_results
+    from agents.registry import make_scheduler
+
+    train, test = toy
+    recs = []
+    for name, kw in (("hinge", {"epochs": 2, "prior": False}), ("reinforce", {"epochs": 2, "prior": True}),
+                     ("lagrangian", {"epochs": 2, "prior": False}), ("lut", {})):
+        s = make_scheduler(name, **kw).fit(train, seed=0)
+        recs += evaluate_bandit(s, test, (0.5,), seed=0)
+    write_results(recs, tmp_path, plots=False)
+    saved = {r["scheduler"]: r for r in json.loads((tmp_path / "results.json").read_text())}
+    assert saved["hinge"]["prior"] is False and saved["reinforce"]["prior"] is True
+    for n in ("hinge", "reinforce", "lagrangian"):
+        assert saved[n]["selected_step"] in (1, 2)
+    assert "prior" not in saved["lut"] and "selected_step" not in saved["lut"]
+    s = make_scheduler("hinge", epochs=2, prior=False).fit(train, seed=0)
+    path = s.save(tmp_path / "h.npz")
+    assert make_scheduler("hinge").load(path).provenance() == s.provenance()

@@ -12,9 +12,9 @@ from adainf_env.fileio import safe_torch_load
 from adainf_env.toy import make_toy_table
 
 # 16 envs × 8 steps = 128 env steps per rollout; 24 rollouts; evaluation (and checkpoint) every 4 rollouts. Plain
-# policy (lut_prior=0) with a larger step size so that the held-out scores move during the run (with the LUT prior
+# policy (prior=False) with a larger step size so that the held-out scores move during the run (with the LUT prior
 # this short run never leaves the LUT, and equal histories would prove little).
-KW = {"total_timesteps": 3072, "n_envs": 16, "eval_every": 4, "lut_prior": 0.0, "learning_rate": 3e-3,
+KW = {"total_timesteps": 3072, "n_envs": 16, "eval_every": 4, "prior": False, "learning_rate": 3e-3,
       "algo_kwargs": {"n_steps": 8, "batch_size": 64, "n_epochs": 2}}
 
 

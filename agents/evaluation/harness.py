@@ -21,6 +21,12 @@ Every function returns or consumes **records**, plain JSON-able dicts with the k
 ``plan_hist``     {plan index (str): number of requests} — non-zero entries only
 ``num_requests``  how many requests the record covers
 
+Learned schedulers' records also carry (:meth:`agents.base.Scheduler.provenance`):
+
+``selected_step`` the training step of the checkpoint held-out selection kept (epochs for the torch learners,
+                  environment steps for stable-baselines3)
+``prior``         whether the policy started as the look-up table (the learners' ``prior`` option)
+
 Costs and budgets are fractions of the full model in the cost unit the scheduler was fitted with (MACs by default).
 
 Stream evaluation runs ``num_streams`` independent streams of ``horizon`` requests side by side, so a scheduler is
@@ -48,6 +54,7 @@ from adainf_env.feasibility import overrun, overrun_amount
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
 from agents.evaluation.metrics import BUDGET_GRID
+from agents.progress import progress_disabled
 
 __all__ = [
     "RECORD_FIELDS",
@@ -98,6 +105,7 @@ def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant:
         "mean_overrun": float(over.mean()),
         "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)},
         "num_requests": int(len(rows)),
+        **scheduler.provenance(),
     }
 
 
@@ -237,7 +245,7 @@ def run_comparison(
     floor = float(calib.plan_cost(cost_unit).min())
     records: list[dict[str, Any]] = []
     jobs = [(n, int(s)) for s in seeds for n in names]
-    for name, seed in tqdm(jobs, desc="fit+evaluate", disable=not progress):
+    for name, seed in tqdm(jobs, desc="fit+evaluate", disable=progress_disabled(progress)):
         sched = make_scheduler(name, **dict(kwargs.get(name, {})))
         t0 = time.perf_counter()
         sched.fit(calib, seed=seed, cost_unit=cost_unit)

@@ -26,6 +26,7 @@ from adainf_env.fileio import atomic_write, save_figure
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler
 from agents.evaluation.harness import evaluate_stream
+from agents.progress import progress_disabled
 
 __all__ = ["DEFAULT_PROCESSES", "TraceRecorder", "synthetic_trace", "run_stream_traces", "plot_stream_traces"]
 
@@ -82,7 +83,7 @@ def run_stream_traces(schedulers: Mapping[str, Scheduler], test: OutcomeTable, p
     records: list[dict[str, Any]] = []
     traces: dict[str, dict[str, dict]] = {}
     jobs = [(p, s) for p in processes for s in schedulers]
-    for pname, sname in tqdm(jobs, desc="stream traces", disable=not progress):
+    for pname, sname in tqdm(jobs, desc="stream traces", disable=progress_disabled(progress)):
         rec = TraceRecorder(schedulers[sname])
         r = evaluate_stream(rec, test, processes[pname], shared=shared, seed=seed, num_streams=num_streams,
                             horizon=horizon, variant=pname)

@@ -7,7 +7,13 @@
 * :meth:`LearnerBase.held_out_scores` — accuracy, mean cost, overrun rate and plan entropy of the deployed policy
   (:meth:`LearnerBase._select_idx`) on held-out calibration rows at each budget of
   :data:`~agents.evaluation.metrics.BUDGET_GRID` (over-budget choices count as wrong).
-* :meth:`LearnerBase.keeps` — the one model-selection rule: does a newly scored policy replace the best so far.
+* :meth:`LearnerBase.keeps` — the one model-selection rule of every learner: among the policies scored *after* at
+  least one training update, the one with the best mean held-out accuracy over the budget grid (an improvement at some
+  budgets and a loss at others counts by its mean; nothing is vetoed). The untrained policy is scored and logged as a
+  reference but is not a candidate, so a learner never reports its initialisation (with ``prior=True``: the LUT) as
+  its result — what it reports is always what training produced. ``selected_step`` records which checkpoint won.
+* :attr:`LearnerBase.prior` — whether the policy started as the look-up table (a fixed per-plan prior on the logits,
+  learnable deviations from it): an initialisation, recorded with every result (:meth:`LearnerBase.provenance`).
 * :func:`weights_to_arrays` / :func:`load_weights` — a module's ``state_dict`` as named numpy arrays for
   :meth:`agents.base.Scheduler.save` (no pickles) and back.
 
@@ -19,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +38,13 @@ from agents.base import PlanSpace, Scheduler
 from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
 from agents.learners.policy_nets import candidate_plans
 
-__all__ = ["LearnerBase", "HeldOutScores", "split_rows", "weights_to_arrays", "load_weights", "CHECKPOINT_NAME"]
+__all__ = ["LearnerBase", "HeldOutScores", "split_rows", "resolve_prior", "PRIOR_DEFAULT", "weights_to_arrays", "load_weights", "CHECKPOINT_NAME"]
 
 #: File name of the resumable checkpoint inside a ``checkpoint_dir``.
 CHECKPOINT_NAME = "last.pt"
+
+#: Default of every learner's ``prior`` option where its policy supports one (see :func:`resolve_prior`).
+PRIOR_DEFAULT = True
 
 # Accuracies are means over the same rows; a tie up to float rounding is not a loss.
 _ACC_TOL = 1e-12
@@ -51,6 +60,18 @@ def split_rows(num_samples: int, val_fraction: float, seed: int, *, min_val: int
     if fit_rows.size == 0:
         raise ConfigError(f"{who}: no rows left to fit after holding out val_fraction={val_fraction}")
     return val_rows, fit_rows
+
+
+def resolve_prior(prior: bool | None, *, default: bool, supported: bool, who: str) -> bool:
+    """A learner's ``prior`` option: ``None`` → ``default`` where the policy supports a prior (else False);
+    ``True`` where it does not → :class:`ConfigError`."""
+    if prior is None:
+        return bool(default and supported)
+    if not isinstance(prior, (bool, np.bool_)):
+        raise ConfigError(f"{who}: prior must be True, False or None (the default), got {prior!r}")
+    if prior and not supported:
+        raise ConfigError(f"{who}: this policy has no look-up-table prior; use prior=False")
+    return bool(prior)
 
 
 def weights_to_arrays(module: torch.nn.Module, prefix: str = "w_") -> dict[str, np.ndarray]:
@@ -87,12 +108,12 @@ class LearnerBase(Scheduler):
     """Base of the trained schedulers. Subclasses set ``restrict_to_budget``, ``val_fraction`` and ``plans`` and
     implement :meth:`_select_idx` (the deployed policy) and :meth:`fit`."""
 
-    #: Selection among the scored policies of a run (see :meth:`keeps`): ``"best_mean"`` keeps the best mean held-out
-    #: accuracy over the budget grid; ``"best_mean_no_worse"`` keeps it among the policies that are, at every grid
-    #: budget, no worse than the untrained one.
-    selection: ClassVar[str] = "best_mean"
-
     restrict_to_budget: bool = True
+    #: True: the untrained policy is the look-up table (the LUT prior); set by each learner's ``prior`` option.
+    prior: bool = False
+    #: Training step of the selected checkpoint (the learner's unit: epochs for the torch learners, environment steps
+    #: for stable-baselines3); ``None`` before fit.
+    selected_step: int | None = None
 
     # ----------------------------------------------------------------- inference hook
     def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
@@ -156,16 +177,13 @@ class LearnerBase(Scheduler):
             ents.append(plan_entropy(plans, len(cost)))
         return HeldOutScores(list(grid), accs, costs, overs, ents)
 
-    def keeps(self, scores: HeldOutScores, best_score: float, untrained: HeldOutScores) -> bool:
-        """The selection rule (:attr:`selection`): does the policy scored ``scores`` replace the best so far (held-out
-        score ``best_score``)? ``untrained`` is the score of the policy before any training step."""
-        if self.selection == "best_mean":
-            return scores.score > best_score
-        if self.selection == "best_mean_no_worse":
-            return self.no_worse(scores, untrained) and scores.score > best_score
-        raise ConfigError(f"{self.name}: unknown selection rule {self.selection!r}")
-
     @staticmethod
-    def no_worse(scores: HeldOutScores, untrained: HeldOutScores) -> bool:
-        """At every grid budget, held-out accuracy no lower than the untrained policy's."""
-        return all(a >= a0 - _ACC_TOL for a, a0 in zip(scores.accuracy, untrained.accuracy))
+    def keeps(scores: HeldOutScores, best_score: float, *, step: int) -> bool:
+        """The one selection rule: does the policy scored ``scores`` after ``step`` training steps replace the best so
+        far (held-out score ``best_score``)? Candidates are the policies after ≥ 1 step (see the module docstring);
+        the first of equal scores wins (earlier = less fitted to the fit rows)."""
+        return step > 0 and scores.score > best_score + _ACC_TOL
+
+    def provenance(self) -> dict[str, Any]:
+        """What every result record of this learner carries: ``selected_step`` and ``prior``."""
+        return {"selected_step": self.selected_step, "prior": bool(self.prior)}

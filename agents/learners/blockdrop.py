@@ -51,14 +51,15 @@ class BlockDropScheduler(TorchTableLearner):
     ``n_samples`` (sampled masks per row per step)."""
 
     name = "blockdrop"
+    supports_prior = False  # per-block Bernoulli policy: no per-plan logit to start from the LUT
 
     def __init__(self, *, gamma: float = 5.0, alpha: float = 0.8, lam: float = 10.0, entropy: float = 0.0,
                  n_samples: int = 4, mask_over_budget: bool = True, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
                  weight_decay: float = 1e-4, hidden: Sequence[int] = (128, 128), val_fraction: float = 0.2,
-                 restrict_to_budget: bool = True, progress: bool | None = None) -> None:
+                 restrict_to_budget: bool = True, prior: bool | None = None, progress: bool | None = None) -> None:
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans="all", val_fraction=val_fraction, restrict_to_budget=restrict_to_budget,
-                         prior_temp=None, progress=progress)
+                         prior=prior, progress=progress)
         if not (gamma >= 0 and lam >= 0 and entropy >= 0):
             raise ConfigError(f"gamma, lam and entropy must be ≥ 0, got {gamma}, {lam}, {entropy}")
         if not 0.5 < alpha <= 1.0:
@@ -72,7 +73,7 @@ class BlockDropScheduler(TorchTableLearner):
     def config(self) -> dict[str, Any]:
         cfg = super().config()
         cfg.pop("plans")
-        cfg.pop("prior_temp")
+        cfg.pop("prior_temp")  # ``prior`` stays (always False): every learner's records say whether it had one
         cfg.update(gamma=self.gamma, alpha=self.alpha, lam=self.lam, entropy=self.entropy, n_samples=self.n_samples,
                    mask_over_budget=self.mask_over_budget)
         return cfg

@@ -11,7 +11,11 @@ gates). Loss per sample (AdaInf), optionally with distillation from the frozen o
 
 with ``cost(gates) = base + Σ_b gate_b · block_cost_b`` as fractions of the full model (``block_cost`` [B] = residual
 cost of each block, ``base_cost`` = the always-run part), t(x) the logits of a frozen copy of the backbone as it was
-when the trainer was built, running every block (α = ``kd_weight``, T = ``kd_temperature``).
+when the trainer was built, running every block (α = ``kd_weight``, T = ``kd_temperature``). With
+``anchor_fraction`` f > 0 (backbone training only) the first ⌈f·N⌉ rows of each batch also run the full plan with the
+same task loss, added to the batch loss — the "sandwich rule" of universally slimmable networks (Yu & Huang 2019):
+the largest configuration is trained in every step, so the shared weights cannot trade the full model's accuracy
+for the cheaper plans' without paying for it in the loss.
 
 Backbone options (``finetune``): ``"none"`` (frozen backbone, only g trains), ``"full"`` (every backbone weight trains
 jointly), ``"lora"`` (conv/linear layers inside the blocks get a trainable low-rank update W + (α/r)·B·A with the
@@ -30,7 +34,7 @@ the most probable mask (product of per-block Bernoulli probabilities) among thos
 (:func:`adainf_env.feasibility.masked_argmax`: the cheapest plan when none fits).
 
 :meth:`LiveHingeTrainer.state_dict` / :meth:`~LiveHingeTrainer.load_state_dict` hold everything a step depends on
-(policy, backbone incl. LoRA adapters, optimizer moments, lr-schedule position, the Gumbel noise generator), so
+(policy, backbone incl. LoRA adapters, optimizer moments / momenta, lr-schedule positions, the Gumbel noise generator), so
 training resumed from a checkpoint continues exactly as the uninterrupted run.
 """
 
@@ -161,6 +165,7 @@ class LiveHingeTrainer:
                  lam: float = 5.0, tau: float = 1.0, finetune: str = "none", lora_rank: int = 4,
                  lora_alpha: float = 8.0, lr: float = 1e-3, backbone_lr: float = 1e-4, hidden: tuple[int, ...] = (64,),
                  kd_weight: float = 0.0, kd_temperature: float = 4.0, freeze_bn: bool = True,
+                 anchor_fraction: float = 0.0, backbone_optimizer: str = "adam",
                  total_steps: int | None = None, warmup_steps: int = 0, device: str | torch.device = "cpu",
                  seed: int = 0) -> None:
         if finetune not in FINETUNE_MODES:
@@ -169,6 +174,10 @@ class LiveHingeTrainer:
             raise ConfigError(f"lam must be ≥ 0 and tau > 0, got {lam}, {tau}")
         if not 0 <= kd_weight <= 1 or not kd_temperature > 0:
             raise ConfigError(f"kd_weight must be in [0, 1] and kd_temperature > 0, got {kd_weight}, {kd_temperature}")
+        if backbone_optimizer not in ("adam", "sgd"):
+            raise ConfigError(f"backbone_optimizer must be 'adam' or 'sgd', got {backbone_optimizer!r}")
+        if not 0 <= anchor_fraction <= 1:
+            raise ConfigError(f"anchor_fraction must be in [0, 1], got {anchor_fraction}")
         if not lr > 0 or not backbone_lr > 0:
             raise ConfigError(f"learning rates must be > 0, got lr={lr}, backbone_lr={backbone_lr}")
         if total_steps is not None and total_steps < 1 or warmup_steps < 0:
@@ -181,6 +190,7 @@ class LiveHingeTrainer:
         self.base_cost = float(base_cost)
         self.backbone, self.lam, self.tau, self.finetune = backbone.to(self.device), float(lam), float(tau), finetune
         self.kd_weight, self.kd_temperature, self.freeze_bn = float(kd_weight), float(kd_temperature), bool(freeze_bn)
+        self.anchor_fraction = float(anchor_fraction) if finetune != "none" else 0.0
         self.total_steps, self.warmup_steps = total_steps, int(warmup_steps)
         self.steps_done = 0
         torch.manual_seed(seed)  # policy / LoRA initialisation
@@ -197,15 +207,19 @@ class LiveHingeTrainer:
         if finetune == "lora":
             add_lora(backbone.blocks, rank=lora_rank, alpha=lora_alpha)
             backbone.to(self.device)
-        groups = [{"params": list(self.policy.parameters()), "lr": lr}]
+        # The policy: Adam. The backbone: Adam or SGD with Nesterov momentum (how the reference was trained). Adam's
+        # first steps move every weight by about the learning rate whatever its gradient (sign-like updates): on a
+        # converged network that is a large, incoherent change in function, where SGD's steps scale with the gradient.
+        self.opts: list[torch.optim.Optimizer] = [torch.optim.Adam(self.policy.parameters(), lr=lr)]
         bb = [p for p in backbone.parameters() if p.requires_grad]
         if bb:
-            groups.append({"params": bb, "lr": backbone_lr})
-        self.opt = torch.optim.Adam(groups)
-        self.lr_schedule = None
+            self.opts.append(torch.optim.Adam(bb, lr=backbone_lr) if backbone_optimizer == "adam" else
+                             torch.optim.SGD(bb, lr=backbone_lr, momentum=0.9, nesterov=True))
+        self.lr_schedules: list[Any] = []
         if total_steps is not None:
-            self.lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-                self.opt, lambda s: warmup_cosine(s, total_steps=int(total_steps), warmup_steps=self.warmup_steps))
+            self.lr_schedules = [torch.optim.lr_scheduler.LambdaLR(
+                o, lambda s: warmup_cosine(s, total_steps=int(total_steps), warmup_steps=self.warmup_steps))
+                for o in self.opts]
         codes = torch.arange(1 << backbone.num_blocks)
         self._all_masks = ((codes[:, None] >> torch.arange(backbone.num_blocks)) & 1).bool()  # plan-code order
 
@@ -229,7 +243,8 @@ class LiveHingeTrainer:
         return self.plan_cost(self._all_masks.float().to(self.device)).cpu().double().numpy()
 
     def lrs(self) -> list[float]:
-        return [float(g["lr"]) for g in self.opt.param_groups]
+        """Current learning rates: [policy] or [policy, backbone]."""
+        return [float(o.param_groups[0]["lr"]) for o in self.opts]
 
     # ------------------------------------------------------------------ training
     def warm_start(self, features: torch.Tensor, budgets: torch.Tensor, target_masks: torch.Tensor, *,
@@ -257,6 +272,18 @@ class LiveHingeTrainer:
         with torch.no_grad():
             return self.teacher(images)
 
+    def _task_loss(self, logits: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per-row (task, CE, T²-scaled KL to the teacher) — task = (1 − α)·CE + α·KL, or CE without a teacher."""
+        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
+        if teacher is None:
+            return ce, ce, torch.zeros_like(ce)
+        t = self.kd_temperature
+        kd = (t * t) * nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
+                                            nn.functional.log_softmax(teacher / t, dim=1),
+                                            reduction="none", log_target=True).sum(1)
+        return (1 - self.kd_weight) * ce + self.kd_weight * kd, ce, kd
+
     def step(self, images: torch.Tensor, labels: torch.Tensor, budgets: torch.Tensor) -> dict[str, float]:
         """One optimisation step on a batch; returns loss terms, mean hard cost and overrun rate."""
         images, labels, budgets = images.to(self.device), labels.to(self.device), budgets.to(self.device)
@@ -270,26 +297,29 @@ class LiveHingeTrainer:
         for i, blk in enumerate(bb.blocks):
             h = blk(h, gate=gates[:, i])
         logits = bb.head(h)
-        ce = nn.functional.cross_entropy(logits, labels, reduction="none")
-        task = ce
-        kd = torch.zeros_like(ce)
-        if teacher is not None:
-            t = self.kd_temperature
-            kd = (t * t) * nn.functional.kl_div(nn.functional.log_softmax(logits / t, dim=1),
-                                                nn.functional.log_softmax(teacher / t, dim=1),
-                                                reduction="none", log_target=True).sum(1)
-            task = (1 - self.kd_weight) * ce + self.kd_weight * kd
+        task, ce, kd = self._task_loss(logits, labels, teacher)
         cost = self.plan_cost(gates)
         hinge = torch.relu(cost - budgets)
         loss = (task + self.lam * hinge).mean()
-        self.opt.zero_grad(set_to_none=True)
+        anchor = torch.zeros(())
+        k = int(math.ceil(self.anchor_fraction * len(images)))
+        if k:  # the full plan on the first k rows, same task loss: keeps the full model's accuracy while g's plans train
+            hf = h0[:k]
+            for blk in bb.blocks:
+                hf = blk(hf)
+            anchor = self._task_loss(bb.head(hf), labels[:k], None if teacher is None else teacher[:k])[0].mean()
+            loss = loss + anchor
+        for o in self.opts:
+            o.zero_grad(set_to_none=True)
         loss.backward()
-        self.opt.step()
-        if self.lr_schedule is not None:
-            self.lr_schedule.step()
+        for o in self.opts:
+            o.step()
+        for sch in self.lr_schedules:
+            sch.step()
         self.steps_done += 1
         bb.eval()
         return {"loss": float(loss.detach()), "ce": float(ce.mean().detach()), "kd": float(kd.mean().detach()),
+                "anchor": float(anchor.detach()),
                 "hinge": float(hinge.mean().detach()), "cost": float(cost.mean().detach()),
                 "overrun_rate": float((cost.detach() > budgets + 1e-9).float().mean())}
 
@@ -317,8 +347,8 @@ class LiveHingeTrainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything the next step depends on (tensors and plain values: loadable with ``weights_only=True``)."""
         return {"policy": self.policy.state_dict(), "backbone": self.backbone.state_dict(),
-                "optimizer": self.opt.state_dict(),
-                "lr_schedule": None if self.lr_schedule is None else self.lr_schedule.state_dict(),
+                "optimizers": [o.state_dict() for o in self.opts],
+                "lr_schedules": [sch.state_dict() for sch in self.lr_schedules],
                 "gumbel_generator": self.gen.get_state(), "steps_done": self.steps_done,
                 "finetune": self.finetune}
 
@@ -328,10 +358,11 @@ class LiveHingeTrainer:
                                   f"{self.finetune!r}")
         self.policy.load_state_dict(state["policy"])
         self.backbone.load_state_dict(state["backbone"])
-        self.opt.load_state_dict(state["optimizer"])
-        if (state["lr_schedule"] is None) != (self.lr_schedule is None):
-            raise CheckpointError("trainer checkpoint and trainer disagree on whether an lr schedule is used")
-        if self.lr_schedule is not None:
-            self.lr_schedule.load_state_dict(state["lr_schedule"])
+        if len(state["optimizers"]) != len(self.opts) or len(state["lr_schedules"]) != len(self.lr_schedules):
+            raise CheckpointError("trainer checkpoint and trainer disagree on the optimizers / lr schedules")
+        for o, sd in zip(self.opts, state["optimizers"]):
+            o.load_state_dict(sd)
+        for sch, sd in zip(self.lr_schedules, state["lr_schedules"]):
+            sch.load_state_dict(sd)
         self.gen.set_state(state["gumbel_generator"])
         self.steps_done = int(state["steps_done"])

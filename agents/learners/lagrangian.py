@@ -13,9 +13,13 @@ say about which samples are easy.
 Components (all fitted on the calibration table; the test split never trains or prices anything):
 
 * **Correctness model** P̂(correct | x, p) for the candidate plans (the calibration accuracy/cost Pareto front):
-  standardised stem features → MLP → one logit per plan, *plus* the logit of the plan's calibration accuracy
-  (last layer zero-initialised, so the untrained model predicts the base rates), trained with binary cross-entropy
-  on the fit rows; the epoch with the lowest held-out BCE is kept (``val_fraction`` of calibration rows).
+  standardised stem features → MLP → one logit per plan; with ``prior=True`` *plus* the logit of the plan's
+  calibration accuracy (last layer zero-initialised, so the untrained model predicts the base rates and its bandit
+  rule is the LUT), with ``prior=False`` a plain MLP. Trained with binary cross-entropy on the fit rows; the epoch
+  kept is the one (≥ 1: never the untrained model, as for every learner) with the lowest held-out BCE
+  (``selected_step`` records it). Not the other learners' bandit-accuracy score: the deployed rule uses P̂ at every
+  price μ, the bandit score tests only μ = 0 (on the toy table it is flat over epochs while the BCE falls 10×); the
+  BCE, a proper scoring rule, scores the model for every price at once.
 * **Price curve** μ(b̄): on the held-out rows (never seen by the correctness model's gradient steps) bisection finds,
   for a grid of average budgets, the smallest μ whose rule costs ≤ b̄ on average. Stored with the scheduler.
 * **Bucket controller** (``gain``): in a token-bucket stream the price follows the bucket,
@@ -41,9 +45,10 @@ from tqdm.auto import tqdm
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, masked_argmax
 from adainf_env.outcomes import OutcomeTable
-from agents.base import PlanSpace, Scheduler, check_budgets
-from agents.learners.base import load_weights, split_rows, weights_to_arrays
+from agents.base import PlanSpace, check_budgets
+from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, split_rows, weights_to_arrays
 from agents.learners.policy_nets import FeatureScaler, candidate_plans, mlp
+from agents.progress import progress_disabled
 
 __all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_budget", "route"]
 
@@ -51,12 +56,14 @@ __all__ = ["LagrangianScheduler", "CorrectnessModel", "price_curve", "price_for_
 class CorrectnessModel(nn.Module):
     """x [N, F] → logits [N, K] of P(correct | x, plan k): ``MLP(x̂) + logit(base rate_k)``."""
 
-    def __init__(self, feature_dim: int, num_plans: int, *, hidden: Sequence[int] = (128, 128)) -> None:
+    def __init__(self, feature_dim: int, num_plans: int, *, hidden: Sequence[int] = (128, 128),
+                 prior: bool = True) -> None:
         super().__init__()
         self.scaler = FeatureScaler(feature_dim)
         self.net = mlp([feature_dim, *hidden, num_plans])
-        nn.init.zeros_(self.net[-1].weight)
-        nn.init.zeros_(self.net[-1].bias)
+        if prior:  # the base-rate logits (set by fit) carry the untrained model; the net learns deviations
+            nn.init.zeros_(self.net[-1].weight)
+            nn.init.zeros_(self.net[-1].bias)
         self.register_buffer("base_logit", torch.zeros(num_plans))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -102,7 +109,7 @@ def price_for_budget(prob: np.ndarray, cost: np.ndarray, avg_budget: float, *, i
     return float(price_curve(prob, cost, np.array([avg_budget]), iters=iters)[0])
 
 
-class LagrangianScheduler(Scheduler):
+class LagrangianScheduler(LearnerBase):
     """Per-sample correctness model + a price on compute (see the module docstring). Keyword arguments: training
     (``epochs``, ``batch_size``, ``lr``, ``weight_decay``, ``hidden``, ``val_fraction``), candidate set (``plans``:
     "pareto" | "all" | indices), controller (``gain`` ≥ 0, ``target_level`` in [0, 1]), ``progress``."""
@@ -111,7 +118,7 @@ class LagrangianScheduler(Scheduler):
 
     def __init__(self, *, epochs: int = 25, batch_size: int = 256, lr: float = 1e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto", val_fraction: float = 0.3,
-                 gain: float = 1.0, target_level: float = 0.5, price_grid: int = 64,
+                 gain: float = 1.0, target_level: float = 0.5, price_grid: int = 64, prior: bool | None = None,
                  progress: bool | None = None) -> None:
         if int(epochs) < 1 or int(batch_size) < 1 or int(price_grid) < 2:
             raise ConfigError(f"epochs, batch_size ≥ 1 and price_grid ≥ 2 required, got {epochs}, {batch_size}, "
@@ -131,6 +138,7 @@ class LagrangianScheduler(Scheduler):
         self.plans = plans if isinstance(plans, str) else [int(p) for p in plans]
         self.val_fraction, self.gain, self.target_level = float(val_fraction), float(gain), float(target_level)
         self.price_grid = int(price_grid)
+        self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=True, who=self.name)
         self.progress = progress
         self.model: CorrectnessModel | None = None
         self.candidates: np.ndarray | None = None
@@ -142,13 +150,14 @@ class LagrangianScheduler(Scheduler):
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "hidden": self.hidden, "plans": self.plans,
                 "val_fraction": self.val_fraction, "gain": self.gain, "target_level": self.target_level,
-                "price_grid": self.price_grid}
+                "price_grid": self.price_grid, "prior": self.prior}
 
     # ----------------------------------------------------------------- state
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.model is not None
         out = weights_to_arrays(self.model)
-        out.update(candidates=self.candidates, grid_budget=self.grid_budget, grid_price=self.grid_price)
+        out.update(candidates=self.candidates, grid_budget=self.grid_budget, grid_price=self.grid_price,
+                   selected_step=np.array(-1 if self.selected_step is None else self.selected_step))
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -156,7 +165,10 @@ class LagrangianScheduler(Scheduler):
         self.candidates = arrays["candidates"].astype(np.int64)
         self.grid_budget = arrays["grid_budget"].astype(np.float64)
         self.grid_price = arrays["grid_price"].astype(np.float64)
-        self.model = CorrectnessModel(self.plan_space.feature_dim, len(self.candidates), hidden=self.hidden)
+        step = int(arrays.get("selected_step", -1))
+        self.selected_step = None if step < 0 else step
+        self.model = CorrectnessModel(self.plan_space.feature_dim, len(self.candidates), hidden=self.hidden,
+                                      prior=self.prior)
         load_weights(self.model, arrays, who=self.name)
         self.model.eval()
 
@@ -188,6 +200,14 @@ class LagrangianScheduler(Scheduler):
                 mu = mu * np.exp(self.gain * (self.target_level * cap - level) / cap)
         return self.candidates[route(prob, cost, mu, budgets)]
 
+    def _is_fitted(self) -> bool:
+        return self.model is not None
+
+    def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
+        """The bandit rule (μ = 0): the most probably correct candidate within each budget (held-out scoring)."""
+        prob = self.predict_correct(features)
+        return self.candidates[route(prob, self.plan_space.plan_cost[self.candidates], 0.0, budgets)]
+
     # ----------------------------------------------------------------- training
     def fit(self, table: OutcomeTable, *, seed: int = 0, cost_unit: str = "macs") -> "LagrangianScheduler":
         self.plan_space = PlanSpace.from_table(table, cost_unit)
@@ -199,10 +219,11 @@ class LagrangianScheduler(Scheduler):
         x = torch.as_tensor(table.features, dtype=torch.float32)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(seed))
-            self.model = CorrectnessModel(table.feature_dim, k, hidden=self.hidden)
+            self.model = CorrectnessModel(table.feature_dim, k, hidden=self.hidden, prior=self.prior)
         self.model.scaler.fit(table.features[fit_rows])
-        rate = y[fit_rows].mean(0).clamp(1e-4, 1 - 1e-4)
-        self.model.base_logit.copy_(torch.log(rate) - torch.log1p(-rate))
+        if self.prior:
+            rate = y[fit_rows].mean(0).clamp(1e-4, 1 - 1e-4)
+            self.model.base_logit.copy_(torch.log(rate) - torch.log1p(-rate))
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, weight_decay=self.weight_decay)
         gen = torch.Generator().manual_seed(int(seed))
         bce = nn.BCEWithLogitsLoss()
@@ -213,10 +234,11 @@ class LagrangianScheduler(Scheduler):
             with torch.no_grad():
                 return float(bce(self.model(x[val_t]), y[val_t]))
 
-        best, best_state = val_loss(), {n: v.clone() for n, v in self.model.state_dict().items()}
-        self.history = [{"epoch": 0.0, "val_bce": best}]
+        # the untrained model is a logged reference; epochs ≥ 1 are the candidates
+        self.history = [{"epoch": 0.0, "val_bce": val_loss()}]
+        best, best_state, best_step = math.inf, None, None
         for epoch in tqdm(range(self.epochs), desc=f"{self.name} fit", leave=False,
-                          disable=self.progress is False if self.progress is not None else None):
+                          disable=progress_disabled(self.progress)):
             self.model.train()
             order = fit_t[torch.randperm(fit_t.numel(), generator=gen)]
             for i in range(0, order.numel(), self.batch_size):
@@ -228,7 +250,9 @@ class LagrangianScheduler(Scheduler):
             v = val_loss()
             self.history.append({"epoch": float(epoch + 1), "val_bce": v})
             if v < best:
-                best, best_state = v, {n: t.clone() for n, t in self.model.state_dict().items()}
+                best, best_step = v, epoch + 1
+                best_state = {n: t.clone() for n, t in self.model.state_dict().items()}
+        self.selected_step = best_step
         self.model.load_state_dict(best_state)
         self.model.eval()
         # Price curve on held-out rows: the correctness model never took a gradient step on them.

@@ -4,9 +4,12 @@ What every learner gets from :class:`TorchTableLearner`:
 
 * **Fit on calibration only.** ``fit(table)`` splits the calibration rows (seeded) into a fit part and a held-out
   part (``val_fraction``, :func:`agents.learners.base.split_rows`); the feature scaler is fitted on the fit part,
-  the policy is trained on it, and the epoch whose policy scores best on the held-out part (mean accuracy over a
-  budget grid, with over-budget choices counted as wrong; :meth:`~agents.learners.base.LearnerBase.keeps`) is kept —
-  early stopping / model selection never sees the test split.
+  the policy is trained on it, and the epoch (≥ 1) whose policy scores best on the held-out part (mean accuracy over
+  a budget grid, with over-budget choices counted as wrong; :meth:`~agents.learners.base.LearnerBase.keeps`) is kept
+  (``selected_step``) — early stopping / model selection never sees the test split.
+* **Prior** (``prior``, default :data:`~agents.learners.base.PRIOR_DEFAULT`): the plan policy's logits get a fixed
+  per-plan term ``calibration accuracy / prior_temp`` and a zero-initialised last layer, so the untrained policy is
+  the LUT and training learns per-sample deviations from it; ``prior=False`` is a plainly initialised network.
 * **Budgets sampled during training** uniformly in ``[cheapest candidate cost, 1]`` (fractions of the full model),
   so one policy serves every budget.
 * **Determinism.** All training randomness flows from one ``torch.Generator`` seeded by ``fit(seed=)``; network init
@@ -38,8 +41,9 @@ from adainf_env.errors import ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.fileio import atomic_torch_save
 from adainf_env.outcomes import OutcomeTable
-from agents.learners.base import HeldOutScores, LearnerBase, load_weights, weights_to_arrays
+from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, weights_to_arrays
 from agents.learners.policy_nets import PlanPolicy
+from agents.progress import progress_disabled
 
 __all__ = ["TorchTableLearner", "EpochCallback"]
 
@@ -51,14 +55,17 @@ class TorchTableLearner(LearnerBase):
     """Base class; subclasses implement :meth:`_build_policy`, :meth:`_prepare` and :meth:`_batch_loss`."""
 
     name = "torch_learner"
+    #: Whether the policy can start as the LUT (a per-plan logit prior: :class:`PlanPolicy`'s ``plan_prior``).
+    supports_prior = True
 
     def __init__(self, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
-                 val_fraction: float = 0.2, restrict_to_budget: bool = True, prior_temp: float | None = 0.01,
-                 progress: bool | None = None) -> None:
-        if prior_temp is not None and not prior_temp > 0:
-            raise ConfigError(f"prior_temp must be > 0 or None, got {prior_temp}")
-        self.prior_temp = None if prior_temp is None else float(prior_temp)
+                 val_fraction: float = 0.2, restrict_to_budget: bool = True, prior: bool | None = None,
+                 prior_temp: float = 0.01, progress: bool | None = None) -> None:
+        if not (math.isfinite(prior_temp) and prior_temp > 0):
+            raise ConfigError(f"prior_temp must be a finite number > 0, got {prior_temp}")
+        self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=self.supports_prior, who=self.name)
+        self.prior_temp = float(prior_temp)
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
         if not (lr > 0 and math.isfinite(lr)) or weight_decay < 0:
@@ -85,15 +92,18 @@ class TorchTableLearner(LearnerBase):
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "hidden": self.hidden, "plans": self.plans,
                 "val_fraction": self.val_fraction, "restrict_to_budget": self.restrict_to_budget,
-                "prior_temp": self.prior_temp}
+                "prior": self.prior, "prior_temp": self.prior_temp}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.policy is not None and self.candidates is not None
-        return {**weights_to_arrays(self.policy), "candidates": self.candidates}
+        return {**weights_to_arrays(self.policy), "candidates": self.candidates,
+                "selected_step": np.array(-1 if self.selected_step is None else self.selected_step)}
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         assert self.plan_space is not None
         self.candidates = arrays["candidates"].astype(np.int64)
+        step = int(arrays.get("selected_step", -1))
+        self.selected_step = None if step < 0 else step
         self.policy = self._build_policy(self.plan_space.feature_dim, self.plan_space.plan_cost[self.candidates],
                                          self.plan_space.plan_masks.shape[1])
         load_weights(self.policy, arrays, who=self.name)
@@ -102,7 +112,7 @@ class TorchTableLearner(LearnerBase):
     def _build_policy(self, feature_dim: int, cand_cost: np.ndarray, num_blocks: int,
                       cand_acc: np.ndarray | None = None) -> nn.Module:
         prior = None
-        if self.prior_temp is not None:
+        if self.prior:
             # at load time the prior buffer is overwritten by the saved one; zeros here only fix its shape
             prior = np.zeros(len(cand_cost)) if cand_acc is None else cand_acc / self.prior_temp
         return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden, plan_prior=prior)
@@ -145,32 +155,29 @@ class TorchTableLearner(LearnerBase):
         ckpt = self.checkpoint_path(checkpoint_dir)
         ident = self.run_identity(table, seed, cost_unit)
         score_rows = val_rows if val_rows.size else fit_rows
-        start, best_score, best_state, untrained = self._resume(self.open_checkpoint(ckpt, ident), opt, gen)
-        if start == 0:  # the untrained policy (= the LUT when a prior is used) is a candidate for selection too
-            untrained = self.held_out_scores(table, score_rows)
-            best_score = untrained.score
-            best_state = _clone_state(self.policy)
-            self.history = [{"epoch": 0.0, "val_score": best_score}]
+        start, best_score, best_state, best_step = self._resume(self.open_checkpoint(ckpt, ident), opt, gen)
+        if start == 0:  # the untrained policy (= the LUT with the prior) is scored as a reference, not a candidate
+            self.history = [{"epoch": 0.0, "val_score": self.held_out_scores(table, score_rows).score}]
         fit_t = torch.as_tensor(fit_rows)
-        bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=self.progress is False
-                   if self.progress is not None else None, initial=start, total=self.epochs, leave=False)
+        bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=progress_disabled(self.progress),
+                   initial=start, total=self.epochs, leave=False)
         for epoch in bar:
             metrics = self._train_epoch(fit_t, b_lo, opt, gen)
             metrics["epoch"] = float(epoch + 1)
             scores = self.held_out_scores(table, score_rows)
             metrics["val_score"] = scores.score
             self.history.append(metrics)
-            if self.keeps(scores, best_score, untrained):
-                best_score, best_state = scores.score, _clone_state(self.policy)
+            if self.keeps(scores, best_score, step=epoch + 1):
+                best_score, best_state, best_step = scores.score, _clone_state(self.policy), epoch + 1
             bar.set_postfix(val=f"{metrics['val_score']:.4f}")
             if ckpt is not None:
                 atomic_torch_save({"ident": ident, "epoch": epoch + 1, "model": self.policy.state_dict(),
                                    "opt": opt.state_dict(), "gen": gen.get_state(), "best_score": best_score,
-                                   "best_state": best_state, "history": self.history,
-                                   "untrained_accuracy": untrained.accuracy}, ckpt)
+                                   "best_state": best_state, "best_step": best_step, "history": self.history}, ckpt)
             if callback is not None:
                 callback(epoch + 1, metrics)
         bar.close()
+        self.selected_step = best_step
         self._finish(table, best_state)
         return self
 
@@ -189,9 +196,9 @@ class TorchTableLearner(LearnerBase):
         return val_rows, fit_rows
 
     def _resume(self, saved: dict[str, Any] | None, opt: torch.optim.Optimizer, gen: torch.Generator
-                ) -> tuple[int, float, dict[str, torch.Tensor] | None, HeldOutScores | None]:
+                ) -> tuple[int, float, dict[str, torch.Tensor] | None, int | None]:
         """Load a checkpoint of this run into the policy, optimiser and generator → (epoch, best score, best state,
-        untrained scores); ``(0, -inf, None, None)`` without one."""
+        best epoch); ``(0, -inf, None, None)`` without one."""
         if saved is None:
             self.history = []
             return 0, -math.inf, None, None
@@ -199,9 +206,7 @@ class TorchTableLearner(LearnerBase):
         opt.load_state_dict(saved["opt"])
         gen.set_state(saved["gen"])
         self.history = [dict(h) for h in saved["history"]]
-        acc = [float(a) for a in saved.get("untrained_accuracy", [])]
-        untrained = HeldOutScores([], acc, [], [], [])
-        return int(saved["epoch"]), float(saved["best_score"]), saved["best_state"], untrained
+        return int(saved["epoch"]), float(saved["best_score"]), saved["best_state"], saved.get("best_step")
 
     def _train_epoch(self, fit_t: torch.Tensor, b_lo: float, opt: torch.optim.Optimizer,
                      gen: torch.Generator) -> dict[str, float]:
@@ -226,7 +231,7 @@ class TorchTableLearner(LearnerBase):
         """Deploy the selected parameters; the LUT prior moves to all calibration rows; drop training tensors."""
         if best_state is not None:
             self.policy.load_state_dict(best_state)
-        if self.prior_temp is not None and hasattr(self.policy, "plan_prior"):
+        if self.prior and hasattr(self.policy, "plan_prior"):
             # Selection used fit-row statistics; the deployed prior, like the LUT, uses all calibration rows.
             acc_all = table.correct[:, self.candidates].mean(axis=0)
             self.policy.plan_prior.copy_(torch.as_tensor(acc_all / self.prior_temp, dtype=torch.float32))

@@ -14,7 +14,6 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from adainf_env.fileio import atomic_torch_save
 from adainf_env.outcomes import OutcomeTable
-from agents.learners.base import HeldOutScores
 from agents.sb3.resume import restore_training_state, training_state
 
 if TYPE_CHECKING:
@@ -44,7 +43,7 @@ class SelectionCallback(BaseCallback):
         self._pending = False  # an evaluation happened; checkpoint + user callback at the next rollout boundary
         self.best_score = -math.inf
         self.best_state: dict[str, torch.Tensor] | None = None
-        self.untrained: HeldOutScores | None = None  # held-out scores of the untrained policy
+        self.best_step: int | None = None  # env step of the selected evaluation
         self.history: list[dict[str, float]] = []
         self._reward_sum, self._reward_n = 0.0, 0  # env reward since the last evaluation (our vec env emits no
         # Monitor "episode" infos, so SB3's rollout/ep_rew_mean would stay empty)
@@ -59,25 +58,24 @@ class SelectionCallback(BaseCallback):
         for k, v in (("val_score", scores.score), ("mean_cost", np.mean(scores.mean_cost)),
                      ("overrun_rate", np.mean(scores.overrun_rate)), ("plan_entropy", np.mean(scores.plan_entropy))):
             self.logger.record(f"adainf/{k}", float(v))
-        if self.untrained is None:
-            self.untrained = scores
-        self.history.append({"timesteps": float(self.num_timesteps), "val_score": scores.score,
-                             "eligible": float(self.sched.no_worse(scores, self.untrained))})
-        if self.sched.keeps(scores, self.best_score, self.untrained):
-            self.best_score = scores.score
+        self.history.append({"timesteps": float(self.num_timesteps), "val_score": scores.score})
+        # a candidate once the parameters have had an update (PPO/A2C train after the rollout that triggers this;
+        # DQN only after ``learning_starts``)
+        step = int(self.num_timesteps) if int(getattr(self.model, "_n_updates", 1)) > 0 else 0
+        if self.sched.keeps(scores, self.best_score, step=step):
+            self.best_score, self.best_step = scores.score, int(self.num_timesteps)
             self.best_state = {k: v.detach().clone() for k, v in self.model.policy.state_dict().items()}
 
     def _save(self, resumable: bool) -> None:
         m = self.model
         ckpt: dict[str, Any] = {"ident": self.ident, "timesteps": int(m.num_timesteps),
                                 "policy": m.policy.state_dict(), "optimizer": m.policy.optimizer.state_dict(),
-                                "best_state": self.best_state, "best_score": float(self.best_score)}
+                                "best_state": self.best_state, "best_score": float(self.best_score),
+                                "best_step": self.best_step}
         if resumable:
             ckpt["resume"] = training_state(m)
             ckpt["resume"]["selection"] = {
-                "count": self.count, "history": self.history,
-                "base_accs": None if self.untrained is None else self.untrained.accuracy,
-                "reward_sum": self._reward_sum, "reward_n": self._reward_n}
+                "count": self.count, "history": self.history, "reward_sum": self._reward_sum, "reward_n": self._reward_n}
         atomic_torch_save(ckpt, self.checkpoint)
 
     def restore(self, saved: dict[str, Any]) -> None:
@@ -89,10 +87,9 @@ class SelectionCallback(BaseCallback):
         sel = r["selection"]
         self.count = int(sel["count"])
         self.history = [dict(h) for h in sel["history"]]
-        acc = sel["base_accs"]
-        self.untrained = None if acc is None else HeldOutScores([], [float(a) for a in acc], [], [], [])
         self._reward_sum, self._reward_n = float(sel["reward_sum"]), int(sel["reward_n"])
         self.best_state, self.best_score = saved["best_state"], float(saved["best_score"])
+        self.best_step = saved["best_step"]
         self.resumed = True
 
     def _after_evaluation(self) -> None:
@@ -132,7 +129,7 @@ class SelectionCallback(BaseCallback):
 
     def _on_training_start(self) -> None:
         if not self.resumed:
-            self._evaluate()  # the untrained policy (= the LUT with ``lut_prior``) is a selection candidate too
+            self._evaluate()  # the untrained policy (= the LUT with ``prior``): a logged reference, not a candidate
 
     def _on_training_end(self) -> None:
         self._evaluate()

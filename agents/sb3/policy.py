@@ -1,7 +1,7 @@
 """The residual-around-LUT policies of the SB3 actor-critic schedulers (PPO, A2C, MaskablePPO).
 
-``logits = W·latent + s·1[k = LUT plan at M]`` with ``W`` zero-initialised (``lut_prior = s``; 0 = SB3's plain MLP
-policy), so the untrained policy's most probable plan within budget is the look-up-table plan. The LUT one-hot is the
+``logits = W·latent + s·1[k = LUT plan at M]`` with ``W`` zero-initialised (``s`` = the scheduler's ``prior_scale``;
+``prior=False`` = SB3's plain MLP policy), so the untrained policy's most probable plan within budget is the look-up-table plan. The LUT one-hot is the
 last block of the observation (:class:`agents.sb3.obs.ObsBuilder`).
 """
 
@@ -47,8 +47,7 @@ class LUTPrior:
 
     ``logits = W·latent + s·1[k = LUT plan at M]`` with ``W`` zero-initialised, so the *untrained* policy's most probable
     plan within budget is exactly the LUT plan (its probability e^s / (e^s + K − 1): s = 3 leaves ~40 % exploration
-    over K = 15 candidates), and PPO learns per-sample deviations from it. Both parts stay trainable. Held-out
-    selection (which scores the untrained policy too) keeps a deviation only if it helps on calibration rows.
+    over K = 15 candidates), and PPO learns per-sample deviations from it. Both parts stay trainable.
     ``lut_prior_dims = 0`` is SB3's plain policy."""
 
     def __init__(self, *args: Any, lut_prior_dims: int = 0, lut_prior_scale: float = 0.0, **kwargs: Any) -> None:

@@ -4,9 +4,9 @@
 :class:`~adainf_env.vec_env.AdaInfVecEnv` (table mode, bandit: one request per episode, budget uniform in
 [cheapest plan, 1], reward ``1[correct] − λ·max(0, cost − budget)``) built over the *fit* part of the calibration
 table; the held-out part (``val_fraction``) scores the policy every ``eval_every`` rollouts/steps (mean accuracy over a
-budget grid, as for the torch learners, from the untrained policy on) and the best-scoring parameters among those no
-worse than the untrained policy at any grid budget are kept (:class:`~agents.learners.base.LearnerBase`, selection
-``"best_mean_no_worse"``). Unknown ``algo`` → ConfigError.
+budget grid, as for the torch learners; the untrained policy is scored as a reference) and the best-scoring parameters
+after at least one update are kept (:meth:`~agents.learners.base.LearnerBase.keeps`, the one rule of every learner;
+``selected_step`` = the environment step of that evaluation). Unknown ``algo`` → ConfigError.
 
 The env is seen through :class:`~agents.sb3.obs.SchedulerObsWrapper` (an SB3 ``VecEnvWrapper``):
 
@@ -16,9 +16,10 @@ The env is seen through :class:`~agents.sb3.obs.SchedulerObsWrapper` (an SB3 ``V
   256 plans on the reference ResNet18 table — ``plans="all"`` keeps every plan), mapped to the env's plan index;
 * ``action_masks()`` = candidates that fit the budget (:mod:`adainf_env.feasibility`), for MaskablePPO.
 
-Policy (PPO, A2C, MaskablePPO): a residual policy around the look-up table, ``logits = W·latent + s·1[k = LUT plan]``
-with ``W`` zero-initialised (``lut_prior = s``; 0 = SB3's plain MLP policy), so the untrained policy's most probable
-plan within budget is the LUT plan; the untrained policy is scored for selection too (:mod:`agents.sb3.policy`).
+Policy (PPO, A2C, MaskablePPO) with ``prior=True``: a residual policy around the look-up table,
+``logits = W·latent + s·1[k = LUT plan]`` with ``W`` zero-initialised (``s = prior_scale``), so the untrained policy's
+most probable plan within budget is the LUT plan (:mod:`agents.sb3.policy`); ``prior=False`` is SB3's plain MLP
+policy. DQN has no prior (its Q-head is SB3's).
 
 ``select()`` is the deterministic policy (argmax of the action probabilities, or of Q for DQN) restricted to plans
 within the budget (``restrict_to_budget=True``, the default; ``False`` = SB3's unrestricted ``predict``).
@@ -62,7 +63,7 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.outcomes import OutcomeTable
 from adainf_env.vec_env import make_vec_env
-from agents.learners.base import LearnerBase, load_weights, weights_to_arrays
+from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, weights_to_arrays
 from agents.sb3.callback import SelectionCallback, StepCallback
 from agents.sb3.obs import ObsBuilder, SchedulerObsWrapper
 from agents.sb3.policy import ALGOS, policy_class
@@ -71,18 +72,18 @@ __all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "Mask
            "DEFAULTS", "StepCallback", "ObsBuilder", "SchedulerObsWrapper"]
 
 #: Per-algorithm defaults, chosen on held-out *calibration* rows (never the test split) for a small CPU budget.
-#: ``lut_prior`` = s of the residual-around-LUT policy (:class:`~agents.sb3.policy.LUTPrior`): without it PPO has to rediscover from noisy bandit rewards which of ~15 plans of nearly equal accuracy is best at
-#: high budgets (measured: −1 to −1.5 pt vs lut at budgets 0.8–1.0); with it the untrained policy *is* the LUT and
-#: selection on held-out rows keeps a learned deviation only where it helps. 100k env steps: on the reference table the
-#: held-out score stops improving well before (the stem features say little about which plan a sample needs).
+#: ``prior`` (see :data:`~agents.learners.base.PRIOR_DEFAULT`): start as the LUT (residual policy,
+#: :class:`~agents.sb3.policy.LUTPrior`, scale ``prior_scale``): without it PPO has to rediscover from noisy bandit
+#: rewards which of ~15 plans of nearly equal accuracy is best at high budgets. 100k env steps: on the reference table
+#: the held-out score stops improving well before (the stem features say little about which plan a sample needs).
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "lut_prior": 3.0,
+    "ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
             "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0, "gae_lambda": 1.0,
                             "ent_coef": 0.0}},
-    "maskable_ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "lut_prior": 3.0,
+    "maskable_ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
                      "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0,
                                      "gae_lambda": 1.0, "ent_coef": 0.0}},
-    "a2c": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "lut_prior": 3.0,
+    "a2c": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
             "algo_kwargs": {"n_steps": 1, "gamma": 0.0, "ent_coef": 0.0}},
     "dqn": {"total_timesteps": 100_000, "n_envs": 32, "learning_rate": 1e-3,
             "algo_kwargs": {"buffer_size": 100_000, "learning_starts": 2_000, "batch_size": 256, "gamma": 0.0,
@@ -112,14 +113,13 @@ class SB3Scheduler(LearnerBase):
     ``None`` values take the per-algorithm :data:`DEFAULTS`; ``algo_kwargs`` are passed to the SB3 constructor."""
 
     name = "sb3"
-    selection = "best_mean_no_worse"
 
     def __init__(self, *, algo: str = "ppo", total_timesteps: int | None = None, n_envs: int | None = None,
                  learning_rate: float | None = None, lam: float = 1.0, hidden: Sequence[int] = (64, 64),
                  plans: str | Sequence[int] = "pareto", val_fraction: float = 0.2, eval_every: int = 10,
                  restrict_to_budget: bool = True, algo_kwargs: dict[str, Any] | None = None,
                  tensorboard_log: str | None = None, checkpoint_dir: str | None = None,
-                 lut_prior: float | None = None, progress: bool = False) -> None:
+                 prior: bool | None = None, prior_scale: float = 3.0, progress: bool = False) -> None:
         if algo not in ALGOS:
             raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
         d = DEFAULTS[algo]
@@ -146,12 +146,10 @@ class SB3Scheduler(LearnerBase):
         self.tensorboard_log = tensorboard_log
         self.checkpoint_dir = checkpoint_dir
         self.progress = bool(progress)
-        lp = float(lut_prior if lut_prior is not None else d.get("lut_prior", 0.0))
-        if not (math.isfinite(lp) and lp >= 0):
-            raise ConfigError(f"lut_prior must be a finite number ≥ 0, got {lut_prior}")
-        if algo == "dqn" and lp:
-            raise ConfigError("lut_prior applies to the actor-critic algorithms (ppo, a2c, maskable_ppo), not dqn")
-        self.lut_prior = lp
+        if not (math.isfinite(prior_scale) and prior_scale > 0):
+            raise ConfigError(f"prior_scale must be a finite number > 0, got {prior_scale}")
+        self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=algo != "dqn", who=algo)
+        self.prior_scale = float(prior_scale)
         self.policy: Any = None
         self.candidates: np.ndarray | None = None
         self.builder: ObsBuilder | None = None
@@ -162,14 +160,14 @@ class SB3Scheduler(LearnerBase):
                 "learning_rate": self.learning_rate, "lam": self.lam, "hidden": self.hidden, "plans": self.plans,
                 "val_fraction": self.val_fraction, "eval_every": self.eval_every,
                 "restrict_to_budget": self.restrict_to_budget, "algo_kwargs": self.algo_kwargs,
-                "lut_prior": self.lut_prior}
+                "prior": self.prior, "prior_scale": self.prior_scale}
 
     # ----------------------------------------------------------------- policy construction
     def _policy_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"net_arch": list(self.hidden)}
-        if self.lut_prior and self.algo != "dqn":
+        if self.prior:
             assert self.candidates is not None
-            kw.update(lut_prior_dims=len(self.candidates), lut_prior_scale=self.lut_prior)
+            kw.update(lut_prior_dims=len(self.candidates), lut_prior_scale=self.prior_scale)
         return kw
 
     def _build_policy(self) -> Any:
@@ -182,7 +180,8 @@ class SB3Scheduler(LearnerBase):
         assert self.policy is not None and self.builder is not None and self.candidates is not None
         out = weights_to_arrays(self.policy)
         out.update(candidates=self.candidates, obs_mean=self.builder.mean, obs_std=self.builder.std,
-                   obs_acc=self.builder.cand_acc)
+                   obs_acc=self.builder.cand_acc,
+                   selected_step=np.array(-1 if self.selected_step is None else self.selected_step))
         return out
 
     def load_state_arrays(self, arrays: dict[str, np.ndarray]) -> None:
@@ -190,6 +189,8 @@ class SB3Scheduler(LearnerBase):
         self.candidates = arrays["candidates"].astype(np.int64)
         self.builder = ObsBuilder(arrays["obs_mean"], arrays["obs_std"], self.plan_space.plan_cost[self.candidates],
                                   arrays["obs_acc"])
+        step = int(arrays.get("selected_step", -1))
+        self.selected_step = None if step < 0 else step
         self.policy = self._build_policy()
         load_weights(self.policy, arrays, who=self.name)
         self.policy.set_training_mode(False)
@@ -246,6 +247,7 @@ class SB3Scheduler(LearnerBase):
             torch.set_num_threads(threads)
         if cb.best_state is not None:
             self.policy.load_state_dict(cb.best_state)
+        self.selected_step = cb.best_step
         self.builder.cand_acc = table.correct[:, self.candidates].mean(axis=0)
         self.policy.set_training_mode(False)
         self.history = cb.history
