@@ -11,7 +11,7 @@ import numpy as np
 from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
                                      BlockCosts, RequestBatch)
 from adainf_env.budgets import TokenBucket
-from adainf_env.env import LiveSource, _LiveRunner
+from adainf_env.live import LiveRunner, LiveSource
 from adainf_env.env_core import RNG_CHUNK, ActionError
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.outcomes import OutcomeTable, load_table
@@ -373,7 +373,7 @@ class _AnytimeLive:
 
         from adainf_env.costs import measure_macs
 
-        base = _LiveRunner(src)  # validates the source, computes the stem features of every image
+        base = LiveRunner(src)  # validates the source, computes the stem features of every image
         bb = base.backbone
         if len(bb.blocks) > 12:
             raise ConfigError(f"live anytime mode enumerates all 2^B plans; the backbone has {len(bb.blocks)} blocks")

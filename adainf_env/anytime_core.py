@@ -38,7 +38,8 @@ import numpy as np
 from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
-from adainf_env.env_core import ActionError, make_bucket
+from adainf_env.env_core import ActionError
+from adainf_env.options import make_bucket
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.outcomes import OutcomeTable, codes_from_masks

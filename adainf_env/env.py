@@ -2,44 +2,22 @@
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-import torch
 
-from adainf_env.costs import measure_macs, plan_macs
-from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
+from adainf_env.env_core import ActionError, EnvConfig, RequestDraws, source_table
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
+from adainf_env.live import LiveRunner, LiveSource
 from adainf_env.options import RENDER_MODES, EnvOptions
-from adainf_env.outcomes import OutcomeTable, load_table, masks_from_codes
-from adainf_env.reference_tables import reference_table_path
+from adainf_env.outcomes import OutcomeTable
 from adainf_env.render import render_frame, render_text
 from adainf_env.reward import overrun_paid, step_reward
 
 __all__ = ["AdaInfEnv", "LiveSource", "ActionError"]
-
-
-@dataclasses.dataclass
-class LiveSource:
-    """A real backbone and real images for the env's live mode.
-
-    ``images``: uint8 [N, C, H, W] (numpy or torch); ``labels``: int [N]. ``plan_masks`` [P, B] (default: all
-    2^B plans, B ≤ 12). ``plan_cost`` [P] fractions of the full model (default: MACs measured with
-    :func:`adainf_env.costs.measure_macs`). The stem features of all images are computed once at env creation
-    (the stem always runs, so this is what a deployed scheduler would read); each step runs the backbone for the
-    chosen plan on the request's image.
-    """
-
-    backbone: Any
-    images: Any
-    labels: Any
-    plan_masks: np.ndarray | None = None
-    plan_cost: np.ndarray | None = None
-    batch_size: int = 256
 
 
 class AdaInfEnv(gym.Env):
@@ -141,15 +119,11 @@ class AdaInfEnv(gym.Env):
         **option_kwargs: Any,
     ) -> None:
         opts = EnvOptions.from_kwargs(options, **option_kwargs)
-        if sum(x is not None for x in (table, table_path, live)) > 1:
-            raise ConfigError("give at most one of table=, table_path= or live= (none: the shipped reference "
-                              "calibration table)")
-        if table is None and live is None:
-            table = load_table(table_path if table_path is not None else reference_table_path("calib"))
+        table = source_table(table, table_path, live)
         self.options = opts
-        self._live: _LiveRunner | None = None
+        self._live: LiveRunner | None = None
         if live is not None:
-            self._live = _LiveRunner(live)
+            self._live = LiveRunner(live)
             if opts.cost_unit != "macs" and live.plan_cost is None:
                 raise ConfigError("live mode: cost_unit='latency' needs LiveSource(plan_cost=...) (a latency profile)")
             self.cfg = EnvConfig.build(features=self._live.features, correct=None, loss=None, cost=self._live.cost,
@@ -174,7 +148,8 @@ class AdaInfEnv(gym.Env):
         self._reward_ce = opts.reward == "neg_ce"
         self._reward_kw = dict(reward=opts.reward, penalty=opts.penalty, lam=opts.lam, hard_penalty=opts.hard_penalty)
         self._plan_action = opts.action_type == "plan"
-        self._invalidate_rng_buffers()
+        self._draws = RequestDraws(self._n)
+        self._bbuf: list[float] = []  # bandit budgets of the draws' uniform buffer (refreshed when it refills)
         self._s: int | None = None  # current request's table row; None before the first reset
         self._done = True
         self._budget = 1.0
@@ -199,34 +174,18 @@ class AdaInfEnv(gym.Env):
         return self.cfg.lam
 
     # ------------------------------------------------------------------ randomness
-    def _invalidate_rng_buffers(self) -> None:
-        self._perm = np.empty(0, dtype=np.int64)
-        self._pos = self._n  # exhausted → the next request draws a permutation
-        self._ubuf = np.empty(0)
-        self._bbuf: list[float] = []
-        self._upos = RNG_CHUNK
-
     def _draw(self) -> tuple[int, int]:
         """Next request: (table row, index into the uniform buffer). See env_core for the protocol."""
-        if self._pos >= self._n:
-            self._perm = self.np_random.permutation(self._n)
-            self._pos = 0
-        s = int(self._perm[self._pos])
-        self._pos += 1
-        if self._upos >= RNG_CHUNK:
-            self._ubuf = self.np_random.random(RNG_CHUNK)
-            if self._bandit:  # bandit budgets only depend on the uniform: compute a chunk at once
-                self._bbuf = self.cfg.process.start(self._ubuf)[0].tolist()
-            self._upos = 0
-        k = self._upos
-        self._upos += 1
+        s, k = self._draws.draw(self.np_random)
+        if k == 0 and self._bandit:  # a fresh uniform buffer: bandit budgets depend only on it, a chunk at once
+            self._bbuf = self.cfg.process.start(self._draws.ubuf)[0].tolist()
         return s, k
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            self._invalidate_rng_buffers()
+            self._draws.invalidate()
         pin_s, pin_b = self.cfg.parse_options(options)
         s, k = self._draw()
         if pin_s is not None:
@@ -238,7 +197,7 @@ class AdaInfEnv(gym.Env):
             obs = self._make_obs()
         else:
             self._pin_b = pin_b
-            b0, aux = self.cfg.process.start(self._ubuf[k:k + 1])
+            b0, aux = self.cfg.process.start(self._draws.ubuf[k:k + 1])
             self._aux = aux
             self._proc_b = b0 if pin_b is None else np.array([pin_b])
             self._t = 0
@@ -302,7 +261,7 @@ class AdaInfEnv(gym.Env):
         s, k = self._draw()
         self._s = s
         if self._pin_b is None:
-            self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, self._ubuf[k:k + 1])
+            self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, self._draws.ubuf[k:k + 1])
         self._stream_budget(initial=False)
         self._obs = self._make_obs()
         return self._obs, reward, False, False, info
@@ -336,62 +295,3 @@ class AdaInfEnv(gym.Env):
 
     def close(self) -> None:
         """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
-
-
-class _LiveRunner:
-    """Runs a real backbone for the live mode (see :class:`LiveSource`)."""
-
-    def __init__(self, src: LiveSource) -> None:
-        if not isinstance(src, LiveSource):
-            raise ConfigError(f"live must be a LiveSource, got {type(src).__name__}")
-        bb = src.backbone
-        for attr in ("stem", "features", "head", "blocks", "prepare"):
-            if not hasattr(bb, attr):
-                raise ConfigError(f"live backbone must be a SkippableBackbone; {type(bb).__name__} lacks {attr!r}")
-        images = torch.as_tensor(np.asarray(src.images)) if not isinstance(src.images, torch.Tensor) else src.images
-        labels = np.asarray(src.labels).astype(np.int64).reshape(-1)
-        if images.ndim != 4 or images.shape[0] == 0:
-            raise ConfigError(f"live images must be [N, C, H, W] with N ≥ 1, got {tuple(images.shape)}")
-        if labels.shape[0] != images.shape[0]:
-            raise ConfigError(f"live labels have {labels.shape[0]} entries for {images.shape[0]} images")
-        if (labels < 0).any() or (labels >= bb.num_classes).any():
-            raise ConfigError(f"live labels must lie in [0, {bb.num_classes})")
-        nb = len(bb.blocks)
-        if src.plan_masks is None:
-            if nb > 12:
-                raise ConfigError(f"live backbone has {nb} blocks: pass LiveSource(plan_masks=[P, {nb}]) (2^{nb} is "
-                                  "too many plans)")
-            masks = masks_from_codes(np.arange(1 << nb), nb)
-        else:
-            masks = np.asarray(src.plan_masks)
-            if masks.ndim != 2 or masks.shape[1] != nb or not np.isin(masks, (0, 1)).all():
-                raise ConfigError(f"live plan_masks must be 0/1 [P, {nb}], got shape {masks.shape}")
-            masks = masks.astype(bool)
-        if src.plan_cost is None:
-            prof = measure_macs(bb)
-            cost = plan_macs(prof, masks) / float(prof.full)
-        else:
-            cost = np.asarray(src.plan_cost, dtype=np.float64)
-            if cost.shape != (masks.shape[0],):
-                raise ConfigError(f"live plan_cost must have shape ({masks.shape[0]},), got {cost.shape}")
-        self.backbone = bb.eval()
-        self.images = images
-        self.labels = labels
-        self.plan_masks = masks
-        self.cost = cost
-        self._device = next((p.device for p in bb.parameters()), torch.device("cpu"))
-        feats = []
-        with torch.no_grad():
-            for i in range(0, images.shape[0], max(1, int(src.batch_size))):
-                x = bb.prepare(images[i:i + src.batch_size].to(self._device))
-                feats.append(bb.features(bb.stem(x)).float().cpu().numpy())
-        self.features = np.concatenate(feats).astype(np.float32)
-
-    def run(self, s: int, p: int) -> tuple[bool, float]:
-        """Run plan ``p`` on image ``s``: (correct, cross-entropy of the true label in nats)."""
-        with torch.no_grad():
-            logits = self.backbone(self.images[s:s + 1].to(self._device),
-                                   torch.as_tensor(self.plan_masks[p], device=self._device)).float()
-            y = torch.tensor([int(self.labels[s])], device=self._device)
-            ce = float(torch.nn.functional.cross_entropy(logits, y))
-        return bool(int(logits.argmax(1)) == int(self.labels[s])), ce

@@ -10,13 +10,16 @@ each env owns one ``np.random.Generator``; every request makes two draws from it
 2. one uniform for the budget process: position ``upos`` of a buffer of :data:`RNG_CHUNK` uniforms,
    refilled with ``rng.random(RNG_CHUNK)`` when exhausted (drawing in chunks keeps per-step work tiny).
 
-Reseeding (``reset(seed=...)``) discards both buffers.
+Reseeding (``reset(seed=...)``) discards both buffers. :class:`RequestDraws` is this protocol for one env (the
+single envs and the anytime vec env use it; :class:`~adainf_env.vec_env.AdaInfVecEnv` stores the same draws of all
+its envs transposed, see there).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import operator
+import os
 from typing import Any, Mapping
 
 import numpy as np
@@ -24,10 +27,12 @@ from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
-from adainf_env.options import EnvOptions, make_bucket  # make_bucket: also imported from here by anytime_core
-from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.options import EnvOptions
+from adainf_env.outcomes import OutcomeTable, codes_from_masks, load_table
+from adainf_env.reference_tables import reference_table_path
 
-__all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "make_bucket", "observation_space"]
+__all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "RequestDraws", "observation_parts", "observation_space",
+           "parse_reset_options", "source_table", "space_of_parts"]
 
 RNG_CHUNK = 1024  # uniforms drawn per refill of the budget buffer (part of the seeding contract; do not vary)
 
@@ -36,14 +41,60 @@ class ActionError(AdaInfError):
     """An action outside the action space: plan index out of range, wrong shape/type, unknown block mask."""
 
 
-def observation_space(feature_dim: int, options: EnvOptions) -> spaces.Space:
-    """The observation space: a function of the feature dimension and the options only, never of the data, so every
-    table of a backbone (calibration, test, live) gives the same space and a policy trained on one runs on another.
+class RequestDraws:
+    """One env's draws under the randomness protocol above: ``draw(rng)`` → (table row, index ``k`` into ``ubuf``).
 
-    Features are any finite float32 (they are whatever the backbone's stem pools: ReLU outputs for the reference
-    network, noisy one-hots for the toy table; :meth:`EnvConfig.build` refuses NaN/inf), so their Box spans the
-    finite float32 range rather than ±inf, which Gymnasium's checker flags. The budget is a fraction of the full
-    model; the bucket part is bounded by the bucket's capacity.
+    ``k == 0`` exactly when ``ubuf`` was just refilled (callers that precompute from the uniforms, like the bandit
+    budgets of :class:`~adainf_env.env.AdaInfEnv`, refresh then). :meth:`invalidate` discards both buffers (reseeding).
+    """
+
+    __slots__ = ("num_samples", "perm", "pos", "ubuf", "upos")
+
+    def __init__(self, num_samples: int) -> None:
+        self.num_samples = int(num_samples)
+        self.invalidate()
+
+    def invalidate(self) -> None:
+        self.perm = np.empty(0, dtype=np.int64)
+        self.pos = self.num_samples  # exhausted → the next request draws a permutation
+        self.ubuf = np.empty(0)
+        self.upos = RNG_CHUNK
+
+    def draw(self, rng: np.random.Generator) -> tuple[int, int]:
+        if self.pos >= self.num_samples:
+            self.perm = rng.permutation(self.num_samples)
+            self.pos = 0
+        s = int(self.perm[self.pos])
+        self.pos += 1
+        if self.upos >= RNG_CHUNK:
+            self.ubuf = rng.random(RNG_CHUNK)
+            self.upos = 0
+        k = self.upos
+        self.upos += 1
+        return s, k
+
+
+def source_table(table: OutcomeTable | None, table_path: str | os.PathLike | None, live: Any = None) -> \
+        OutcomeTable | None:
+    """The outcome table an env serves: ``table``, the one at ``table_path``, none for a ``live`` source, or (none
+    of them given) the reference calibration table shipped with the package. More than one → :class:`ConfigError`."""
+    if sum(x is not None for x in (table, table_path, live)) > 1:
+        raise ConfigError("give at most one of table=, table_path= or live= (none: the shipped reference "
+                          "calibration table)")
+    if table is None and live is None:
+        table = load_table(table_path if table_path is not None else reference_table_path("calib"))
+    return table
+
+
+def observation_parts(feature_dim: int, options: EnvOptions) -> dict[str, spaces.Box]:
+    """The observation parts every AdaInf env shares: ``features``, ``budget`` and, with a token bucket, ``bucket``.
+
+    A function of the feature dimension and the options only, never of the data, so every table of a backbone
+    (calibration, test, live) gives the same space and a policy trained on one runs on another. Features are any
+    finite float32 (they are whatever the backbone's stem pools: ReLU outputs for the reference network, noisy
+    one-hots for the toy table; :meth:`EnvConfig.build` refuses NaN/inf), so their Box spans the finite float32 range
+    rather than ±inf, which Gymnasium's checker flags. The budget is a fraction of the full model; the bucket part is
+    bounded by the bucket's capacity.
     """
     big = np.finfo(np.float32).max
     parts: dict[str, spaces.Box] = {
@@ -55,10 +106,45 @@ def observation_space(feature_dim: int, options: EnvOptions) -> spaces.Space:
         # [bucket level after refill (fraction of full model), this request's refill, fraction of episode left]
         parts["bucket"] = spaces.Box(low=np.zeros(3, np.float32),
                                      high=np.array([bucket.cap, 1.0, 1.0], np.float32), dtype=np.float32)
-    if options.obs_format == "dict":
-        return spaces.Dict(parts)
+    return parts
+
+
+def space_of_parts(parts: Mapping[str, spaces.Box], obs_format: str) -> spaces.Space:
+    """``Dict(parts)`` for ``obs_format="dict"``, else one Box concatenating them in order."""
+    if obs_format == "dict":
+        return spaces.Dict(dict(parts))
     return spaces.Box(low=np.concatenate([p.low for p in parts.values()]),
                       high=np.concatenate([p.high for p in parts.values()]), dtype=np.float32)
+
+
+def observation_space(feature_dim: int, options: EnvOptions) -> spaces.Space:
+    """The plan envs' observation space (see :func:`observation_parts`)."""
+    return space_of_parts(observation_parts(feature_dim, options), options.obs_format)
+
+
+def parse_reset_options(options: Any, num_samples: int) -> tuple[int | None, float | None]:
+    """``reset(options={"sample": i, "budget": b})`` → (pinned table row or None, pinned budget or None)."""
+    if options is None:
+        return None, None
+    if not isinstance(options, Mapping):
+        raise ConfigError(f"reset options must be a dict, got {type(options).__name__}")
+    extra = set(options) - {"sample", "budget"}
+    if extra:
+        raise ConfigError(f"unknown reset option(s) {sorted(extra)}; expected 'sample' and/or 'budget'")
+    s = options.get("sample")
+    if s is not None:
+        try:
+            if isinstance(s, (bool, np.bool_)):
+                raise TypeError
+            s = operator.index(s)
+        except TypeError:
+            raise ConfigError(f"reset option 'sample' must be an integer row index, got {s!r}") from None
+        if not 0 <= s < num_samples:
+            raise ConfigError(f"reset option 'sample'={s} out of range [0, {num_samples})")
+    b = options.get("budget")
+    if b is not None:
+        b = check_budget_value(b, "reset option 'budget'")
+    return s, b
 
 
 @dataclasses.dataclass
@@ -209,24 +295,4 @@ class EnvConfig:
     # ------------------------------------------------------------------ options
     def parse_options(self, options: Any) -> tuple[int | None, float | None]:
         """reset(options={"sample": i, "budget": b}) → (pinned sample row or None, pinned budget or None)."""
-        if options is None:
-            return None, None
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"reset options must be a dict, got {type(options).__name__}")
-        extra = set(options) - {"sample", "budget"}
-        if extra:
-            raise ConfigError(f"unknown reset option(s) {sorted(extra)}; expected 'sample' and/or 'budget'")
-        s = options.get("sample")
-        if s is not None:
-            try:
-                if isinstance(s, (bool, np.bool_)):
-                    raise TypeError
-                s = operator.index(s)
-            except TypeError:
-                raise ConfigError(f"reset option 'sample' must be an integer row index, got {s!r}") from None
-            if not 0 <= s < self.num_samples:
-                raise ConfigError(f"reset option 'sample'={s} out of range [0, {self.num_samples})")
-        b = options.get("budget")
-        if b is not None:
-            b = check_budget_value(b, "reset option 'budget'")
-        return s, b
+        return parse_reset_options(options, self.num_samples)

@@ -1,5 +1,7 @@
 """The options of the AdaInf environments, spelled out once.
 
+:class:`AnytimeOptions` (the anytime env's) is :class:`EnvOptions` plus ``invalid_action``.
+
 :class:`EnvOptions` is what :class:`~adainf_env.env.AdaInfEnv`, :class:`~adainf_env.vec_env.AdaInfVecEnv` and
 :class:`~adainf_env.env_core.EnvConfig` take; both env constructors also accept its fields as keyword arguments
 (``AdaInfEnv(table, mode="stream", lam=0.5)`` ≡ ``AdaInfEnv(table, options=EnvOptions(mode="stream", lam=0.5))``).
@@ -17,8 +19,8 @@ import numpy as np
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 
-__all__ = ["EnvOptions", "make_bucket", "MODES", "REWARDS", "PENALTIES", "OBS_FORMATS", "ACTION_TYPES", "COST_UNITS",
-           "RENDER_MODES"]
+__all__ = ["EnvOptions", "AnytimeOptions", "make_bucket", "MODES", "REWARDS", "PENALTIES", "OBS_FORMATS",
+           "ACTION_TYPES", "COST_UNITS", "RENDER_MODES", "INVALID_ACTIONS"]
 
 MODES = ("bandit", "stream")
 REWARDS = ("correct", "neg_ce")
@@ -27,6 +29,7 @@ OBS_FORMATS = ("dict", "flat")
 ACTION_TYPES = ("plan", "mask")
 COST_UNITS = ("macs", "latency")
 RENDER_MODES = ("ansi", "rgb_array")
+INVALID_ACTIONS = ("raise", "fallback")
 
 
 def make_bucket(bucket: Any) -> TokenBucket | None:
@@ -124,9 +127,37 @@ class EnvOptions:
         """
         if options is not None and not isinstance(options, EnvOptions):
             raise ConfigError(f"options must be an EnvOptions, got {type(options).__name__}")
+        if options is not None and not isinstance(options, cls):
+            # an EnvOptions given to the anytime env: keep its values, add the anytime defaults
+            options = cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(options)})
         names = {f.name for f in dataclasses.fields(cls)}
         extra = set(kwargs) - names
         if extra:
-            raise ConfigError(f"unknown env option(s) {sorted(extra)}; expected the fields of EnvOptions: "
+            raise ConfigError(f"unknown env option(s) {sorted(extra)}; expected the fields of {cls.__name__}: "
                               f"{sorted(names)} (and table=, table_path=, live=)")
         return dataclasses.replace(options, **kwargs) if options is not None else cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class AnytimeOptions(EnvOptions):
+    """The options of :class:`~adainf_env.anytime.AnytimeEnv`: those of :class:`EnvOptions` plus
+
+    * ``invalid_action``: ``"raise"`` (an action outside ``action_masks()`` raises
+      :class:`~adainf_env.env_core.ActionError`) or ``"fallback"`` (it is replaced by a valid one, see the env).
+
+    The anytime env's actions are always ``Discrete(4)`` (run, skip, read, stop), so ``action_type`` must stay
+    ``"plan"``; it charges every block, shortcut and head separately, so ``cost_unit`` must be ``"macs"`` (a latency
+    profile has per-plan totals only).
+    """
+
+    invalid_action: Literal["raise", "fallback"] = "raise"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _choice(self.invalid_action, "invalid_action", INVALID_ACTIONS)
+        if self.action_type != "plan":
+            raise ConfigError("the anytime env's actions are Discrete(4) (run, skip, read, stop): action_type must "
+                              f"stay 'plan', got {self.action_type!r}")
+        if self.cost_unit != "macs":
+            raise ConfigError(f"the anytime env charges every block, shortcut and head separately and needs per-block "
+                              f"costs; cost_unit={self.cost_unit!r} has only per-plan totals. Use cost_unit='macs'")

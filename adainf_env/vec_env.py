@@ -25,19 +25,18 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.utils import seeding
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig
+from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, source_table
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.options import EnvOptions
-from adainf_env.outcomes import OutcomeTable, load_table
-from adainf_env.reference_tables import reference_table_path
+from adainf_env.outcomes import OutcomeTable
 from adainf_env.render import render_frame, render_text
 from adainf_env.reward import overrun_paid, step_reward
+from adainf_env.vec_base import BatchedVecEnv, build_vec_env
 
 __all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos", "ActionError"]
 
@@ -79,7 +78,7 @@ class LazyInfos(Sequence):
         return f"LazyInfos(n={self._n})"
 
 
-class AdaInfVecEnv(VecEnv):
+class AdaInfVecEnv(BatchedVecEnv):
     """N AdaInf envs over one outcome table, stepped together with numpy.
 
     Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only; no table → the shipped reference
@@ -99,13 +98,9 @@ class AdaInfVecEnv(VecEnv):
         **option_kwargs: Any,
     ) -> None:
         opts = EnvOptions.from_kwargs(options, **option_kwargs)
-        if table is not None and table_path is not None:
-            raise ConfigError("give at most one of table= or table_path= (none: the shipped reference calibration "
-                              "table)")
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        if table is None:
-            table = load_table(table_path if table_path is not None else reference_table_path("calib"))
+        table = source_table(table, table_path)
         self.table = table
         self.options = opts
         self.cfg = c = EnvConfig.from_table(table, opts)
@@ -139,12 +134,6 @@ class AdaInfVecEnv(VecEnv):
         self._last_step: tuple | None = None  # the last step's arrays, for get_images()
 
     # ------------------------------------------------------------------ randomness (see env_core)
-    def _rng(self, i: int) -> np.random.Generator:
-        r = self._rngs[i]
-        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
-            r = self._rngs[i] = seeding.np_random()[0]
-        return r
-
     def _draw(self) -> tuple[np.ndarray, np.ndarray]:
         """Every env's next request: (table rows [N], uniforms [N]); refills loop over envs in protocol order."""
         refill_s = self._pos >= self._ns
@@ -463,57 +452,6 @@ class AdaInfVecEnv(VecEnv):
     def budget_process(self):
         return self.cfg.process
 
-    spec = None
-
-    def _indices(self, indices: VecEnvIndices) -> list[int]:
-        idx = list(self._get_indices(indices))
-        for i in idx:
-            if not 0 <= int(i) < self.num_envs:
-                raise IndexError(f"env index {i} out of range [0, {self.num_envs})")
-        return [int(i) for i in idx]
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        idx = self._indices(indices)
-        if attr_name == "action_masks":
-            return [self.action_masks] * len(idx)  # sb3-contrib's is_masking_supported probes this
-        if attr_name == "np_random":
-            return [self._rng(i) for i in idx]
-        if attr_name not in self._SHARED_ATTRS:
-            raise AttributeError(f"AdaInfVecEnv sub-envs expose {list(self._SHARED_ATTRS)}, not {attr_name!r}")
-        v = getattr(self, attr_name)
-        return [v] * len(idx)
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        idx = self._indices(indices)
-        if attr_name == "lam":
-            if len(idx) != self.num_envs:
-                raise ConfigError("AdaInfVecEnv shares lam across envs: set it for all envs (indices=None)")
-            v = float(value)
-            if not np.isfinite(v) or v < 0:
-                raise ConfigError(f"lam (λ) must be a finite number ≥ 0, got {value!r}")
-            self.cfg.lam = v
-            return
-        raise AttributeError(f"AdaInfVecEnv: attribute {attr_name!r} cannot be set per env (only 'lam')")
-
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        idx = self._indices(indices)
-        if method_name == "action_masks":
-            m = self.action_masks()
-            return [m[i] for i in idx]
-        if method_name == "render":
-            return [self.render_one(i) for i in idx]
-        raise AttributeError(f"AdaInfVecEnv supports env_method('action_masks') and 'render', not {method_name!r}; "
-                             "use VecEnv.reset()/step() for the rest")
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False] * len(self._indices(indices))
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.render`)."""
-        if self.render_mode != "rgb_array":
-            return [None] * self.num_envs
-        return [self.render_one(i) for i in range(self.num_envs)]
-
     def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of every env's pending request: (table rows [N] int64, budgets [N] float64)."""
         if not self._started:
@@ -533,9 +471,6 @@ class AdaInfVecEnv(VecEnv):
             rec = {"plan": int(a[i]), "cost": float(cost[i]), "correct": bool(correct[i]), "overrun": float(over[i]),
                    "budget": float(b[i]), "sample": int(s[i]), "reward": float(rew[i])}
         return render_text(rec) if self.render_mode == "ansi" else render_frame(rec, self.cfg.plan_masks)
-
-    def close(self) -> None:
-        pass
 
 
 def _generator_from_state(state: Any) -> np.random.Generator:
@@ -582,15 +517,4 @@ def make_vec_env(
 ) -> AdaInfVecEnv:
     """An :class:`AdaInfVecEnv` of ``num_envs`` envs; with ``seed`` env i is seeded ``seed + i`` at the first reset,
     exactly as ``AdaInfEnv(...).reset(seed=seed + i)``."""
-    if isinstance(table_path_or_table, OutcomeTable):
-        venv = AdaInfVecEnv(table_path_or_table, num_envs, mode=mode, **env_kwargs)
-    elif isinstance(table_path_or_table, (str, os.PathLike)):
-        venv = AdaInfVecEnv(None, num_envs, table_path=table_path_or_table, mode=mode, **env_kwargs)
-    else:
-        raise ConfigError(f"make_vec_env needs a table path or an OutcomeTable, got {type(table_path_or_table).__name__}")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        venv.seed(int(seed))
-    return venv
-
+    return build_vec_env(AdaInfVecEnv, table_path_or_table, num_envs, seed=seed, mode=mode, **env_kwargs)

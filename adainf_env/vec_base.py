@@ -1,0 +1,119 @@
+"""What the natively batched SB3 ``VecEnv`` classes share: per-env generators, the sub-env attribute interface
+(``get_attr``/``set_attr``/``env_method``/``env_is_wrapped``), frames, and the ``make_*_vec_env`` seeding helper.
+
+:class:`~adainf_env.vec_env.AdaInfVecEnv` and :class:`~adainf_env.anytime_vec.AnytimeVecEnv` hold all their envs in
+arrays, so there are no sub-env objects: :class:`BatchedVecEnv` answers SB3's per-env queries from the batched env
+itself. A subclass sets ``_SHARED_ATTRS`` (attributes every env shares) and provides ``action_masks()``,
+``render_one(i)``, ``cfg`` (with a mutable ``lam``) and ``num_envs``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any, Callable, TypeVar
+
+import gymnasium as gym
+import numpy as np
+from gymnasium.utils import seeding
+from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
+
+from adainf_env.errors import ConfigError
+from adainf_env.outcomes import OutcomeTable
+
+__all__ = ["BatchedVecEnv", "build_vec_env"]
+
+V = TypeVar("V", bound=VecEnv)
+
+
+class BatchedVecEnv(VecEnv):
+    """Base of the batched SB3 vec envs (see the module docstring)."""
+
+    _SHARED_ATTRS: tuple[str, ...] = ()
+    spec = None
+    _rngs: list[np.random.Generator | None]
+
+    # ------------------------------------------------------------------ randomness (see env_core)
+    def _rng(self, i: int) -> np.random.Generator:
+        r = self._rngs[i]
+        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
+            r = self._rngs[i] = seeding.np_random()[0]
+        return r
+
+    # ------------------------------------------------------------------ sub-env interface
+    def _indices(self, indices: VecEnvIndices) -> list[int]:
+        idx = [int(i) for i in self._get_indices(indices)]
+        for i in idx:
+            if not 0 <= i < self.num_envs:
+                raise IndexError(f"env index {i} out of range [0, {self.num_envs})")
+        return idx
+
+    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
+        idx = self._indices(indices)
+        if attr_name == "action_masks":
+            return [self.action_masks] * len(idx)  # sb3-contrib's is_masking_supported probes this
+        if attr_name == "np_random":
+            return [self._rng(i) for i in idx]
+        if attr_name not in self._SHARED_ATTRS:
+            raise AttributeError(f"{type(self).__name__} sub-envs expose {list(self._SHARED_ATTRS)}, not "
+                                 f"{attr_name!r}")
+        return [getattr(self, attr_name)] * len(idx)
+
+    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
+        idx = self._indices(indices)
+        name = type(self).__name__
+        if attr_name == "lam":  # the Lagrangian learners move λ during training
+            if len(idx) != self.num_envs:
+                raise ConfigError(f"{name} shares lam across envs: set it for all envs (indices=None)")
+            v = float(value)
+            if not np.isfinite(v) or v < 0:
+                raise ConfigError(f"lam (λ) must be a finite number ≥ 0, got {value!r}")
+            self.cfg.lam = v
+            return
+        raise AttributeError(f"{name}: attribute {attr_name!r} cannot be set per env (only 'lam')")
+
+    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
+        idx = self._indices(indices)
+        if method_name == "action_masks":
+            m = self.action_masks()
+            return [m[i] for i in idx]
+        if method_name == "render":
+            return [self.render_one(i) for i in idx]
+        raise AttributeError(f"{type(self).__name__} supports env_method('action_masks') and 'render', not "
+                             f"{method_name!r}; use VecEnv.reset()/step() for the rest")
+
+    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
+        return [False] * len(self._indices(indices))
+
+    def get_images(self) -> Sequence[np.ndarray | None]:
+        """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.render`)."""
+        if self.render_mode != "rgb_array":
+            return [None] * self.num_envs
+        return [self.render_one(i) for i in range(self.num_envs)]
+
+    def action_masks(self) -> np.ndarray:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def render_one(self, i: int) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Nothing to release: the envs are arrays in memory."""
+
+
+def build_vec_env(cls: Callable[..., V], table_path_or_table: "str | os.PathLike | OutcomeTable", num_envs: int, *,
+                  seed: int | None = None, **env_kwargs: Any) -> V:
+    """``cls(table, num_envs, **env_kwargs)`` from a table or a table path; with ``seed`` env i is seeded
+    ``seed + i`` at the first reset (as the single env's ``reset(seed=seed + i)``)."""
+    name = getattr(cls, "__name__", "vec env")
+    if isinstance(table_path_or_table, OutcomeTable):
+        venv = cls(table_path_or_table, num_envs, **env_kwargs)
+    elif isinstance(table_path_or_table, (str, os.PathLike)):
+        venv = cls(None, num_envs, table_path=table_path_or_table, **env_kwargs)
+    else:
+        raise ConfigError(f"{name} needs a table path or an OutcomeTable, got {type(table_path_or_table).__name__}")
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        venv.seed(int(seed))
+    return venv
