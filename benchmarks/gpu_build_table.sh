@@ -18,6 +18,8 @@
 #   FLOAT_DTYPE      loss / conf precision, float32 (default) or float16 (a table file half the size)
 #   EQUALITY_ROWS    rows of the one-process vs torchrun equality check (default 1000; 0 skips it)
 #   PYTHON           interpreter (default: python3)
+#   WHEELS           optional directory of wheels to install first (pip --no-deps --no-index), for a machine without
+#                    package index access; e.g. tyro, docstring_parser, typeguard, gymnasium, farama_notifications
 # Needs: torch with CUDA, numpy, tqdm, pillow, tyro, gymnasium (the project's runtime imports); the checkout is put on
 # PYTHONPATH, so `pip install -e .` is optional. The last line printed is the JSON summary.
 set -euo pipefail
@@ -42,6 +44,9 @@ done
 [[ -f experiments/build_table.py ]] || { echo "error: run from the repository root" >&2; exit 2; }
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [[ -n "${WHEELS:-}" ]]; then
+  "$PY" -m pip install --quiet --no-deps --no-index "$WHEELS"/*.whl
+fi
 export ADAINF_CACHE="${ADAINF_CACHE:-$(mktemp -d)}"  # decoded images: not under $OUT
 
 "$PY" - "$DEVICE" <<'EOF'

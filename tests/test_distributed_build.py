@@ -26,7 +26,7 @@ from adainf_env.table_shards import (
     run_identity,
     shard_dir_for,
 )
-from adainf_lab.distributed import DistEnv, run_jobs, split_jobs
+from adainf_lab.distributed import DistEnv, rank_device, run_jobs, split_jobs
 
 ROOT = Path(__file__).resolve().parents[1]
 META = {"checkpoint_sha256": "ckpt-a", "dataset": "toy", "split": "test", "plan_space": "all"}
@@ -152,6 +152,10 @@ def test_shard_layout_and_env_checks():
         DistEnv.from_environ({"RANK": "1"})
     with pytest.raises(ConfigError, match="invalid torchrun layout"):
         DistEnv.from_environ({"RANK": "2", "WORLD_SIZE": "2", "LOCAL_RANK": "0"})
+    assert rank_device("cpu", DistEnv(rank=1, world_size=2, local_rank=1, launched=True)) == torch.device("cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            rank_device("cuda", DistEnv())
 
 
 def _env():
