@@ -1,0 +1,576 @@
+"""Learned anytime schedulers: a stage policy over the anytime env's kernel, shared by ``anytime_reinforce`` and
+``anytime_ppo_lagrangian``.
+
+The policy acts at *decision points* of a request — when it starts, and after each read — and chooses the next
+*stage*: STOP (answer with what was read) or a target plan code ``t`` among K candidates. A target is served as the
+env's actions (RUN/SKIP through the blocks as ``t`` says, then READ) on the kernel
+(:class:`~adainf_env.anytime_core.RequestBatch`), so every cost is the env's exact cost with computation reuse, and a
+target is valid only if it extends the decisions so far (the env never recomputes a block), gives a new read, and its
+read still fits the request's budget (the env's hard budget; the masks of the env make the same promise). This is an
+options (semi-MDP) view of ``AdaInf/Anytime-v0``: the block-level actions are the options' fixed internals, the
+choices that matter — which plan to try first, whether what was read is good enough, where to go next — are learnt.
+
+Observation at a decision point (:meth:`AnytimeLearnerPolicy._encode`): the standardised stem features, the budget
+context (request budget; average budget, bucket level and fraction of the stream left in the shared-bucket setting;
+a flag for it), cost spent and left, the readouts (last and previous confidence, agreement of the last two answers,
+whether and how often it read) and the decisions so far (executed blocks, position). The confidence of what was read
+is what pays (it predicts correctness far better than the stem features).
+
+Candidates (``candidates=``): ``"pareto_ext"`` (default) — the calibration fit rows' accuracy/cost Pareto plans and,
+for each, the Pareto plans among its extensions (the second stages a cascade could use); ``"all"`` — every plan.
+This restricts the action set; it keeps no baseline's decisions.
+
+Training (subclasses implement :meth:`AnytimeLearnerPolicy._update`): batched rollouts on the calibration *fit* rows,
+a mixture of per-request hard budgets (the bandit) and token-bucket streams with a shared average budget b̄ (cap and
+horizon as in the evaluation harness). In streams the reward is 1[correct] and the cost is the request's cost; a
+Lagrange multiplier λ_b̄ ≥ 0 per average budget of :data:`~agents.evaluation.metrics.BUDGET_GRID` prices the
+constraint E[cost] ≤ b̄·(1 − ``cost_margin``) and is updated by dual ascent from the rollouts' costs (the per-step
+costs ``info["cost"]`` of the env summed over a request). In training a stream request may spend up to the bucket's
+cap (the policy sees the simulated level): the multiplier, not the level mask, must learn the average budget, else
+the mask hides overspending from it. Deployment masks by what the bucket holds. Bandit requests carry λ = 0: their
+budget is hard (masked).
+
+Model selection: every ``eval_every`` updates the greedy policy is scored on held-out calibration rows
+(:func:`agents.learners.base.split_rows`) — the bandit sweep and shared-bucket streams at a few budgets through the
+anytime harness's own ``serve_requests`` — and the best mean held-out accuracy among the policies after ≥ 1 update is kept (``selected_step`` in
+:meth:`provenance`; the untrained policy is scored as a logged reference only). The test split is never seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import time
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from adainf_env.anytime_core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.budgets import TokenBucket
+from adainf_env.errors import ConfigError
+from adainf_env.feasibility import COST_TOL, pareto_frontier
+from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from agents.baselines.anytime_policies import AnytimePolicy, script_costs, top_block
+from agents.evaluation.anytime_harness import serve_requests
+from agents.evaluation.metrics import BUDGET_GRID
+from agents.learners.base import split_rows
+from agents.learners.policy_nets import FeatureScaler, mlp
+
+__all__ = ["AnytimeLearnerPolicy", "StageNet", "candidate_codes", "Rollout", "CANDIDATE_SETS", "STOP_ACTION",
+           "chain_sum", "single_thread"]
+
+CANDIDATE_SETS = ("pareto_ext", "all")
+#: Index of STOP among the policy's actions; action k ≥ 1 is candidate k − 1.
+STOP_ACTION = 0
+# Stream settings of training and held-out scoring: the harness's bucket cap and stream length.
+_BUCKET_CAP = 1.0
+_HORIZON = 200
+_HELD_OUT_STREAM_BUDGETS = (0.2, 0.3, 0.4, 0.6)
+# Largest multiplier: a unit of the full model is never worth more than this many correct answers.
+_LAM_MAX = 20.0
+
+
+def candidate_codes(table: OutcomeTable, mode: str = "pareto_ext") -> np.ndarray:
+    """Sorted plan codes the policy may target, from ``table``'s (calibration fit rows') accuracies."""
+    if mode not in CANDIDATE_SETS:
+        raise ConfigError(f"candidates must be one of {list(CANDIDATE_SETS)}, got {mode!r}")
+    codes = codes_from_masks(table.plan_masks)
+    if mode == "all":
+        return np.sort(codes)
+    cost, acc = table.plan_cost(), table.accuracy_by_plan()
+    front = pareto_frontier(cost, acc)
+    keep = set(int(codes[p]) for p in front)
+    tops = top_block(codes)
+    for p in front:
+        a = int(codes[p])
+        hi = int(top_block(np.array([a]))[0])
+        ext = np.flatnonzero(((codes & ((1 << hi) - 1)) == a) & (codes != a) & (tops > hi))
+        if ext.size:
+            keep.update(int(codes[e]) for e in ext[pareto_frontier(cost[ext], acc[ext])])
+    return np.array(sorted(keep), dtype=np.int64)
+
+
+@contextlib.contextmanager
+def single_thread():
+    """torch on one thread inside: the policy's matrices are small, and intra-op threads only contend on a shared
+    CPU (the same choice as the SB3 schedulers and the lab pipeline)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def chain_sum(x: np.ndarray, nxt: np.ndarray, decay: float | np.ndarray = 1.0) -> np.ndarray:
+    """``y[i] = x[i] + decay·y[nxt[i]]`` along each request's decisions (``nxt`` −1 at the last): sums to go, GAE."""
+    x = np.asarray(x, dtype=np.float64)
+    y = x.copy()
+    has = nxt >= 0
+    for _ in range(len(x)):
+        new = x + np.where(has, decay * y[np.maximum(nxt, 0)], 0.0)
+        if np.array_equal(new, y):
+            break
+        y = new
+    return y
+
+
+class StageNet(nn.Module):
+    """Logits over STOP + K candidates and ``num_values`` value heads (reward, cost) from one observation vector."""
+
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], num_values: int) -> None:
+        super().__init__()
+        self.pi = mlp([obs_dim, *hidden, num_actions], nn.Tanh)
+        self.v = mlp([obs_dim, *hidden, num_values], nn.Tanh)
+        # the price term's scale softplus(κ) (learnt; starts at 5 logits per unit of λ·cost)
+        self.kappa = nn.Parameter(torch.tensor(5.0))
+
+    def logits(self, obs: torch.Tensor, mask: torch.Tensor, priced: torch.Tensor) -> torch.Tensor:
+        """``pi(obs) − softplus(κ)·λ·c`` with ``priced`` = λ·c [N, A] (each stage's incremental cost at the
+        request's price λ): the multiplier acts on the logits directly, so a change of λ moves the policy at once."""
+        return (self.pi(obs) - nn.functional.softplus(self.kappa) * priced).masked_fill(~mask, -1e9)
+
+    def values(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.v(obs)
+
+
+class Rollout:
+    """Decision records of one batch of requests (numpy, in the order the decisions were taken)."""
+
+    def __init__(self) -> None:
+        self.obs: list[np.ndarray] = []
+        self.mask: list[np.ndarray] = []
+        self.action: list[np.ndarray] = []
+        self.logp: list[np.ndarray] = []
+        self.slot: list[np.ndarray] = []
+        self.spent: list[np.ndarray] = []
+        self.priced: list[np.ndarray] = []
+
+    def add(self, obs, mask, priced, action, logp, slot, spent) -> None:
+        for k, v in (("obs", obs), ("mask", mask), ("priced", priced), ("action", action), ("logp", logp),
+                     ("slot", slot), ("spent", spent)):
+            getattr(self, k).append(v)
+
+    def finish(self, correct: np.ndarray, total: np.ndarray, lam: np.ndarray) -> dict[str, np.ndarray]:
+        """Arrays over decisions: ``reward`` (1[correct] at a request's last decision), ``cost`` (cost paid from this
+        decision to the next / to the end), ``last`` (the request's last decision), ``lam`` (its multiplier)."""
+        cat = {k: np.concatenate(getattr(self, k)) for k in ("obs", "mask", "priced", "action", "logp", "slot",
+                                                              "spent")}
+        slot, spent = cat["slot"], cat["spent"]
+        order = np.lexsort((np.arange(len(slot)), slot))  # by slot, then time
+        nxt = np.full(len(slot), -1, dtype=np.int64)
+        same = slot[order][1:] == slot[order][:-1]
+        nxt[order[:-1][same]] = order[1:][same]
+        last = nxt < 0
+        end_spent = np.where(last, total[slot], spent[np.maximum(nxt, 0)])
+        cat.update(reward=np.where(last, correct[slot].astype(np.float64), 0.0), cost=end_spent - spent, last=last,
+                   next=nxt, lam=lam[slot])
+        return cat
+
+
+class AnytimeLearnerPolicy(AnytimePolicy):
+    """Base of the learned stage policies (see the module docstring). Subclasses implement :meth:`_update`."""
+
+    name = "anytime_learner"
+    num_values = 1
+    max_stages = 1
+
+    def __init__(self, *, iterations: int = 300, requests_per_iter: int = 2048, stream_fraction: float = 0.5,
+                 lr: float = 3e-3, hidden: Sequence[int] = (128, 128), entropy: float = 0.01,
+                 lam_lr: float = 0.5, lam_init: float = 1.0, candidates: str = "pareto_ext",
+                 val_fraction: float = 0.2, eval_every: int = 25, time_limit_s: float | None = None,
+                 group_size: int = 4, cost_margin: float = 0.02, prior: bool = False) -> None:
+        super().__init__()
+        for k, v in (("iterations", iterations), ("requests_per_iter", requests_per_iter), ("eval_every", eval_every),
+                     ("group_size", group_size)):
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ConfigError(f"{self.name}: {k} must be an integer ≥ 1, got {v!r}")
+        for k, v, lo in (("lr", lr, 0.0), ("entropy", entropy, 0.0), ("lam_lr", lam_lr, 0.0),
+                         ("lam_init", lam_init, 0.0)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
+                raise ConfigError(f"{self.name}: {k} must be a finite number ≥ {lo}, got {v!r}")
+        if not (isinstance(cost_margin, (int, float)) and 0.0 <= cost_margin < 0.5):
+            raise ConfigError(f"{self.name}: cost_margin must lie in [0, 0.5), got {cost_margin!r}")
+        if requests_per_iter < group_size:
+            raise ConfigError(f"{self.name}: requests_per_iter ({requests_per_iter}) must be ≥ group_size "
+                              f"({group_size})")
+        if not lr > 0:
+            raise ConfigError(f"{self.name}: lr must be > 0, got {lr}")
+        if not (isinstance(stream_fraction, (int, float)) and 0.0 <= stream_fraction <= 1.0):
+            raise ConfigError(f"{self.name}: stream_fraction must lie in [0, 1], got {stream_fraction!r}")
+        if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
+            raise ConfigError(f"{self.name}: val_fraction must lie in (0, 1), got {val_fraction!r}")
+        if candidates not in CANDIDATE_SETS:
+            raise ConfigError(f"{self.name}: candidates must be one of {list(CANDIDATE_SETS)}, got {candidates!r}")
+        if time_limit_s is not None and not (isinstance(time_limit_s, (int, float)) and time_limit_s > 0):
+            raise ConfigError(f"{self.name}: time_limit_s must be a number > 0 or None, got {time_limit_s!r}")
+        if not isinstance(prior, (bool, np.bool_)):
+            raise ConfigError(f"{self.name}: prior must be a bool, got {prior!r}")
+        if prior:
+            raise ConfigError(f"{self.name}: no prior is supported (this learner starts from a random policy and keeps "
+                              "no baseline's decisions); use prior=False")
+        hidden = [int(h) for h in hidden]
+        if not hidden or min(hidden) < 1:
+            raise ConfigError(f"{self.name}: hidden must be a non-empty list of layer widths ≥ 1, got {hidden!r}")
+        self.iterations, self.requests_per_iter = int(iterations), int(requests_per_iter)
+        self.stream_fraction, self.lr, self.hidden = float(stream_fraction), float(lr), hidden
+        self.entropy, self.lam_lr, self.lam_init = float(entropy), float(lam_lr), float(lam_init)
+        self.candidates, self.val_fraction, self.eval_every = candidates, float(val_fraction), int(eval_every)
+        self.time_limit_s, self.prior = time_limit_s, bool(prior)
+        self.group_size, self.cost_margin = int(group_size), float(cost_margin)
+        self.net: StageNet | None = None
+        self.history: list[dict[str, Any]] = []
+        self.selected_step: int | None = None
+
+    # ------------------------------------------------------------------ identity
+    def config(self) -> dict[str, Any]:
+        return {"iterations": self.iterations, "requests_per_iter": self.requests_per_iter,
+                "stream_fraction": self.stream_fraction, "lr": self.lr, "hidden": list(self.hidden),
+                "entropy": self.entropy, "lam_lr": self.lam_lr, "lam_init": self.lam_init,
+                "candidates": self.candidates, "val_fraction": self.val_fraction, "eval_every": self.eval_every,
+                "time_limit_s": self.time_limit_s, "group_size": self.group_size, "cost_margin": self.cost_margin,
+                "prior": self.prior}
+
+    def provenance(self) -> dict[str, Any]:
+        """Fields every result record of this scheduler carries (as :meth:`agents.base.Scheduler.provenance`)."""
+        return {"selected_step": self.selected_step, "prior": self.prior}
+
+    def report(self) -> dict[str, Any]:
+        """What the results record per learned scheduler: the selected training step, the prior, λ, training size."""
+        return {"selected_step": self.selected_step, "prior": self.prior, "updates_run": self.updates_run,
+                "train_requests": self.train_requests,
+                "lam": {f"{b:g}": round(float(v), 4) for b, v in zip(self.lam_budgets, self.lam)},
+                "held_out_score": self.best_score, "num_candidates": int(self.cand.size)}
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, table: OutcomeTable, *, seed: int = 0) -> "AnytimeLearnerPolicy":
+        with single_thread():
+            return self._fit(table, seed=seed)
+
+    def _fit(self, table: OutcomeTable, *, seed: int) -> "AnytimeLearnerPolicy":
+        super().fit(table, seed=seed)
+        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, int(seed), who=self.name)
+        fit_tab, val_tab = table.subset(fit_rows), table.subset(val_rows)
+        self.cand = candidate_codes(fit_tab, self.candidates)
+        self._build_costs()
+        torch.manual_seed(int(seed))
+        self._rng = np.random.default_rng([int(seed), 0xA17])
+        self.scaler = FeatureScaler(table.feature_dim).fit(fit_tab.features)
+        self.net = StageNet(self._obs_dim(), 1 + self.cand.size, self.hidden, self.num_values)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
+        self.lam_budgets = np.array([b for b in BUDGET_GRID if b >= self._floor], dtype=np.float64)
+        self.lam = np.full(self.lam_budgets.size, self.lam_init)
+        self._init_streams()
+        at_fit = AnytimeTable.from_table(fit_tab)
+        at_val = AnytimeTable.from_table(val_tab)
+        t0 = time.perf_counter()
+        self._held_out(val_tab, at_val, step=0)  # the untrained policy: logged as a reference, never the result
+        self.best_score, best_state, self.selected_step = -np.inf, None, None
+        self.updates_run = 0
+        self.train_requests = 0
+        for it in range(1, self.iterations + 1):
+            data = self._collect(fit_tab, at_fit)
+            self._update(data, it)
+            self._dual_step(data)
+            self.updates_run = it
+            out_of_time = self.time_limit_s is not None and time.perf_counter() - t0 > self.time_limit_s
+            if it % self.eval_every == 0 or it == self.iterations or out_of_time:
+                score = self._held_out(val_tab, at_val, step=it)
+                if score > self.best_score:
+                    self.best_score, self.selected_step = score, it
+                    best_state = copy.deepcopy(self.net.state_dict())
+            if out_of_time:
+                break
+        self.net.load_state_dict(best_state)
+        self.net.eval()
+        self.fit_seconds = time.perf_counter() - t0
+        return self
+
+    @property
+    def _floor(self) -> float:
+        return float(self.cost.min())
+
+    def _build_costs(self) -> None:
+        """Incremental cost of reaching and reading each candidate from every decision state, by the kernel.
+
+        Decision states: the start of a request (state 0) and "just read plan a" for each a in candidates ∪ {0}
+        (state 1 + index); after reading a the request stands at block ``top_block(a)`` with the read chain computed.
+        """
+        at, cand = self.at, self.cand
+        states = np.union1d(cand, [0])
+        self._state_codes = states
+        self._state_of = np.full(1 << at.num_blocks, -1, dtype=np.int64)
+        self._state_of[states] = 1 + np.arange(states.size)
+        k = cand.size
+        start = script_costs(at, cand[:, None])[:, 0] - at.costs.stem
+        pairs = np.stack([np.repeat(states, k), np.tile(cand, states.size)], axis=1)
+        sc = script_costs(at, pairs)
+        inc = (sc[:, 1] - sc[:, 0]).reshape(states.size, k)
+        self._inc = np.vstack([start[None, :], inc])  # [1 + |states|, K]
+        hi = top_block(states)
+        low = (1 << hi) - 1
+        ext = ((cand[None, :] & low[:, None]) == states[:, None]) & (cand[None, :] != states[:, None])
+        self._ext = np.vstack([np.ones((1, k), dtype=bool), ext])  # which candidates extend each state's plan
+
+    def _state_index(self, batch: RequestBatch, idx: np.ndarray) -> np.ndarray:
+        code = batch.code[idx]
+        start = (batch.reads[idx] == 0) & (batch.pos[idx] == 0) & (code == 0)
+        after = ~batch.fresh[idx] & (batch.reads[idx] > 0) & (batch.pos[idx] == top_block(code))
+        s = np.where(start, 0, np.where(after, self._state_of[code], -1))
+        if (s < 0).any():
+            raise RuntimeError(f"{self.name}: a decision was asked in a state the stage policy never reaches")
+        return s
+
+    def _masks(self, batch: RequestBatch, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """([k, 1 + K] valid stage actions, [k, 1 + K] their incremental costs): STOP is always valid (cost 0
+        here: what it reads was paid); a candidate if it extends the plan read so far and its read fits."""
+        s = self._state_index(batch, idx)
+        room = batch.budget[idx] - batch.spent[idx] + COST_TOL
+        ok = self._ext[s] & (self._inc[s] <= room[:, None])
+        if not batch.mask_over_budget:
+            ok = self._ext[s]
+        n = len(idx)
+        mask = np.concatenate([np.ones((n, 1), dtype=bool), ok], axis=1)
+        return mask, np.concatenate([np.zeros((n, 1)), np.where(self._ext[s], self._inc[s], 0.0)], axis=1)
+
+    # ------------------------------------------------------------------ observations
+    def _obs_dim(self) -> int:
+        b = self.at.num_blocks
+        return self.scaler.mean.numel() + 13 + b + (b + 1)
+
+    def _encode(self, features: np.ndarray, batch: RequestBatch, idx: np.ndarray, ctx: dict[str, np.ndarray]
+                ) -> np.ndarray:
+        b = batch.B
+        n = len(idx)
+        z = self.scaler(torch.as_tensor(features[batch.row[idx]])).numpy().astype(np.float32)
+        avail = batch.budget[idx]
+        spent = batch.spent[idx]
+        reads = batch.reads[idx]
+        ctx_cols = np.stack([avail, ctx["avg"][idx], np.minimum(ctx["level"][idx], 1.0), ctx["shared"][idx],
+                             ctx["left"][idx], spent, avail - spent, batch.last_conf[idx], batch.prev_conf[idx],
+                             batch.agree()[idx].astype(np.float64), (reads > 0).astype(np.float64), reads / (b + 1),
+                             np.log1p(ctx["lam"][idx])],
+                            axis=1)
+        bits = (batch.code[idx, None] >> np.arange(b)) & 1
+        pos = np.zeros((n, b + 1))
+        pos[np.arange(n), np.minimum(batch.pos[idx], b)] = 1.0
+        return np.concatenate([z, ctx_cols.astype(np.float32), bits.astype(np.float32), pos.astype(np.float32)],
+                              axis=1)
+
+    # ------------------------------------------------------------------ acting (harness protocol)
+    def begin(self, batch: RequestBatch, idx: np.ndarray, table: OutcomeTable,
+              state: dict[str, Any] | None = None) -> None:
+        self._check_fitted()
+        if self.net is None:
+            raise ConfigError(f"{self.name}: call fit(calibration_table) first")
+        if table.feature_dim != self.scaler.mean.numel():
+            raise ConfigError(f"{self.name}: fitted on {self.scaler.mean.numel()}-d features, got "
+                              f"{table.feature_dim}-d")
+        idx = np.asarray(idx, dtype=np.int64)
+        self._ensure_ctx(batch.n)
+        self._features = table.features
+        self._ctx_from_state(batch, idx, state)
+        self._target[idx] = -1
+
+    def _ensure_ctx(self, n: int) -> None:
+        if getattr(self, "_ctx_n", -1) != n:
+            self._ctx_n = n
+            self._ctx = {k: np.zeros(n) for k in ("avg", "level", "shared", "left", "lam")}
+            self._target = np.full(n, -1, dtype=np.int64)
+            self._done = np.zeros(n, dtype=bool)
+
+    def _ctx_from_state(self, batch: RequestBatch, idx: np.ndarray, state: dict[str, Any] | None) -> None:
+        c = self._ctx
+        if state is not None and state.get("avg_budget") is not None:
+            c["avg"][idx] = np.broadcast_to(np.asarray(state["avg_budget"], dtype=np.float64), (len(idx),))
+            c["level"][idx] = np.broadcast_to(np.asarray(state["level"], dtype=np.float64), (len(idx),))
+            c["shared"][idx] = 1.0
+            step, hor = state.get("step", 0), state.get("horizon", _HORIZON)
+            c["left"][idx] = np.broadcast_to(1.0 - np.asarray(step, dtype=np.float64) / float(hor), (len(idx),))
+            # the price learnt for this average budget (interpolated between the grid's multipliers)
+            c["lam"][idx] = np.interp(c["avg"][idx], self.lam_budgets, self.lam)
+        else:
+            c["avg"][idx] = batch.budget[idx]
+            c["level"][idx] = batch.budget[idx]
+            c["shared"][idx] = 0.0
+            c["left"][idx] = 1.0
+            c["lam"][idx] = 0.0
+        self._done[idx] = False
+
+    def act(self, batch: RequestBatch) -> np.ndarray:
+        with single_thread():
+            return self._act(batch, rollout=None)
+
+    def _act(self, batch: RequestBatch, rollout: Rollout | None) -> np.ndarray:
+        """One kernel action per active slot; a stage decision where a slot has no target (greedy unless
+        ``rollout`` records sampled decisions)."""
+        a = np.full(batch.n, STOP, dtype=np.int64)
+        live = np.flatnonzero(batch.active & ~self._done)
+        need = live[self._target[live] < 0]
+        if need.size:
+            obs = self._encode(self._features, batch, need, self._ctx)
+            mask, inc = self._masks(batch, need)
+            priced = (self._ctx["lam"][need, None] * inc).astype(np.float32)
+            with torch.no_grad():
+                logits = self.net.logits(torch.as_tensor(obs), torch.as_tensor(mask), torch.as_tensor(priced))
+            if rollout is None:
+                choice = logits.argmax(1).numpy()
+            else:
+                g = torch.as_tensor(-np.log(-np.log(self._rng.random(logits.shape).clip(1e-12, 1 - 1e-12))),
+                                    dtype=logits.dtype)
+                choice = (logits + g).argmax(1).numpy()  # Gumbel-max: a sample of softmax(logits), seeded
+                logp = torch.log_softmax(logits, 1).numpy()[np.arange(need.size), choice]
+                rollout.add(obs, mask, priced, choice, logp, need, batch.spent[need].copy())
+            stop = choice == STOP_ACTION
+            self._done[need[stop]] = True
+            self._target[need[~stop]] = self.cand[choice[~stop] - 1]
+        go = live[(self._target[live] >= 0) & ~self._done[live]]
+        if go.size == 0:
+            return a
+        target = self._target[go]
+        pos = batch.pos[go]
+        deciding = pos < top_block(target)
+        bit = (target >> np.minimum(pos, 62)) & 1
+        step = np.where(bit == 1, RUN, SKIP)
+        step = np.where((step == RUN) & ~batch.masks()[go, RUN], STOP, step)  # never taken: the stage was checked
+        a[go] = np.where(deciding, step, READ)
+        reading = ~deciding
+        self._target[go[reading]] = -1  # after this READ the next call decides again
+        self._done[go[deciding & (step == STOP)]] = True
+        return a
+
+    # ------------------------------------------------------------------ training rollouts
+    def _init_streams(self) -> None:
+        k = self.group_size
+        groups = self.requests_per_iter // k
+        self._n_stream = int(round(self.stream_fraction * groups)) * k
+        ns = self._n_stream
+        self._s_bin = (np.arange(ns) // k) % max(self.lam_budgets.size, 1)
+        self._s_avg = self.lam_budgets[self._s_bin] if ns else np.zeros(0)
+        self._s_t = np.repeat(self._rng.integers(0, _HORIZON, size=ns // k), k)  # staggered stream phases
+        self._s_level = np.zeros(ns)
+        self._bucket = TokenBucket(cap=_BUCKET_CAP)
+
+    def _collect(self, fit_tab: OutcomeTable, at: AnytimeTable) -> dict[str, np.ndarray]:
+        """Serve ``requests_per_iter`` requests side by side with sampled stage decisions; stream slots advance
+        their buckets by one request. Requests come in groups of ``group_size`` copies (same row, same budget or
+        stream budget b̄) sampled independently: the group is the baseline of :meth:`group_baseline`."""
+        k, ns = self.group_size, self._n_stream
+        n = self.requests_per_iter // k * k
+        nb = n - ns
+        rows = np.repeat(self._rng.integers(0, fit_tab.num_samples, size=n // k), k)
+        self._s_level = np.where(self._s_t == 0, 0.0, self._s_level)  # a new stream starts with an empty bucket
+        self._s_level = self._bucket.refill(self._s_level, self._s_avg)
+        b_band = np.repeat(self._rng.uniform(max(self._floor, 0.1), 1.0, size=nb // k), k)
+        # Stream requests are served under the bucket's cap, not its level: the average budget is the Lagrangian
+        # constraint's to enforce (λ_b̄ sees every intended cost; a level mask would hide overspending from it and
+        # teach "take what the bucket holds"). The policy still sees the simulated level; deployment masks by it.
+        budgets = np.concatenate([b_band, np.full(ns, min(_BUCKET_CAP, 1.0))])
+        batch = RequestBatch(n, at, mask_over_budget=True)
+        batch.start(np.arange(n), rows, budgets)
+        self._ensure_ctx(n)
+        self._features = fit_tab.features
+        idx = np.arange(n)
+        self._ctx_from_state(batch, idx, None)
+        if ns:
+            s = np.arange(nb, n)
+            self._ctx["avg"][s] = self._s_avg
+            self._ctx["level"][s] = self._s_level
+            self._ctx["shared"][s] = 1.0
+            self._ctx["left"][s] = 1.0 - self._s_t / _HORIZON
+            self._ctx["lam"][s] = self.lam[self._s_bin]
+        self._target[:] = -1
+        lam = np.concatenate([np.zeros(nb), self.lam[self._s_bin]])
+        ro = Rollout()
+        for _ in range(4 * at.num_blocks + 4):
+            if not batch.active.any():
+                break
+            batch.step(self._act(batch, ro), at.read_table)
+        correct = at.correct[rows, batch.answer]
+        total = batch.spent.copy()
+        if ns:
+            self._s_level = self._bucket.spend(self._s_level, total[nb:])
+            self._s_t = (self._s_t + 1) % _HORIZON
+        self.train_requests += n
+        data = ro.finish(correct, total, lam)
+        data["group"] = data["slot"] // k
+        # OmniSafe's scaling (r − λ·c)/(1 + λ): a large multiplier must not swamp the other budgets' gradients
+        data["request_return"] = ((correct.astype(np.float64) - lam * (total - at.costs.stem)) / (1.0 + lam))[
+            data["slot"]]
+        data["stream_cost"] = total[nb:]
+        data["stream_bin"] = self._s_bin
+        return data
+
+    def _dual_step(self, data: dict[str, np.ndarray]) -> None:
+        """λ_b̄ ← clip(λ_b̄ + lr·(mean request cost − d)/d, 0, 20), d = b̄·(1 − margin), per average budget (dual
+        ascent)."""
+        if not self._n_stream:
+            return
+        k = self.lam_budgets.size
+        cnt = np.bincount(data["stream_bin"], minlength=k)
+        mean_cost = np.bincount(data["stream_bin"], weights=data["stream_cost"], minlength=k) / np.maximum(cnt, 1)
+        target = self.lam_budgets * (1.0 - self.cost_margin)
+        viol = (mean_cost - target) / target
+        self.lam = np.where(cnt > 0, np.clip(self.lam + self.lam_lr * viol, 0.0, _LAM_MAX), self.lam)
+
+    def _update(self, data: dict[str, np.ndarray], it: int) -> None:
+        raise NotImplementedError
+
+    def group_baseline(self, data: dict[str, np.ndarray]) -> np.ndarray:
+        """Per decision: the mean request return of the *other* requests of its group (leave-one-out; it does not
+        depend on the decision's own actions, so the gradient stays unbiased)."""
+        k = self.group_size
+        if k < 2:
+            return np.zeros(len(data["slot"]))
+        slot, g = data["slot"], data["group"]
+        r_slot = np.zeros(self.requests_per_iter // k * k)
+        r_slot[slot] = data["request_return"]
+        g_sum = r_slot.reshape(-1, k).sum(1)
+        return (g_sum[g] - r_slot[slot]) / (k - 1)
+
+    def _entropy_coef(self, it: int) -> float:
+        """β, annealed linearly to 0 over the run."""
+        return self.entropy * max(0.0, 1.0 - it / self.iterations)
+
+    # ------------------------------------------------------------------ held-out scoring
+    def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int) -> float:
+        """Mean held-out accuracy of the greedy policy: bandit sweep + shared-bucket streams (overruns count as
+        wrong)."""
+        self.net.eval()
+        n = val_tab.num_samples
+        grid = [b for b in BUDGET_GRID if b >= self._floor]
+        rows = np.tile(np.arange(n), len(grid))
+        budgets = np.repeat(grid, n)
+        r = serve_requests(self, val_tab, rows, budgets, at=at)
+        ok = r["correct"] & (r["cost"] <= budgets + COST_TOL)
+        bandit = [float(ok[i * n:(i + 1) * n].mean()) for i in range(len(grid))]
+        stream = self._held_out_streams(val_tab, at)
+        score = float(np.mean(bandit) + np.mean(stream))
+        self.history.append({"step": step, "bandit": bandit, "stream": stream, "score": score,
+                             "lam": self.lam.round(4).tolist()})
+        self.net.train()
+        return score
+
+    def _held_out_streams(self, val_tab: OutcomeTable, at: AnytimeTable, *, streams_per_budget: int = 8,
+                          horizon: int = 100) -> list[float]:
+        budgets = np.array([b for b in _HELD_OUT_STREAM_BUDGETS if b >= self._floor])
+        k = streams_per_budget * budgets.size
+        avg = np.repeat(budgets, streams_per_budget)
+        rng = np.random.default_rng(0xE7A1)
+        rows = rng.integers(0, val_tab.num_samples, size=(k, horizon))
+        bucket = TokenBucket(cap=_BUCKET_CAP)
+        level = np.zeros(k)
+        ok = np.zeros((k, horizon), dtype=bool)
+        for t in range(horizon):
+            level = bucket.refill(level, avg)
+            avail = bucket.available(level)
+            state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
+                     "step": t, "horizon": horizon}
+            r = serve_requests(self, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
+            ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
+            level = bucket.spend(level, r["cost"])
+        per = ok.reshape(budgets.size, -1).mean(1)
+        return [float(x) for x in per]
