@@ -100,7 +100,7 @@ def test_hinge_policy_parameter_gradient_matches_finite_differences():
 
     torch.manual_seed(0)
     cost = np.array([0.1, 0.35, 0.6, 0.95])
-    pol = PlanPolicy(3, cost, hidden=(6,), plan_prior=np.array([0.2, 0.5, 0.7, 0.9]) / 0.1).double()
+    pol = PlanPolicy(3, cost, hidden=(6,), plan_prior=np.array([0.2, 0.5, 0.7, 0.9])).double()
     for p in pol.parameters():  # leave the zero-init of the last layer: gradcheck a generic point
         torch.nn.init.normal_(p, std=0.5)
     x = torch.randn(4, 3, dtype=torch.float64)

@@ -73,7 +73,7 @@ class BlockDropScheduler(TorchTableLearner):
     def config(self) -> dict[str, Any]:
         cfg = super().config()
         cfg.pop("plans")
-        cfg.pop("prior_temp")  # ``prior`` stays (always False): every learner's records say whether it had one
+        cfg.pop("prior_scale")  # ``prior`` stays (always False): every learner's records say whether it had one
         cfg.update(gamma=self.gamma, alpha=self.alpha, lam=self.lam, entropy=self.entropy, n_samples=self.n_samples,
                    mask_over_budget=self.mask_over_budget)
         return cfg

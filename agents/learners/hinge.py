@@ -57,11 +57,11 @@ class HingeScheduler(TorchTableLearner):
     def __init__(self, *, lam: float = 10.0, target: str = "ce", train_mask: bool = False, epochs: int = 30,
                  batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto", val_fraction: float = 0.2,
-                 restrict_to_budget: bool = True, prior: bool | None = None, prior_temp: float = 0.01,
+                 restrict_to_budget: bool = True, prior: bool | None = None, prior_scale: float = 3.0,
                  progress: bool | None = None) -> None:
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans=plans, val_fraction=val_fraction, restrict_to_budget=restrict_to_budget,
-                         prior=prior, prior_temp=prior_temp, progress=progress)
+                         prior=prior, prior_scale=prior_scale, progress=progress)
         if not lam >= 0:
             raise ConfigError(f"lam (λ) must be ≥ 0, got {lam}")
         if target not in ("ce", "error"):

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from adainf_env.errors import ConfigError
-from adainf_env.feasibility import fits, pareto_frontier
+from adainf_env.feasibility import fits, lut_choice, pareto_frontier
 from adainf_env.outcomes import OutcomeTable
 
 __all__ = ["FeatureScaler", "PlanPolicy", "BlockPolicy", "budget_inputs", "pareto_plans", "candidate_plans",
@@ -72,7 +72,7 @@ class PlanPolicy(nn.Module):
     """Logits over K candidate plans: ``MLP([x̂, M, log M, 1[c ≤ M]]) − softplus(κ)·relu(c − M)/cost_scale``."""
 
     def __init__(self, feature_dim: int, plan_cost: np.ndarray, *, hidden: Sequence[int] = (128, 128),
-                 cost_prior: bool = True, plan_prior: np.ndarray | None = None) -> None:
+                 cost_prior: bool = True, plan_prior: np.ndarray | None = None, prior_scale: float = 3.0) -> None:
         super().__init__()
         cost = np.asarray(plan_cost, dtype=np.float64)
         if cost.ndim != 1 or cost.size == 0:
@@ -87,13 +87,15 @@ class PlanPolicy(nn.Module):
         gaps = np.diff(np.unique(cost))
         self.cost_scale = float(gaps.mean()) if gaps.size else 1.0
         self.kappa = nn.Parameter(torch.tensor(0.0))
-        # Fixed per-plan prior added to the logits (e.g. calibration accuracy / τ): with the last layer zero-initialised
-        # the untrained policy's within-budget argmax is then exactly the look-up table (LUT) plan, and training learns
-        # per-sample deviations from it (model selection on held-out rows keeps them only if they help).
+        # LUT prior (``plan_prior`` = the candidates' calibration accuracies): ``prior_scale·1[k = LUT plan at M]`` is
+        # added to the logits and the last layer is zero-initialised, so the untrained policy's within-budget argmax
+        # is the look-up-table plan, as for the SB3 policies (:mod:`agents.sb3.policy`); training learns per-sample
+        # deviations. A bounded bonus (not accuracy/τ logits) keeps the softmax unsaturated: gradients still flow.
         prior = np.zeros(cost.size) if plan_prior is None else np.asarray(plan_prior, dtype=np.float64)
         if prior.shape != cost.shape:
             raise ConfigError(f"plan_prior must have shape {cost.shape}, got {prior.shape}")
-        self.register_buffer("plan_prior", torch.as_tensor(prior, dtype=torch.float32))
+        self.register_buffer("plan_prior", torch.as_tensor(prior, dtype=torch.float64))
+        self.prior_scale = 0.0 if plan_prior is None else float(prior_scale)
         if plan_prior is not None:
             last = self.net[-1]
             nn.init.zeros_(last.weight)
@@ -108,7 +110,10 @@ class PlanPolicy(nn.Module):
         if self.cost_prior:
             over = torch.relu(cost[None, :] - b[:, None]) / self.cost_scale
             logits = logits - nn.functional.softplus(self.kappa) * over
-        return logits + self.plan_prior.to(xs.dtype)
+        if self.prior_scale:
+            lut = lut_choice(self.plan_cost.double(), self.plan_prior, b.detach().double())  # [N] LUT plan at M
+            logits = logits + self.prior_scale * nn.functional.one_hot(torch.as_tensor(lut), cost.numel()).to(xs.dtype)
+        return logits
 
 
 class BlockPolicy(nn.Module):

@@ -69,13 +69,13 @@ class ReinforceScheduler(TorchTableLearner):
                  mask_over_budget: bool = True, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3,
                  weight_decay: float = 1e-4, hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
                  val_fraction: float = 0.2, restrict_to_budget: bool = True, prior: bool | None = None,
-                 prior_temp: float = 0.01, progress: bool | None = None) -> None:
+                 prior_scale: float = 3.0, progress: bool | None = None) -> None:
         if policy not in ("plans", "blocks"):
             raise ConfigError(f"policy must be 'plans' or 'blocks', got {policy!r}")
         self.supports_prior = policy == "plans"  # a per-block Bernoulli policy has no per-plan logit to bias
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans=plans if policy == "plans" else "all", val_fraction=val_fraction,
-                         restrict_to_budget=restrict_to_budget, prior=prior, prior_temp=prior_temp,
+                         restrict_to_budget=restrict_to_budget, prior=prior, prior_scale=prior_scale,
                          progress=progress)
         if not (lam >= 0 and entropy >= 0):
             raise ConfigError(f"lam and entropy must be ≥ 0, got {lam}, {entropy}")

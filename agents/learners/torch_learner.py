@@ -7,9 +7,10 @@ What every learner gets from :class:`TorchTableLearner`:
   the policy is trained on it, and the epoch (≥ 1) whose policy scores best on the held-out part (mean accuracy over
   a budget grid, with over-budget choices counted as wrong; :meth:`~agents.learners.base.LearnerBase.keeps`) is kept
   (``selected_step``) — early stopping / model selection never sees the test split.
-* **Prior** (``prior``, default :data:`~agents.learners.base.PRIOR_DEFAULT`): the plan policy's logits get a fixed
-  per-plan term ``calibration accuracy / prior_temp`` and a zero-initialised last layer, so the untrained policy is
-  the LUT and training learns per-sample deviations from it; ``prior=False`` is a plainly initialised network.
+* **Prior** (``prior``, default :data:`~agents.learners.base.PRIOR_DEFAULT`): the plan policy's logits get
+  ``prior_scale·1[k = LUT plan at M]`` and a zero-initialised last layer, so the untrained policy is the LUT and
+  training learns per-sample deviations from it (the SB3 policies' prior, same scale); ``prior=False`` is a plainly
+  initialised network.
 * **Budgets sampled during training** uniformly in ``[cheapest candidate cost, 1]`` (fractions of the full model),
   so one policy serves every budget.
 * **Determinism.** All training randomness flows from one ``torch.Generator`` seeded by ``fit(seed=)``; network init
@@ -61,11 +62,11 @@ class TorchTableLearner(LearnerBase):
     def __init__(self, *, epochs: int = 30, batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto",
                  val_fraction: float = 0.2, restrict_to_budget: bool = True, prior: bool | None = None,
-                 prior_temp: float = 0.01, progress: bool | None = None) -> None:
-        if not (math.isfinite(prior_temp) and prior_temp > 0):
-            raise ConfigError(f"prior_temp must be a finite number > 0, got {prior_temp}")
+                 prior_scale: float = 3.0, progress: bool | None = None) -> None:
+        if not (math.isfinite(prior_scale) and prior_scale > 0):
+            raise ConfigError(f"prior_scale must be a finite number > 0, got {prior_scale}")
         self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=self.supports_prior, who=self.name)
-        self.prior_temp = float(prior_temp)
+        self.prior_scale = float(prior_scale)
         if int(epochs) < 1 or int(batch_size) < 1:
             raise ConfigError(f"epochs and batch_size must be ≥ 1, got {epochs}, {batch_size}")
         if not (lr > 0 and math.isfinite(lr)) or weight_decay < 0:
@@ -92,7 +93,7 @@ class TorchTableLearner(LearnerBase):
         return {"epochs": self.epochs, "batch_size": self.batch_size, "lr": self.lr,
                 "weight_decay": self.weight_decay, "hidden": self.hidden, "plans": self.plans,
                 "val_fraction": self.val_fraction, "restrict_to_budget": self.restrict_to_budget,
-                "prior": self.prior, "prior_temp": self.prior_temp}
+                "prior": self.prior, "prior_scale": self.prior_scale}
 
     def state_arrays(self) -> dict[str, np.ndarray]:
         assert self.policy is not None and self.candidates is not None
@@ -114,8 +115,8 @@ class TorchTableLearner(LearnerBase):
         prior = None
         if self.prior:
             # at load time the prior buffer is overwritten by the saved one; zeros here only fix its shape
-            prior = np.zeros(len(cand_cost)) if cand_acc is None else cand_acc / self.prior_temp
-        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden, plan_prior=prior)
+            prior = np.zeros(len(cand_cost)) if cand_acc is None else cand_acc
+        return PlanPolicy(feature_dim, cand_cost, hidden=self.hidden, plan_prior=prior, prior_scale=self.prior_scale)
 
     def _prepare(self, table: OutcomeTable, cost: np.ndarray) -> None:
         """Precompute per-row training targets for ``self.candidates`` (tensors kept on ``self``)."""
@@ -234,7 +235,7 @@ class TorchTableLearner(LearnerBase):
         if self.prior and hasattr(self.policy, "plan_prior"):
             # Selection used fit-row statistics; the deployed prior, like the LUT, uses all calibration rows.
             acc_all = table.correct[:, self.candidates].mean(axis=0)
-            self.policy.plan_prior.copy_(torch.as_tensor(acc_all / self.prior_temp, dtype=torch.float32))
+            self.policy.plan_prior.copy_(torch.as_tensor(acc_all, dtype=torch.float64))
         self.policy.eval()
         del self._table, self._features_t
 
