@@ -8,15 +8,20 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
+import torch
+
 from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
                                      BlockCosts, RequestBatch)
-from adainf_env.budgets import TokenBucket
-from adainf_env.live import LiveRunner, LiveSource
-from adainf_env.env_core import RNG_CHUNK, ActionError
+from adainf_env.anytime_render import pending_record, render_anytime, step_record
+from adainf_env.costs import count_macs, measure_macs
+from adainf_env.env_core import ActionError, RequestDraws, source_table
 from adainf_env.errors import AdaInfError, ConfigError
-from adainf_env.outcomes import OutcomeTable, load_table
+from adainf_env.live import LiveRunner, LiveSource
+from adainf_env.options import RENDER_MODES, AnytimeOptions
+from adainf_env.outcomes import OutcomeTable
+from adainf_env.reward import overrun_paid
 
-__all__ = ["AnytimeEnv", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
+__all__ = ["AnytimeEnv", "AnytimeLiveRunner", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
 
 
 class AnytimeEnv(gym.Env):
@@ -56,8 +61,9 @@ class AnytimeEnv(gym.Env):
     read becomes STOP; ``info["invalid_action"]`` says when it happened.
 
     ## Observation Space
-    ``obs_format="dict"`` (default) or ``"flat"`` (the parts concatenated in this order), float32, bounds fixed by the
-    table (features) and the plan space, never by the data seen:
+    ``obs_format="dict"`` (default) or ``"flat"`` (the parts concatenated in this order), float32; the bounds depend on
+    the feature dimension, the options and the block costs, never on the data seen (features: the finite float32
+    range; the first three parts are the plan envs' own, :func:`adainf_env.env_core.observation_parts`):
 
     | key | shape | meaning |
     |---|---|---|
@@ -103,19 +109,39 @@ class AnytimeEnv(gym.Env):
     truncated.
 
     ## Arguments
-    ``AnytimeEnv(table=None, *, table_path=None, live=None, mode="bandit", episode_length=200, budget="uniform",
-    bucket=None, lam=1.0, reward="correct", penalty="linear", hard_penalty=-1.0, cost_unit="macs",
-    obs_format="dict", mask_over_budget=True, invalid_action="raise", render_mode=None)``. ``table``/``table_path``: an outcome table whose
-    plan list is closed under truncation (e.g. all 2^B plans) with per-block MACs; ``live``: a
-    :class:`~adainf_env.env.LiveSource` — the real backbone is run block by block (activations kept, as charged).
-    ``cost_unit`` must be ``"macs"`` (latency profiles have no per-block breakdown). Bad arguments raise
-    :class:`~adainf_env.errors.ConfigError`, bad tables :class:`~adainf_env.errors.TableFormatError`.
+    ``AnytimeEnv(table=None, *, table_path=None, live=None, options=None, **option_kwargs)``; the options are the
+    fields of :class:`~adainf_env.options.AnytimeOptions` (those of :class:`~adainf_env.options.EnvOptions` plus
+    ``invalid_action``), given as ``options=AnytimeOptions(...)`` and/or as keywords (keywords win):
+    ``mode="bandit", episode_length=200, budget="uniform", bucket=None, lam=1.0, reward="correct", penalty="linear",
+    hard_penalty=-1.0, cost_unit="macs", obs_format="dict", mask_over_budget=True, invalid_action="raise",
+    render_mode=None``. An unknown keyword raises ConfigError.
+
+    * ``table``/``table_path``: an outcome table whose plan list is closed under truncation (e.g. all 2^B plans) with
+      per-block MACs; ``live``: a :class:`~adainf_env.live.LiveSource` — the real backbone is run block by block
+      (activations kept, as charged; :class:`AnytimeLiveRunner`). None of them: the reference calibration table
+      shipped with the package (:func:`adainf_env.reference_tables.reference_table_path`).
+    * ``cost_unit`` must be ``"macs"`` (latency profiles have no per-block breakdown); ``action_type`` must stay
+      ``"plan"`` (the actions are always the four above).
+    * ``render_mode``: None, ``"ansi"`` (a text line about the last step) or ``"rgb_array"`` (a uint8 frame of it: the
+      blocks run so far, the cost spent against the budget, the answer right or wrong once given;
+      :mod:`adainf_env.anytime_render`).
+
+    Bad arguments raise :class:`~adainf_env.errors.ConfigError`, bad tables
+    :class:`~adainf_env.errors.TableFormatError`, bad actions :class:`ActionError`.
+
+    Registered as ``AdaInf/Anytime-v0`` (works with no arguments: ``gymnasium.make("AdaInf/Anytime-v0")``).
+    ``gymnasium.make_vec("AdaInf/Anytime-v0", num_envs=N)`` gives the numpy-batched
+    :class:`~adainf_env.anytime_gym_vector.AnytimeVectorEnv` (same-step autoreset); SB3 users can take
+    :class:`~adainf_env.anytime_vec.AnytimeVecEnv` directly.
 
     ## Version History
     * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
+    * v0 (unchanged dynamics): options as one :class:`~adainf_env.options.AnytimeOptions`; the shipped reference
+      calibration table is the default source; the features Box spans the finite float32 range (as the plan envs);
+      ``render_mode="rgb_array"``; a Gymnasium ``vector_entry_point``.
     """
 
-    metadata = {"render_modes": ["ansi"], "render_fps": 4}
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -123,52 +149,35 @@ class AnytimeEnv(gym.Env):
         *,
         table_path: str | os.PathLike | None = None,
         live: LiveSource | None = None,
-        mode: str = "bandit",
-        episode_length: int = 200,
-        budget: Any = "uniform",
-        bucket: bool | dict | TokenBucket | None = None,
-        lam: float = 1.0,
-        reward: str = "correct",
-        penalty: str = "linear",
-        hard_penalty: float = -1.0,
-        cost_unit: str = "macs",
-        obs_format: str = "dict",
-        mask_over_budget: bool = True,
-        invalid_action: str = "raise",
-        render_mode: str | None = None,
+        options: AnytimeOptions | None = None,
+        **option_kwargs: Any,
     ) -> None:
-        if sum(x is not None for x in (table, table_path, live)) != 1:
-            raise ConfigError("give exactly one of table=, table_path= or live=")
-        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
-            raise ConfigError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        if table_path is not None:
-            table = load_table(table_path)
-        self._live: _AnytimeLive | None = None
+        opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
+        table = source_table(table, table_path, live)
+        self._live: AnytimeLiveRunner | None = None
         if live is not None:
-            if cost_unit != "macs":
-                raise ConfigError("the anytime env needs per-block costs: cost_unit must be 'macs'")
-            self._live = _AnytimeLive(live)
+            self._live = AnytimeLiveRunner(live)
             at = self._live.anytime_table
             features = self._live.features
+            self._plan_masks = self._live.plan_masks
         else:
-            at = AnytimeTable.from_table(table, cost_unit)
+            at = AnytimeTable.from_table(table, opts.cost_unit)
             features = table.features
-        self.cfg = AnytimeConfig.build(
-            table=at, features=features, mode=mode, episode_length=episode_length, budget=budget, bucket=bucket,
-            lam=lam, reward=reward, penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
-            mask_over_budget=mask_over_budget, invalid_action=invalid_action)
+            self._plan_masks = table.plan_masks
+        self.options = opts
+        self.cfg = AnytimeConfig.build(table=at, features=features, options=opts)
         self.table = table
         self.observation_space = self.cfg.observation_space
         self.action_space = self.cfg.action_space
-        self.render_mode = render_mode
-        self.mode = self.cfg.mode
+        self.render_mode = opts.render_mode
+        self.mode = opts.mode
         self._n = self.cfg.num_samples
-        self._batch = RequestBatch(1, at, mask_over_budget=self.cfg.mask_over_budget)
+        self._batch = RequestBatch(1, at, mask_over_budget=opts.mask_over_budget)
         self._zero = np.zeros(1, dtype=np.int64)
-        self._invalidate_rng_buffers()
+        self._draws = RequestDraws(self._n)
         self._started = False
         self._done = True
-        self._last = ""
+        self._last: dict[str, Any] | None = None  # the last step, for render()
 
     # ------------------------------------------------------------------ properties
     @property
@@ -193,31 +202,16 @@ class AnytimeEnv(gym.Env):
         return self._batch
 
     # ------------------------------------------------------------------ randomness (same protocol as AdaInfEnv)
-    def _invalidate_rng_buffers(self) -> None:
-        self._perm = np.empty(0, dtype=np.int64)
-        self._pos = self._n
-        self._ubuf = np.empty(0)
-        self._upos = RNG_CHUNK
-
     def _draw(self) -> tuple[int, float]:
         """Next request: (table row, its uniform for the budget process)."""
-        if self._pos >= self._n:
-            self._perm = self.np_random.permutation(self._n)
-            self._pos = 0
-        s = int(self._perm[self._pos])
-        self._pos += 1
-        if self._upos >= RNG_CHUNK:
-            self._ubuf = self.np_random.random(RNG_CHUNK)
-            self._upos = 0
-        u = float(self._ubuf[self._upos])
-        self._upos += 1
-        return s, u
+        s, k = self._draws.draw(self.np_random)
+        return s, float(self._draws.ubuf[k])
 
     # ------------------------------------------------------------------ gymnasium API
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            self._invalidate_rng_buffers()
+            self._draws.invalidate()
         pin_s, pin_b = self.cfg.parse_options(options)
         s, u = self._draw()
         s = s if pin_s is None else pin_s
@@ -230,6 +224,7 @@ class AnytimeEnv(gym.Env):
         self._begin(s)
         self._started = True
         self._done = False
+        self._last = None
         return self._observe(), {"sample": s, "budget": float(self._batch.budget[0])}
 
     def _begin(self, s: int) -> None:
@@ -301,7 +296,7 @@ class AnytimeEnv(gym.Env):
         budget = float(batch.budget[0])
         total = float(batch.spent[0])
         info: dict[str, Any] = {"cost": float(reported[0]), "total_cost": total, "budget": budget,
-                                "overrun": max(0.0, total - budget) if total - budget > 1e-9 else 0.0,
+                                "overrun": overrun_paid(total, budget),
                                 "sample": s, "action": ACTION_NAMES[a], "position": pos0,
                                 "read": bool(res.read[0]), "request_done": ended, "invalid_action": replaced}
         if res.read[0]:
@@ -311,10 +306,9 @@ class AnytimeEnv(gym.Env):
         if ended:
             info.update(plan=plan, pred=int(batch.last_pred[0]), correct=bool(correct[0]),
                         num_reads=int(batch.reads[0]))
-        if self.render_mode == "ansi":
-            self._last = (f"sample {s} block {pos0} {ACTION_NAMES[a]} cost {total - spent0:.4f} spent {total:.4f}/"
-                          f"{budget:.4f}" + (f" → answer plan {plan} {'correct' if correct[0] else 'wrong'}"
-                                             if ended else ""))
+        if self.render_mode is not None:
+            self._last = step_record(batch, 0, action=a, position=pos0, cost=total - spent0, reward=float(rew[0]),
+                                     correct=bool(correct[0]) if ended else None)
         terminated = False
         if ended:
             if self.mode == "bandit":
@@ -335,9 +329,15 @@ class AnytimeEnv(gym.Env):
         return self._observe(), float(rew[0]), terminated, False, info
 
     def render(self):
-        if self.render_mode == "ansi":
-            return self._last
-        return None
+        """``"rgb_array"``: a uint8 [H, W, 3] frame of the last step (:func:`adainf_env.render.render_frame`: the
+        blocks run so far, the cost spent against the budget, the answer right or wrong once the request ended);
+        ``"ansi"``: a text line about it. Before the first step: the pending request."""
+        if self.render_mode is None:
+            return None
+        rec = self._last
+        if rec is None:
+            rec = pending_record(self._batch, 0) if self._started else None
+        return render_anytime(self.render_mode, rec, self._plan_masks)
 
     def close(self) -> None:
         """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
@@ -359,7 +359,7 @@ def _action_index(action: Any, strict: bool) -> int:
     return a
 
 
-class _AnytimeLive:
+class AnytimeLiveRunner:
     """Runs the real backbone block by block for :class:`AnytimeEnv`, keeping what it computed (as the env charges).
 
     State per request: ``h`` (activations entering the next block) and ``chain`` (block j → (shortcut output,
@@ -369,10 +369,6 @@ class _AnytimeLive:
     """
 
     def __init__(self, src: LiveSource, *, count_macs: bool = False) -> None:
-        import torch
-
-        from adainf_env.costs import measure_macs
-
         base = LiveRunner(src)  # validates the source, computes the stem features of every image
         bb = base.backbone
         if len(bb.blocks) > 12:
@@ -381,6 +377,7 @@ class _AnytimeLive:
         self.images = base.images
         self.labels = base.labels
         self.features = base.features
+        self.plan_masks = base.plan_masks
         self._device = base._device
         self._torch = torch
         prof = measure_macs(bb)
@@ -395,8 +392,6 @@ class _AnytimeLive:
     def _call(self, fn, *args):
         if not self.count:
             return fn(*args)
-        from adainf_env.costs import count_macs
-
         m, out = count_macs(fn, *args)
         self.macs += m
         return out

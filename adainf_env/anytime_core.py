@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -37,12 +36,13 @@ import numpy as np
 
 from gymnasium import spaces
 
-from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
-from adainf_env.env_core import ActionError
-from adainf_env.options import make_bucket
+from adainf_env.budgets import BudgetProcess, make_budget_process
+from adainf_env.env_core import ActionError, observation_parts, parse_reset_options, space_of_parts
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
+from adainf_env.options import AnytimeOptions
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.reward import overrun_paid, step_reward
 
 __all__ = ["RUN", "SKIP", "READ", "STOP", "NUM_ACTIONS", "ACTION_NAMES", "BlockCosts", "attach_block_macs",
            "AnytimeTable", "RequestBatch", "StepResult", "MAX_BLOCKS", "toy_anytime_table"]
@@ -431,35 +431,17 @@ class RequestBatch:
         return StepResult(cost=cost, ended=ended, read=reading)
 
 
-MODES = ("bandit", "stream")
-REWARDS = ("correct", "neg_ce")
-PENALTIES = ("linear", "hard")
-OBS_FORMATS = ("dict", "flat")
-INVALID_ACTIONS = ("raise", "fallback")
 READOUT = ("last_conf", "prev_conf", "agree", "reads", "read_current")
-
-
-def _choice(v: Any, name: str, allowed: tuple[str, ...]) -> str:
-    if not isinstance(v, str) or v not in allowed:
-        raise ConfigError(f"unknown {name} {v!r}; expected one of {list(allowed)}")
-    return v
 
 
 @dataclasses.dataclass
 class AnytimeConfig:
-    """Validated arguments of the anytime envs, their spaces, observations and rewards (one definition for both)."""
+    """Validated options of the anytime envs (:class:`~adainf_env.options.AnytimeOptions`), their spaces,
+    observations and rewards (one definition for the single env, the vec env and the Gymnasium vector env)."""
 
-    mode: str
-    episode_length: int
-    process: BudgetProcess
-    bucket: TokenBucket | None
-    lam: float
-    reward: str
-    penalty: str
-    hard_penalty: float
-    obs_format: str
-    mask_over_budget: bool
-    invalid_action: str
+    options: AnytimeOptions
+    process: BudgetProcess  # the options' budget process, bound to the cheapest answer's cost
+    lam: float  # λ: starts as options.lam; the vec env lets set_attr("lam", ...) change it (Lagrangian training)
     table: AnytimeTable
     features: np.ndarray  # [N, F] float32, read-only
     observation_space: spaces.Space
@@ -469,25 +451,23 @@ class AnytimeConfig:
     def num_samples(self) -> int:
         return int(self.features.shape[0])
 
+    # the options, read where the envs used to keep them as fields
+    mode = property(lambda self: self.options.mode)
+    episode_length = property(lambda self: self.options.episode_length)
+    bucket = property(lambda self: self.options.bucket)
+    reward = property(lambda self: self.options.reward)
+    penalty = property(lambda self: self.options.penalty)
+    hard_penalty = property(lambda self: self.options.hard_penalty)
+    obs_format = property(lambda self: self.options.obs_format)
+    mask_over_budget = property(lambda self: self.options.mask_over_budget)
+    invalid_action = property(lambda self: self.options.invalid_action)
+
     @classmethod
-    def build(cls, *, table: AnytimeTable, features: np.ndarray, mode: str = "bandit", episode_length: int = 200,
-              budget: Any = "uniform", bucket: Any = None, lam: float = 1.0, reward: str = "correct",
-              penalty: str = "linear", hard_penalty: float = -1.0, obs_format: str = "dict",
-              mask_over_budget: bool = True, invalid_action: str = "raise") -> "AnytimeConfig":
-        mode = _choice(mode, "mode", MODES)
-        episode_length = check_positive_int(episode_length, "episode_length (requests per stream episode)")
-        lam = check_finite(lam, "lam (λ, overrun penalty per unit of the full model)", low=0.0)
-        reward = _choice(reward, "reward", REWARDS)
-        penalty = _choice(penalty, "penalty", PENALTIES)
-        hard_penalty = check_finite(hard_penalty, "hard_penalty")
-        obs_format = _choice(obs_format, "obs_format", OBS_FORMATS)
-        invalid_action = _choice(invalid_action, "invalid_action", INVALID_ACTIONS)
-        if not isinstance(mask_over_budget, (bool, np.bool_)):
-            raise ConfigError(f"mask_over_budget must be a bool, got {mask_over_budget!r}")
-        bucket = make_bucket(bucket)
-        if bucket is not None and mode != "stream":
-            raise ConfigError("a shared token-bucket budget needs mode='stream' (a bandit episode is one request)")
-        if reward == "neg_ce" and table.pred is not None and table.loss is None:
+    def build(cls, *, table: AnytimeTable, features: np.ndarray, options: AnytimeOptions | None = None,
+              **option_kwargs: Any) -> "AnytimeConfig":
+        """From ``options`` and/or its fields as keywords (keywords win; see :class:`AnytimeOptions`)."""
+        opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
+        if opts.reward == "neg_ce" and table.pred is not None and table.loss is None:
             raise ConfigError("reward='neg_ce' needs the table's loss")
         features = np.ascontiguousarray(features, dtype=np.float32)
         if features.ndim != 2 or not np.isfinite(features).all():
@@ -495,33 +475,18 @@ class AnytimeConfig:
         features.setflags(write=False)
         costs = table.costs
         floor = float(costs.plan_cost(np.zeros((1, costs.num_blocks)))[0])  # the cheapest answer: plan 0
-        process = make_budget_process(budget).bind(floor)
+        process = make_budget_process(opts.budget).bind(floor)
         b = costs.num_blocks
-        parts: dict[str, spaces.Box] = {
-            # unbounded: the space depends on the feature dimension only, so a policy trained on the calibration
-            # table runs on the test table or a live backbone
-            "features": spaces.Box(low=-np.inf, high=np.inf, shape=(features.shape[1],), dtype=np.float32),
-            "budget": spaces.Box(low=0.0, high=1.0, shape=(1,), dtype=np.float32),
-        }
-        if bucket is not None:
-            # [bucket level after refill, this request's refill, fraction of the episode left]
-            parts["bucket"] = spaces.Box(low=np.zeros(3, np.float32),
-                                         high=np.array([bucket.cap, 1.0, 1.0], np.float32), dtype=np.float32)
+        parts = observation_parts(features.shape[1], opts)  # features, budget, bucket: as the plan envs
         # [spent so far, cost of answering now, cost of RUN then answering]
         parts["costs"] = spaces.Box(low=np.zeros(3, np.float32),
                                     high=np.array([costs.max_request_cost, 1.0, 1.0], np.float32), dtype=np.float32)
         parts["position"] = spaces.Box(low=0.0, high=1.0, shape=(b + 1,), dtype=np.float32)
         parts["decisions"] = spaces.Box(low=0.0, high=1.0, shape=(b,), dtype=np.float32)
         parts["readout"] = spaces.Box(low=0.0, high=1.0, shape=(len(READOUT),), dtype=np.float32)
-        if obs_format == "dict":
-            obs_space: spaces.Space = spaces.Dict(parts)
-        else:
-            obs_space = spaces.Box(low=np.concatenate([p.low for p in parts.values()]),
-                                   high=np.concatenate([p.high for p in parts.values()]), dtype=np.float32)
-        return cls(mode=mode, episode_length=episode_length, process=process, bucket=bucket, lam=lam, reward=reward,
-                   penalty=penalty, hard_penalty=hard_penalty, obs_format=obs_format,
-                   mask_over_budget=bool(mask_over_budget), invalid_action=invalid_action, table=table, features=features,
-                   observation_space=obs_space, action_space=spaces.Discrete(NUM_ACTIONS))
+        return cls(options=opts, process=process, lam=opts.lam, table=table, features=features,
+                   observation_space=space_of_parts(parts, opts.obs_format),
+                   action_space=spaces.Discrete(NUM_ACTIONS))
 
     # ------------------------------------------------------------------ observations
     def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None) -> Any:
@@ -562,13 +527,14 @@ class AnytimeConfig:
         base − λ·max(0, total cost − budget)); ``base`` (1[correct] or −cross-entropy) arrives when it ends. Hard
         penalty: the ending step gets ``hard_penalty`` instead of ``base`` if the request overran.
         """
-        over = np.maximum(batch.spent - batch.budget, 0.0)
-        over = np.where(over > COST_TOL, over, 0.0)
-        base = -loss if self.reward == "neg_ce" else correct.astype(np.float64)
+        over = overrun_paid(batch.spent, batch.budget)
+        ended = res.ended
+        ce = np.where(ended, loss, 0.0) if self.reward == "neg_ce" else None
+        kw = dict(reward=self.reward, penalty=self.penalty, lam=self.lam, hard_penalty=self.hard_penalty)
         if self.penalty == "hard":
-            rew = np.where(res.ended, np.where(over > 0.0, self.hard_penalty, base), 0.0)
-        else:
-            rew = np.where(res.ended, base, 0.0) - self.lam * (over - batch.charged)
+            rew = np.where(ended, step_reward(correct, ce, over, **kw), 0.0)
+        else:  # the overrun this step adds (what was charged before is not charged again)
+            rew = step_reward(correct & ended, ce, over - batch.charged, **kw)
         rew = np.where(acted, rew, 0.0)
         batch.charged = np.where(acted, over, batch.charged)
         reported = np.where(acted, res.cost + batch.unreported, 0.0)
@@ -577,24 +543,7 @@ class AnytimeConfig:
 
     def parse_options(self, options: Any) -> tuple[int | None, float | None]:
         """reset(options={"sample": row, "budget": b}) → (pinned row or None, pinned budget or None)."""
-        if options is None:
-            return None, None
-        if not isinstance(options, Mapping):
-            raise ConfigError(f"reset options must be a dict, got {type(options).__name__}")
-        extra = set(options) - {"sample", "budget"}
-        if extra:
-            raise ConfigError(f"unknown reset option(s) {sorted(extra)}; expected 'sample' and/or 'budget'")
-        s = options.get("sample")
-        if s is not None:
-            if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
-                raise ConfigError(f"reset option 'sample' must be an integer row index, got {s!r}")
-            if not 0 <= s < self.num_samples:
-                raise ConfigError(f"reset option 'sample'={s} out of range [0, {self.num_samples})")
-            s = int(s)
-        b = options.get("budget")
-        if b is not None:
-            b = check_budget_value(b, "reset option 'budget'")
-        return s, b
+        return parse_reset_options(options, self.num_samples)
 
 
 def _as_actions(actions: Any, n: int) -> np.ndarray:
@@ -612,18 +561,4 @@ def _as_actions(actions: Any, n: int) -> np.ndarray:
     return a.astype(np.int64, copy=False)
 
 
-def check_positive_int(v: Any, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {v!r}")
-    return int(v)
-
-
-def check_finite(v: Any, name: str, *, low: float | None = None) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)) or not math.isfinite(v):
-        raise ConfigError(f"{name} must be a finite number, got {v!r}")
-    if low is not None and v < low:
-        raise ConfigError(f"{name} must be ≥ {low}, got {v}")
-    return float(v)
-
-
-__all__ += ["check_positive_int", "check_finite", "Reader", "AnytimeConfig", "READOUT"]
+__all__ += ["Reader", "AnytimeConfig", "READOUT"]

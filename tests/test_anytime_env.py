@@ -181,8 +181,10 @@ def test_bad_configs(toy):
                     (dict(episode_length=0, mode="stream"), ConfigError), (dict(obs_format="image"), ConfigError)):
         with pytest.raises(err):
             AnytimeEnv(toy, **kw)
-    with pytest.raises(ConfigError):
-        AnytimeEnv()
+    with pytest.raises(ConfigError, match="at most one"):
+        AnytimeEnv(toy, table_path="x.npz")  # two sources (none: the shipped reference table, see test_gym_tooling)
+    with pytest.raises(ConfigError, match="action_type"):
+        AnytimeEnv(toy, action_type="mask")
     with pytest.raises(TableFormatError, match="per-block"):
         AnytimeEnv(make_toy_table(50))  # no per-block breakdown
     sub = dataclasses.replace(toy, pred=toy.pred[:, 1:], loss=toy.loss[:, 1:], conf=toy.conf[:, 1:],
@@ -280,7 +282,7 @@ def test_live_equals_table_tiny_backbone():
     torch = pytest.importorskip("torch")
     from _tiny_backbones import TinyResNet
 
-    from adainf_env.anytime import _AnytimeLive
+    from adainf_env.anytime import AnytimeLiveRunner
     from adainf_env.env import LiveSource
     from adainf_env.table_builder import build_table
 
@@ -291,7 +293,7 @@ def test_live_equals_table_tiny_backbone():
     table = build_table(model, imgs, labels, sample_index=np.arange(6), batch_size=6, progress=False)
     tenv = AnytimeEnv(table, budget="fixed:1.0")
     lenv = AnytimeEnv(live=LiveSource(model, imgs, labels), budget="fixed:1.0")
-    counter = _AnytimeLive(LiveSource(model, imgs, labels), count_macs=True)
+    counter = AnytimeLiveRunner(LiveSource(model, imgs, labels), count_macs=True)
     lenv._live = counter  # same backbone, counting every MAC the live episode executes
     full = counter.full_macs
     pick = np.random.default_rng(4)
