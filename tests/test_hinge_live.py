@@ -106,11 +106,13 @@ def test_distillation_and_schedule():
     bb = TinyResNet(num_blocks=4, seed=0)
     x, y = _data(bb)
     tr = LiveHingeTrainer(bb, **COSTS, finetune="full", kd_weight=0.5, total_steps=10, warmup_steps=4,
-                          lr=1e-2, backbone_lr=1e-3, seed=0)
+                          lr=1e-2, backbone_lr=1e-3, anchor_fraction=0.25, backbone_optimizer="sgd", seed=0)
     tr.fit_scaler(x)
     assert tr.lrs() == pytest.approx([2.5e-3, 2.5e-4])
     m = tr.step(x, y, torch.full((len(x),), 0.5))
     assert m["kd"] > 0  # skipped blocks change the output: the student differs from the full-model teacher
+    assert m["anchor"] > 0  # the full-plan rows add their own loss
+    assert isinstance(tr.opts[1], torch.optim.SGD)
     assert tr.lrs() == pytest.approx([5e-3, 5e-4])
     # the teacher is a frozen copy of the original weights
     assert all(not p.requires_grad for p in tr.teacher.parameters())
