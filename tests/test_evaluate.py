@@ -145,6 +145,31 @@ def test_run_comparison_and_written_files(tmp_path, toy):
     pngs = sorted(p.name for p in tmp_path.glob("*.png"))
     assert "accuracy_vs_budget_bandit_fixed.png" in pngs and "accuracy_vs_budget_stream_shared.png" in pngs
     assert all((tmp_path / p).stat().st_size > 5000 for p in pngs)
-    assert "oracle (bound)" in out["markdown"]
+    assert "oracle (bound)" in out["markdown"] and "— AIQ**" in out["markdown"]
+    aiq = {(r["scheduler"], r["setting"]): r for r in out["aiq"]}
+    assert json.loads((tmp_path / "aiq.json").read_text()) == out["aiq"]
+    # bandit budgets 0.3 and 0.7: the AIQ is the mean of the two accuracies (trapezoid / range), per seed
+    for n in names:
+        per_seed = [np.mean([r["accuracy"] for r in recs if r["scheduler"] == n and r["setting"] == "bandit"
+                             and r["seed"] == s]) for s in (0, 1)]
+        assert aiq[(n, "bandit")]["aiq_mean"] == pytest.approx(np.mean(per_seed))
+        assert aiq[(n, "bandit")]["aiq_std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert (n, "stream") not in aiq  # one stream budget: no area
+    assert all("accuracy_ci_lo" in s for s in out["summary"])  # 2 seeds → bootstrap intervals
     assert "lut (bound)" not in out["markdown"]
     assert len(out["summary"]) == len(names) * (2 + 2)
+
+
+def test_aiq_refuses_different_grids_and_named_processes_share_one_figure(tmp_path):
+    from agents.evaluation.report import aiq_summary, plot_summary, summarize
+
+    base = {"scheduler": "a", "setting": "bandit", "variant": "fixed", "mean_cost": 0.3, "overrun_rate": 0.0}
+    recs = [{**base, "seed": 0, "budget": 0.2, "accuracy": 0.5}, {**base, "seed": 0, "budget": 0.6, "accuracy": 0.7},
+            {**base, "seed": 1, "budget": 0.2, "accuracy": 0.5}]
+    with pytest.raises(ConfigError, match="different budgets"):
+        aiq_summary(recs)
+    assert aiq_summary(recs[:2])[0]["aiq_mean"] == pytest.approx(0.6)
+    procs = [{**base, "setting": "stream", "variant": v, "seed": 0, "budget": 0.5, "accuracy": a, "process_spec": v}
+             for v, a in (("drift", 0.6), ("step", 0.7), ("periodic", 0.65))]
+    paths = plot_summary(summarize(procs), tmp_path)
+    assert [p.name for p in paths] == ["accuracy_by_process_stream.png"]
