@@ -69,6 +69,8 @@ STOP_ACTION = 0
 _BUCKET_CAP = 1.0
 _HORIZON = 200
 _HELD_OUT_STREAM_BUDGETS = (0.2, 0.3, 0.4, 0.6)
+# Confidence levels of the readout's thermometer code (finer near 1, where softmax confidences crowd).
+_CONF_LEVELS = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99])
 # Largest multiplier: a unit of the full model is never worth more than this many correct answers.
 _LAM_MAX = 20.0
 
@@ -121,9 +123,13 @@ def chain_sum(x: np.ndarray, nxt: np.ndarray, decay: float | np.ndarray = 1.0) -
 class StageNet(nn.Module):
     """Logits over STOP + K candidates and ``num_values`` value heads (reward, cost) from one observation vector."""
 
-    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], num_values: int) -> None:
+    def __init__(self, obs_dim: int, num_actions: int, hidden: Sequence[int], num_values: int,
+                 shared_col: int) -> None:
         super().__init__()
-        self.pi = mlp([obs_dim, *hidden, num_actions], nn.Tanh)
+        # one output head per setting (per-request budget / shared bucket) on a common body: the two settings want
+        # different choices from the same request (the most accurate plan that fits vs the best one at a price)
+        self.num_actions, self.shared_col = int(num_actions), int(shared_col)
+        self.pi = mlp([obs_dim, *hidden, 2 * num_actions], nn.Tanh)
         self.v = mlp([obs_dim, *hidden, num_values], nn.Tanh)
         # the price term's scale softplus(κ) (learnt; starts at 5 logits per unit of λ·cost)
         self.kappa = nn.Parameter(torch.tensor(5.0))
@@ -131,7 +137,10 @@ class StageNet(nn.Module):
     def logits(self, obs: torch.Tensor, mask: torch.Tensor, priced: torch.Tensor) -> torch.Tensor:
         """``pi(obs) − softplus(κ)·λ·c`` with ``priced`` = λ·c [N, A] (each stage's incremental cost at the
         request's price λ): the multiplier acts on the logits directly, so a change of λ moves the policy at once."""
-        return (self.pi(obs) - nn.functional.softplus(self.kappa) * priced).masked_fill(~mask, -1e9)
+        out = self.pi(obs)
+        a = self.num_actions
+        head = torch.where(obs[:, self.shared_col:self.shared_col + 1] > 0.5, out[:, a:], out[:, :a])
+        return (head - nn.functional.softplus(self.kappa) * priced).masked_fill(~mask, -1e9)
 
     def values(self, obs: torch.Tensor) -> torch.Tensor:
         return self.v(obs)
@@ -178,11 +187,12 @@ class AnytimeLearnerPolicy(AnytimePolicy):
     num_values = 1
     max_stages = 1
 
-    def __init__(self, *, iterations: int = 300, requests_per_iter: int = 2048, stream_fraction: float = 0.5,
-                 lr: float = 3e-3, hidden: Sequence[int] = (128, 128), entropy: float = 0.01,
+    def __init__(self, *, iterations: int = 500, requests_per_iter: int = 1024, stream_fraction: float = 0.5,
+                 lr: float = 3e-3, hidden: Sequence[int] = (128, 128), entropy: float = 0.02,
                  lam_lr: float = 0.5, lam_init: float = 1.0, candidates: str = "pareto_ext",
-                 val_fraction: float = 0.2, eval_every: int = 25, time_limit_s: float | None = None,
-                 group_size: int = 4, cost_margin: float = 0.02, prior: bool = False) -> None:
+                 val_fraction: float = 0.2, eval_every: int = 50, time_limit_s: float | None = None,
+                 group_size: int = 4, cost_margin: float = 0.01, explore_starts: float = 0.25,
+                 prior: bool = False) -> None:
         super().__init__()
         for k, v in (("iterations", iterations), ("requests_per_iter", requests_per_iter), ("eval_every", eval_every),
                      ("group_size", group_size)):
@@ -192,6 +202,8 @@ class AnytimeLearnerPolicy(AnytimePolicy):
                          ("lam_init", lam_init, 0.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:
                 raise ConfigError(f"{self.name}: {k} must be a finite number ≥ {lo}, got {v!r}")
+        if not (isinstance(explore_starts, (int, float)) and 0.0 <= explore_starts < 1.0):
+            raise ConfigError(f"{self.name}: explore_starts must lie in [0, 1), got {explore_starts!r}")
         if not (isinstance(cost_margin, (int, float)) and 0.0 <= cost_margin < 0.5):
             raise ConfigError(f"{self.name}: cost_margin must lie in [0, 0.5), got {cost_margin!r}")
         if requests_per_iter < group_size:
@@ -221,6 +233,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
         self.candidates, self.val_fraction, self.eval_every = candidates, float(val_fraction), int(eval_every)
         self.time_limit_s, self.prior = time_limit_s, bool(prior)
         self.group_size, self.cost_margin = int(group_size), float(cost_margin)
+        self.explore_starts = float(explore_starts)
         self.net: StageNet | None = None
         self.history: list[dict[str, Any]] = []
         self.selected_step: int | None = None
@@ -232,7 +245,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
                 "entropy": self.entropy, "lam_lr": self.lam_lr, "lam_init": self.lam_init,
                 "candidates": self.candidates, "val_fraction": self.val_fraction, "eval_every": self.eval_every,
                 "time_limit_s": self.time_limit_s, "group_size": self.group_size, "cost_margin": self.cost_margin,
-                "prior": self.prior}
+                "explore_starts": self.explore_starts, "prior": self.prior}
 
     def provenance(self) -> dict[str, Any]:
         """Fields every result record of this scheduler carries (as :meth:`agents.base.Scheduler.provenance`)."""
@@ -259,7 +272,8 @@ class AnytimeLearnerPolicy(AnytimePolicy):
         torch.manual_seed(int(seed))
         self._rng = np.random.default_rng([int(seed), 0xA17])
         self.scaler = FeatureScaler(table.feature_dim).fit(fit_tab.features)
-        self.net = StageNet(self._obs_dim(), 1 + self.cand.size, self.hidden, self.num_values)
+        self.net = StageNet(self._obs_dim(), 1 + self.cand.size, self.hidden, self.num_values,
+                            shared_col=table.feature_dim + 3)
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.lam_budgets = np.array([b for b in BUDGET_GRID if b >= self._floor], dtype=np.float64)
         self.lam = np.full(self.lam_budgets.size, self.lam_init)
@@ -339,7 +353,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
     # ------------------------------------------------------------------ observations
     def _obs_dim(self) -> int:
         b = self.at.num_blocks
-        return self.scaler.mean.numel() + 13 + b + (b + 1)
+        return self.scaler.mean.numel() + 13 + _CONF_LEVELS.size + b + (b + 1)
 
     def _encode(self, features: np.ndarray, batch: RequestBatch, idx: np.ndarray, ctx: dict[str, np.ndarray]
                 ) -> np.ndarray:
@@ -354,10 +368,12 @@ class AnytimeLearnerPolicy(AnytimePolicy):
                              batch.agree()[idx].astype(np.float64), (reads > 0).astype(np.float64), reads / (b + 1),
                              np.log1p(ctx["lam"][idx])],
                             axis=1)
+        # thermometer code of the last confidence: a threshold rule on it ("stop when sure") is linear in these
+        therm = (batch.last_conf[idx, None] > _CONF_LEVELS[None, :]).astype(np.float32)
         bits = (batch.code[idx, None] >> np.arange(b)) & 1
         pos = np.zeros((n, b + 1))
         pos[np.arange(n), np.minimum(batch.pos[idx], b)] = 1.0
-        return np.concatenate([z, ctx_cols.astype(np.float32), bits.astype(np.float32), pos.astype(np.float32)],
+        return np.concatenate([z, ctx_cols.astype(np.float32), therm, bits.astype(np.float32), pos.astype(np.float32)],
                               axis=1)
 
     # ------------------------------------------------------------------ acting (harness protocol)
@@ -381,6 +397,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
             self._ctx = {k: np.zeros(n) for k in ("avg", "level", "shared", "left", "lam")}
             self._target = np.full(n, -1, dtype=np.int64)
             self._done = np.zeros(n, dtype=bool)
+            self._forced = np.zeros(n, dtype=bool)
 
     def _ctx_from_state(self, batch: RequestBatch, idx: np.ndarray, state: dict[str, Any] | None) -> None:
         c = self._ctx
@@ -416,6 +433,15 @@ class AnytimeLearnerPolicy(AnytimePolicy):
             priced = (self._ctx["lam"][need, None] * inc).astype(np.float32)
             with torch.no_grad():
                 logits = self.net.logits(torch.as_tensor(obs), torch.as_tensor(mask), torch.as_tensor(priced))
+            forced = self._forced[need]
+            if forced.any():  # exploring starts: a uniformly random first stage, not a policy decision
+                u = np.where(mask[forced], self._rng.random((int(forced.sum()), mask.shape[1])), -1.0)
+                u[:, STOP_ACTION] = -1.0
+                first = u.argmax(1)
+                self._forced[need[forced]] = False
+                self._target[need[forced]] = self.cand[first - 1]
+                need, obs, mask, priced, logits = (need[~forced], obs[~forced], mask[~forced], priced[~forced],
+                                                   logits[torch.as_tensor(~forced)])
             if rollout is None:
                 choice = logits.argmax(1).numpy()
             else:
@@ -483,6 +509,11 @@ class AnytimeLearnerPolicy(AnytimePolicy):
             self._ctx["left"][s] = 1.0 - self._s_t / _HORIZON
             self._ctx["lam"][s] = self.lam[self._s_bin]
         self._target[:] = -1
+        # exploring starts (Sutton & Barto 2018, §5.3): some requests begin with a random first stage, so the
+        # decisions after a read are learnt from every plan one could have read, not only from those the policy
+        # already prefers; whole groups, so a group's requests stay comparable
+        self._forced[:] = np.repeat(self._rng.random(n // k) < self.explore_starts, k)
+        forced = self._forced.copy()
         lam = np.concatenate([np.zeros(nb), self.lam[self._s_bin]])
         ro = Rollout()
         for _ in range(4 * at.num_blocks + 4):
@@ -500,8 +531,9 @@ class AnytimeLearnerPolicy(AnytimePolicy):
         # OmniSafe's scaling (r − λ·c)/(1 + λ): a large multiplier must not swamp the other budgets' gradients
         data["request_return"] = ((correct.astype(np.float64) - lam * (total - at.costs.stem)) / (1.0 + lam))[
             data["slot"]]
-        data["stream_cost"] = total[nb:]
-        data["stream_bin"] = self._s_bin
+        on_policy = ~forced[nb:]  # the multiplier prices the policy's own costs
+        data["stream_cost"] = total[nb:][on_policy]
+        data["stream_bin"] = self._s_bin[on_policy]
         return data
 
     def _dual_step(self, data: dict[str, np.ndarray]) -> None:

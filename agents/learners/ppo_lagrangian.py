@@ -33,7 +33,7 @@ class PPOLagrangianPolicy(AnytimeLearnerPolicy):
     num_values = 2
 
     def __init__(self, *, clip: float = 0.2, epochs: int = 4, minibatches: int = 4, gamma: float = 1.0,
-                 gae_lambda: float = 0.95, iterations: int = 150, **kwargs: Any) -> None:
+                 gae_lambda: float = 0.95, iterations: int = 200, **kwargs: Any) -> None:
         super().__init__(iterations=iterations, **kwargs)
         for k, v, lo, hi in (("clip", clip, 0.0, 1.0), ("gamma", gamma, 0.0, 1.0), ("gae_lambda", gae_lambda, 0.0, 1.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
