@@ -30,6 +30,7 @@ from adainf_env.outcomes import OutcomeTable
 from adainf_env.feasibility import overrun as is_overrun
 from agents.base import Scheduler
 from agents.evaluation.metrics import plan_entropy
+from agents.evaluation.report import scheduler_style
 
 __all__ = ["TrainingMonitor", "plan_entropy", "decision_metrics", "log_test_records", "log_hparams",
            "plot_run", "format_comparison"]
@@ -147,10 +148,10 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
     import matplotlib.pyplot as plt
 
     names = list(dict.fromkeys(r["scheduler"] for r in records if r.get("setting") == "bandit"))
-    colors = {n: f"C{i % 10}" for i, n in enumerate(names)}
+    colors = {n: st["color"] for n, st in scheduler_style(names).items()}
     if learned in names:  # draw the learned scheduler on top
         names = [n for n in names if n != learned] + [learned]
-    fig, (ax_a, ax_c) = plt.subplots(1, 2, figsize=(11, 4.3))
+    fig, (ax_a, ax_c) = plt.subplots(1, 2, figsize=(11, 5.2))
     for n in names:
         rs = _by(records, n)
         if not rs:
@@ -163,6 +164,9 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
             style.update(marker="x", ms=7, lw=1.4, zorder=4)
         elif not bound and learned is not None:
             style.update(lw=4, alpha=0.45, zorder=2)
+        if bound:  # a bound is a ceiling: shade what lies above it instead of drawing one more line
+            y = np.array([100 * r["accuracy"] for r in rs])
+            ax_a.fill_between(x, y, 101, color="0.6", alpha=0.2, lw=0)
         ax_a.plot(x, [100 * r["accuracy"] for r in rs], **style)
         ax_c.plot(x, [r["mean_cost"] for r in rs], **style)
     if full_accuracy is not None:
@@ -171,7 +175,7 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
     ax_a.set_ylabel("test accuracy (%)")
     ax_a.set_title("accuracy vs budget")
     ax_a.grid(alpha=0.3)
-    ax_a.legend(fontsize=8, loc="lower right")
+    ax_a.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     ax_c.plot([0, 1], [0, 1], color="0.5", lw=0.8, ls=":", label="cost = budget")
     ax_c.set_xlabel("budget (fraction of full-model MACs)")
     ax_c.set_ylabel("mean cost paid (fraction)")
@@ -179,7 +183,7 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
     ax_c.set_xlim(0, 1.02)
     ax_c.set_ylim(0, 1.02)
     ax_c.grid(alpha=0.3)
-    ax_c.legend(fontsize=8, loc="upper left")
+    ax_c.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=3, frameon=False)
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path, dpi=110)

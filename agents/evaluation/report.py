@@ -17,7 +17,7 @@ from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json, save_figure
 from agents.evaluation.intervals import bootstrap_ci
 
-__all__ = ["METRICS", "summarize", "aiq_summary", "aiq_markdown", "markdown_tables", "plot_summary", "write_results",
+__all__ = ["METRICS", "scheduler_style", "summarize", "aiq_summary", "aiq_markdown", "markdown_tables", "plot_summary", "write_results",
            "write_tensorboard"]
 
 #: Record metrics summarised as mean ± std over seeds.
@@ -146,7 +146,8 @@ _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#
 _MARKERS = "osD^v<>PX*hp"
 
 
-def _style(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+def scheduler_style(names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """``{name: {color, marker}}``: one distinct colour and marker per scheduler, in the order given."""
     return {n: {"color": _PALETTE[i % len(_PALETTE)], "marker": _MARKERS[i % len(_MARKERS)]}
             for i, n in enumerate(names)}
 
@@ -263,7 +264,7 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
 
     out_dir = Path(out_dir)
     paths = []
-    style = _style(list(dict.fromkeys(s["scheduler"] for s in summary)))
+    style = scheduler_style(list(dict.fromkeys(s["scheduler"] for s in summary)))
     swept = [s for s in summary if "process_spec" not in s]
     for setting, variant in dict.fromkeys((s["setting"], s["variant"]) for s in swept):
         rows = [s for s in swept if (s["setting"], s["variant"]) == (setting, variant)]
