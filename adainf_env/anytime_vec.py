@@ -5,35 +5,52 @@ different numbers of steps, so each env ends and restarts on its own (SB3 auto-r
 info). Randomness follows the single env's protocol per env (:mod:`adainf_env.env_core`): env i seeded ``s + i``
 draws exactly the rows and budgets of ``AnytimeEnv(...).reset(seed=s + i)`` followed by plain ``reset()`` calls, so the
 vec env equals N independent single envs driven with the same actions (tested).
+
+:meth:`AnytimeVecEnv.step_arrays` is the batched step that both this SB3 ``VecEnv`` and the Gymnasium ``VectorEnv``
+(:mod:`adainf_env.anytime_gym_vector`) wrap.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
 from typing import Any
 
-import gymnasium as gym
 import numpy as np
 from gymnasium.utils import seeding
-from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices, VecEnvObs, VecEnvStepReturn
+from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
 from adainf_env.anytime_core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
-from adainf_env.budgets import TokenBucket
-from adainf_env.env_core import RNG_CHUNK
+from adainf_env.anytime_render import pending_record, render_anytime, step_record
+from adainf_env.env_core import RequestDraws, source_table
 from adainf_env.errors import AdaInfError, ConfigError
-from adainf_env.outcomes import OutcomeTable, load_table
+from adainf_env.options import RENDER_MODES, AnytimeOptions
+from adainf_env.outcomes import OutcomeTable
+from adainf_env.reward import overrun_paid
+from adainf_env.vec_base import BatchedVecEnv, build_vec_env
 
-__all__ = ["AnytimeVecEnv", "make_anytime_vec_env"]
+__all__ = ["AnytimeVecEnv", "make_anytime_vec_env", "STEP_KEYS", "READ_KEYS", "END_KEYS"]
+
+# The info keys of a step, as the single env reports them: every step; steps that read; steps that end a request.
+STEP_KEYS = ("cost", "total_cost", "budget", "overrun", "sample", "action", "position", "read", "request_done",
+             "invalid_action")
+READ_KEYS = ("read_plan", "read_pred", "read_conf")
+END_KEYS = ("plan", "pred", "correct", "num_reads")
+_ACTION_NAMES = np.array(ACTION_NAMES, dtype=object)
 
 
-class AnytimeVecEnv(VecEnv):
+class AnytimeVecEnv(BatchedVecEnv):
     """N anytime envs over one outcome table, stepped together.
 
-    Arguments are those of :class:`~adainf_env.anytime.AnytimeEnv` (table mode) plus ``num_envs``. Seeding follows
-    SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``. ``action_masks()`` returns
-    ``[N, 4]``; MaskablePPO reaches it through ``env_method("action_masks")``.
+    Arguments are those of :class:`~adainf_env.anytime.AnytimeEnv` (table mode; no table → the shipped reference
+    calibration table) plus ``num_envs``: ``options=AnytimeOptions(...)`` and/or its fields as keywords.
+    Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
+    ``action_masks()`` returns ``[N, 4]``; MaskablePPO reaches it through ``env_method("action_masks")``.
+    ``render_mode="rgb_array"`` gives one frame per env from ``get_images()`` (SB3's ``VecEnv.render``).
     """
+
+    metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
+    _SHARED_ATTRS = ("render_mode", "mode", "cfg", "table", "block_costs", "lam", "observation_space", "action_space",
+                     "budget_process", "metadata", "spec")
 
     def __init__(
         self,
@@ -41,42 +58,25 @@ class AnytimeVecEnv(VecEnv):
         num_envs: int = 1,
         *,
         table_path: str | os.PathLike | None = None,
-        mode: str = "bandit",
-        episode_length: int = 200,
-        budget: Any = "uniform",
-        bucket: bool | dict | TokenBucket | None = None,
-        lam: float = 1.0,
-        reward: str = "correct",
-        penalty: str = "linear",
-        hard_penalty: float = -1.0,
-        cost_unit: str = "macs",
-        obs_format: str = "dict",
-        mask_over_budget: bool = True,
-        invalid_action: str = "raise",
+        options: AnytimeOptions | None = None,
+        **option_kwargs: Any,
     ) -> None:
-        if (table is None) == (table_path is None):
-            raise ConfigError("give exactly one of table= or table_path=")
+        opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
         if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
             raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        if table_path is not None:
-            table = load_table(table_path)
+        table = source_table(table, table_path)
         self.table = table
-        self.cfg = c = AnytimeConfig.build(
-            table=AnytimeTable.from_table(table, cost_unit), features=table.features, mode=mode,
-            episode_length=episode_length, budget=budget, bucket=bucket, lam=lam, reward=reward, penalty=penalty,
-            hard_penalty=hard_penalty, obs_format=obs_format, mask_over_budget=mask_over_budget,
-            invalid_action=invalid_action)
+        self.options = opts
+        self.cfg = c = AnytimeConfig.build(table=AnytimeTable.from_table(table, opts.cost_unit),
+                                           features=table.features, options=opts)
         n = int(num_envs)
-        self.render_mode = None  # before VecEnv.__init__, which warns when it is missing
+        self.render_mode = opts.render_mode  # before VecEnv.__init__, which warns when it is missing
         super().__init__(n, c.observation_space, c.action_space)
-        self.mode = c.mode
+        self.mode = opts.mode
         self._ns = c.num_samples
-        self._batch = RequestBatch(n, c.table, mask_over_budget=c.mask_over_budget)
+        self._batch = RequestBatch(n, c.table, mask_over_budget=opts.mask_over_budget)
         self._rngs: list[np.random.Generator | None] = [None] * n
-        self._perm = [np.empty(0, dtype=np.int64)] * n
-        self._spos = np.full(n, self._ns, dtype=np.int64)
-        self._ubuf = [np.empty(0)] * n
-        self._upos = np.full(n, RNG_CHUNK, dtype=np.int64)
+        self._draws = [RequestDraws(self._ns) for _ in range(n)]
         self._t = np.zeros(n, dtype=np.int64)
         self._proc_b = np.zeros(n)
         self._aux = np.zeros(n)
@@ -85,26 +85,12 @@ class AnytimeVecEnv(VecEnv):
         self._pin_b = np.full(n, np.nan)
         self._started = False
         self._actions: np.ndarray | None = None
+        self._records: list[dict[str, Any] | None] = [None] * n  # each env's last step, for render_one()
 
     # ------------------------------------------------------------------ randomness (see env_core)
-    def _rng(self, i: int) -> np.random.Generator:
-        r = self._rngs[i]
-        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
-            r = self._rngs[i] = seeding.np_random()[0]
-        return r
-
     def _draw(self, i: int) -> tuple[int, float]:
-        if self._spos[i] >= self._ns:
-            self._perm[i] = self._rng(i).permutation(self._ns)
-            self._spos[i] = 0
-        s = int(self._perm[i][self._spos[i]])
-        self._spos[i] += 1
-        if self._upos[i] >= RNG_CHUNK:
-            self._ubuf[i] = self._rng(i).random(RNG_CHUNK)
-            self._upos[i] = 0
-        u = float(self._ubuf[i][self._upos[i]])
-        self._upos[i] += 1
-        return s, u
+        s, k = self._draws[i].draw(self._rng(i))
+        return s, float(self._draws[i].ubuf[k])
 
     # ------------------------------------------------------------------ episodes and requests
     def _new_episode(self, i: int, pin_s: int | None = None, pin_b: float | None = None) -> int:
@@ -147,17 +133,16 @@ class AnytimeVecEnv(VecEnv):
     # ------------------------------------------------------------------ VecEnv API
     def reset(self) -> VecEnvObs:
         seeds = self._seeds
-        if any(s is not None for s in seeds):
-            for i, sd in enumerate(seeds):
-                if sd is not None:
-                    self._rngs[i] = seeding.np_random(int(sd))[0]
-                    self._spos[i] = self._ns
-                    self._upos[i] = RNG_CHUNK
+        for i, sd in enumerate(seeds):
+            if sd is not None:
+                self._rngs[i] = seeding.np_random(int(sd))[0]
+                self._draws[i].invalidate()
         pins = [self.cfg.parse_options(o) if o else (None, None) for o in self._options]
         self._reset_seeds()
         self._reset_options()
         rows = [self._new_episode(i, *pins[i]) for i in range(self.num_envs)]
         self._started = True
+        self._records = [None] * self.num_envs
         self.reset_infos = [{"sample": rows[i], "budget": float(self._batch.budget[i])} for i in range(self.num_envs)]
         return self._observe()
 
@@ -165,18 +150,46 @@ class AnytimeVecEnv(VecEnv):
         self._actions = actions
 
     def step_wait(self) -> VecEnvStepReturn:
-        if not self._started:
-            raise AdaInfError("AnytimeVecEnv.step() called before reset()")
         if self._actions is None:
             raise AdaInfError("step_wait() called without step_async()")
+        actions, self._actions = self._actions, None
+        obs, rew, dones, data, terminal = self.step_arrays(actions)
+        read, ended = data["read"], data["request_done"]
+        dict_obs = self.cfg.obs_format == "dict"
+        infos = []
+        for i in range(self.num_envs):
+            d: dict[str, Any] = {k: data[k][i].item() if k != "action" else data[k][i] for k in STEP_KEYS}
+            if read[i]:
+                d.update((k, data[k][i].item()) for k in READ_KEYS)
+            if ended[i]:
+                d.update((k, data[k][i].item()) for k in END_KEYS)
+            if dones[i]:
+                d["TimeLimit.truncated"] = False
+                d["terminal_observation"] = ({k: v[i].copy() for k, v in terminal.items()} if dict_obs
+                                             else terminal[i].copy())
+            infos.append(d)
+        return obs, rew, dones, infos
+
+    def step_arrays(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, dict[str, np.ndarray], Any]:
+        """One step of every env, as arrays: ``(obs, rewards [N] float32, dones [N], data, terminal_obs)``.
+
+        ``data`` maps each info key of the single env (:data:`STEP_KEYS`, :data:`READ_KEYS`, :data:`END_KEYS`) to an
+        array [N] (``action``: an object array of names); a :data:`READ_KEYS` entry means something only where
+        ``data["read"]``, an :data:`END_KEYS` entry only where ``data["request_done"]``. Envs whose episode ended
+        (``dones``) are already reset: ``obs`` holds their next episode's first observation and ``terminal_obs``
+        (the batched observation after this step, ``None`` when no env is done) the ended one's last. The SB3 and
+        Gymnasium vector interfaces both wrap this.
+        """
+        if not self._started:
+            raise AdaInfError("AnytimeVecEnv.step() called before reset()")
         c = self.cfg
         batch = self._batch
         n = self.num_envs
-        actions, self._actions = self._actions, None
         replaced = np.zeros(n, dtype=bool)
         if c.invalid_action == "fallback":
             actions, replaced = batch.substitute_invalid(actions)
         pos0 = batch.pos.copy()
+        spent0 = batch.spent.copy()
         res = batch.step(actions, c.table.read_table)
         a = np.asarray(actions).reshape(n).astype(np.int64)
         ended = res.ended
@@ -187,6 +200,17 @@ class AnytimeVecEnv(VecEnv):
         rew, reported = c.rewards(batch, res, correct, loss, np.ones(n, dtype=bool))
         total = batch.spent.copy()
         budgets = batch.budget.copy()
+        data = {"cost": reported, "total_cost": total, "budget": budgets, "overrun": overrun_paid(total, budgets),
+                "sample": rows, "action": _ACTION_NAMES[a], "position": pos0, "read": res.read.copy(),
+                "request_done": ended.copy(), "invalid_action": replaced,
+                "read_plan": plans, "read_pred": batch.last_pred.copy(), "read_conf": batch.last_conf.copy(),
+                "plan": plans, "pred": batch.last_pred.copy(), "correct": correct.astype(bool),
+                "num_reads": batch.reads.copy()}
+        if self.render_mode is not None:
+            for i in range(n):
+                self._records[i] = step_record(batch, i, action=int(a[i]), position=int(pos0[i]),
+                                               cost=float(total[i] - spent0[i]), reward=float(rew[i]),
+                                               correct=bool(correct[i]) if ended[i] else None)
         dones = np.zeros(n, dtype=bool)
         if ended.any():
             idx = np.flatnonzero(ended)
@@ -198,33 +222,20 @@ class AnytimeVecEnv(VecEnv):
                 self._t[idx] += 1
                 dones[idx] = self._t[idx] >= c.episode_length
         terminal = self._observe() if dones.any() else None
-        infos = []
-        for i in range(n):
-            d: dict[str, Any] = {"cost": float(reported[i]), "total_cost": float(total[i]),
-                                 "budget": float(budgets[i]),
-                                 "overrun": float(max(0.0, total[i] - budgets[i])) if total[i] - budgets[i] > 1e-9
-                                 else 0.0, "sample": int(rows[i]), "action": ACTION_NAMES[a[i]],
-                                 "position": int(pos0[i]), "read": bool(res.read[i]),
-                                 "request_done": bool(ended[i]), "invalid_action": bool(replaced[i])}
-            if res.read[i]:
-                d.update(read_plan=int(plans[i]), read_pred=int(batch.last_pred[i]),
-                         read_conf=float(batch.last_conf[i]))
-            if ended[i]:
-                d.update(plan=int(plans[i]), pred=int(batch.last_pred[i]), correct=bool(correct[i]),
-                         num_reads=int(batch.reads[i]))
-            if dones[i]:
-                d["TimeLimit.truncated"] = False
-                d["terminal_observation"] = ({k: v[i].copy() for k, v in terminal.items()}
-                                             if c.obs_format == "dict" else terminal[i].copy())
-            infos.append(d)
         for i in np.flatnonzero(ended):
             if dones[i]:
                 self._new_episode(int(i))
             else:
                 self._next_request(int(i))
-        return self._observe(), rew.astype(np.float32), dones, infos
+        return self._observe(), rew.astype(np.float32), dones, data, terminal
 
-    # ------------------------------------------------------------------ masks and attributes
+    def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every env's request in flight: (table rows [N] int64, budgets [N] float64)."""
+        if not self._started:
+            raise AdaInfError("current_requests() called before reset()")
+        return self._batch.row.copy(), self._batch.budget.copy()
+
+    # ------------------------------------------------------------------ masks, attributes, frames
     def action_masks(self) -> np.ndarray:
         """[N, 4] bool: valid actions (run, skip, read, stop) of each env."""
         if not self._started:
@@ -248,71 +259,17 @@ class AnytimeVecEnv(VecEnv):
     def budget_process(self):
         return self.cfg.process
 
-    _SHARED_ATTRS = ("render_mode", "mode", "cfg", "table", "block_costs", "lam", "observation_space", "action_space",
-                     "budget_process", "metadata", "spec")
-    spec = None
-    metadata = {"render_modes": []}
-
-    def _indices(self, indices: VecEnvIndices) -> list[int]:
-        idx = [int(i) for i in self._get_indices(indices)]
-        for i in idx:
-            if not 0 <= i < self.num_envs:
-                raise IndexError(f"env index {i} out of range [0, {self.num_envs})")
-        return idx
-
-    def get_attr(self, attr_name: str, indices: VecEnvIndices = None) -> list[Any]:
-        idx = self._indices(indices)
-        if attr_name == "action_masks":
-            return [self.action_masks] * len(idx)  # sb3-contrib's is_masking_supported probes this
-        if attr_name == "np_random":
-            return [self._rng(i) for i in idx]
-        if attr_name not in self._SHARED_ATTRS:
-            raise AttributeError(f"AnytimeVecEnv sub-envs expose {list(self._SHARED_ATTRS)}, not {attr_name!r}")
-        return [getattr(self, attr_name)] * len(idx)
-
-    def set_attr(self, attr_name: str, value: Any, indices: VecEnvIndices = None) -> None:
-        idx = self._indices(indices)
-        if attr_name == "lam":
-            if len(idx) != self.num_envs:
-                raise ConfigError("AnytimeVecEnv shares lam across envs: set it for all envs (indices=None)")
-            v = float(value)
-            if not np.isfinite(v) or v < 0:
-                raise ConfigError(f"lam (λ) must be a finite number ≥ 0, got {value!r}")
-            self.cfg.lam = v
-            return
-        raise AttributeError(f"AnytimeVecEnv: attribute {attr_name!r} cannot be set per env (only 'lam')")
-
-    def env_method(self, method_name: str, *method_args, indices: VecEnvIndices = None, **method_kwargs) -> list[Any]:
-        idx = self._indices(indices)
-        if method_name == "action_masks":
-            m = self.action_masks()
-            return [m[i] for i in idx]
-        if method_name == "render":
-            return [None] * len(idx)
-        raise AttributeError(f"AnytimeVecEnv supports env_method('action_masks') and 'render', not {method_name!r}")
-
-    def env_is_wrapped(self, wrapper_class: type[gym.Wrapper], indices: VecEnvIndices = None) -> list[bool]:
-        return [False] * len(self._indices(indices))
-
-    def get_images(self) -> Sequence[np.ndarray | None]:
-        return [None] * self.num_envs
-
-    def close(self) -> None:
-        pass
+    def render_one(self, i: int) -> np.ndarray | str | None:
+        """Env ``i``'s last step as the render mode asks (its pending request before the first step)."""
+        if self.render_mode is None:
+            return None
+        rec = self._records[i]
+        if rec is None and self._started:
+            rec = pending_record(self._batch, i)
+        return render_anytime(self.render_mode, rec, self.table.plan_masks)
 
 
 def make_anytime_vec_env(table_path_or_table: "str | os.PathLike | OutcomeTable", num_envs: int, *,
                          seed: int | None = None, **env_kwargs: Any) -> AnytimeVecEnv:
     """An :class:`AnytimeVecEnv`; with ``seed`` env i is seeded ``seed + i`` at the first reset."""
-    if isinstance(table_path_or_table, OutcomeTable):
-        venv = AnytimeVecEnv(table_path_or_table, num_envs, **env_kwargs)
-    elif isinstance(table_path_or_table, (str, os.PathLike)):
-        venv = AnytimeVecEnv(None, num_envs, table_path=table_path_or_table, **env_kwargs)
-    else:
-        raise ConfigError(f"make_anytime_vec_env needs a table path or an OutcomeTable, got "
-                          f"{type(table_path_or_table).__name__}")
-    if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
-        venv.seed(int(seed))
-    return venv
+    return build_vec_env(AnytimeVecEnv, table_path_or_table, num_envs, seed=seed, **env_kwargs)

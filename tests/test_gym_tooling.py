@@ -14,7 +14,9 @@ import adainf_env  # noqa: F401  (registers the ids)
 from adainf_env.errors import ConfigError
 from adainf_env.gym_vector import AdaInfVectorEnv
 from adainf_env.reference_tables import reference_table_path
-from adainf_env.registration import BANDIT_ID, STREAM_ID
+from adainf_env.anytime_core import READ, RUN, toy_anytime_table
+from adainf_env.anytime_gym_vector import AnytimeVectorEnv
+from adainf_env.registration import ANYTIME_ID, BANDIT_ID, STREAM_ID
 from adainf_env.render import FRAME_HEIGHT, FRAME_WIDTH
 from adainf_env.toy import make_toy_table
 
@@ -50,7 +52,7 @@ def _checker_warnings(env) -> list[str]:
     return [str(x.message) for x in w if "MultiInputPolicy" not in str(x.message)]
 
 
-@pytest.mark.parametrize("env_id", IDS)
+@pytest.mark.parametrize("env_id", IDS + [ANYTIME_ID])
 def test_make_with_no_arguments_serves_the_shipped_calibration_table(env_id):
     env = gym.make(env_id)
     assert env.unwrapped.table.meta["split"] == "calib"
@@ -238,3 +240,172 @@ def test_cleanrl_style_policy_gradient_loop_beats_random(toy, one_torch_thread):
         _, rew, _, _, _ = envs.step(rng.integers(0, n_plans, 128))
         rand_rewards.append(float(rew.mean()))
     assert np.mean(learned) > np.mean(rand_rewards) + 0.2, (np.mean(learned), np.mean(rand_rewards))
+
+
+# ---------------------------------------------------------------------------------------------- AdaInf/Anytime-v0
+@pytest.fixture(scope="module")
+def toy_anytime():
+    return toy_anytime_table(300, num_blocks=4, seed=5)
+
+
+def test_anytime_sb3_make_vec_env_and_frames(toy_anytime, one_torch_thread):
+    from stable_baselines3 import PPO
+    from stable_baselines3.common.env_util import make_vec_env
+
+    venv = make_vec_env(ANYTIME_ID, n_envs=3, seed=0, env_kwargs={"table": toy_anytime, "budget": "fixed:0.4"})
+    assert venv.render_mode == "rgb_array"
+    model = PPO("MultiInputPolicy", venv, n_steps=64, batch_size=64, n_epochs=1, seed=0, device="cpu")
+    model.learn(192)
+    frames = venv.get_images()
+    assert len(frames) == 3 and frames[0].shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and frames[0].dtype == np.uint8
+
+
+def test_anytime_frames_show_the_request(toy_anytime):
+    env = gym.make(ANYTIME_ID, table=toy_anytime, render_mode="rgb_array", budget="fixed:1.0")
+    env.reset(seed=0, options={"sample": 0})
+    before = env.render()
+    assert before.shape == (FRAME_HEIGHT, FRAME_WIDTH, 3) and _outcome_pixel(before) == (160, 160, 160)
+    env.step(RUN)
+    ran = env.render()
+    assert not np.array_equal(before[8:32], ran[8:32])  # block 0 is now drawn as executed
+    done = False
+    while not done:
+        _, _, done, _, info = env.step(3)  # STOP
+    want = (15, 157, 88) if info["correct"] else (219, 68, 55)
+    assert _outcome_pixel(env.render()) == want
+    text = gym.make(ANYTIME_ID, table=toy_anytime, render_mode="ansi")
+    text.reset(seed=0)
+    assert "no step yet" in text.render()
+    text.step(READ)
+    assert "read" in text.render()
+    frames = gym.make_vec(ANYTIME_ID, num_envs=2, table=toy_anytime, render_mode="rgb_array")
+    frames.reset(seed=0)
+    frames.step(np.array([RUN, READ]))
+    assert [f.shape for f in frames.render()] == [(FRAME_HEIGHT, FRAME_WIDTH, 3)] * 2
+
+
+def test_anytime_make_vec_uses_the_batched_env(toy_anytime):
+    for mode in (None, "vector_entry_point"):
+        envs = gym.make_vec(ANYTIME_ID, num_envs=3, vectorization_mode=mode, table=toy_anytime)
+        assert isinstance(envs, AnytimeVectorEnv) and envs.num_envs == 3
+        assert envs.metadata["autoreset_mode"] == gym.vector.AutoresetMode.SAME_STEP
+        assert envs.options.invalid_action == "fallback"  # the id's preset, as gym.make(ANYTIME_ID)
+
+
+def _same_info(a: dict, b: dict, where: str) -> None:
+    """Gymnasium-batched infos equal: same keys, same masks, same values where a mask is set."""
+    assert set(a) == set(b), (where, set(a) ^ set(b))
+    for k in b:
+        if k.startswith("_") or k == "final_obs":
+            continue
+        if isinstance(b[k], dict):
+            _same_info(a[k], b[k], f"{where}/{k}")
+            continue
+        m = b["_" + k]
+        assert np.array_equal(a["_" + k], m), (where, k)
+        if b[k].dtype == object:
+            assert list(a[k][m]) == list(b[k][m]), (where, k)
+        else:
+            np.testing.assert_allclose(a[k][m].astype(float), b[k][m].astype(float), rtol=0, atol=1e-12,
+                                       err_msg=f"{where}: {k}")
+
+
+ANYTIME_VEC_SETTINGS = [
+    {"budget": "uniform"},
+    {"budget": "fixed:0.3", "invalid_action": "raise", "obs_format": "flat"},
+    {"mode": "stream", "episode_length": 3, "budget": "fixed:0.35", "bucket": True},
+    {"mode": "stream", "episode_length": 4, "budget": "periodic", "reward": "neg_ce", "penalty": "hard",
+     "mask_over_budget": False},
+]
+
+
+@pytest.mark.parametrize("kw", ANYTIME_VEC_SETTINGS)
+def test_anytime_vector_env_equals_gymnasium_sync_same_step(kw, toy_anytime):
+    """Episodes end at different steps per env: final_obs / final_info / the new requests' sample and budget land
+    exactly where Gymnasium's own SyncVectorEnv (same-step autoreset, of single AnytimeEnvs) puts them."""
+    n = 5
+    fast = gym.make_vec(ANYTIME_ID, num_envs=n, table=toy_anytime, **kw)
+    slow = gym.make_vec(ANYTIME_ID, num_envs=n, vectorization_mode="sync", table=toy_anytime,
+                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kw)
+    flat = kw.get("obs_format") == "flat"
+
+    def same_obs(a, b):
+        return np.array_equal(a, b) if flat else all(np.array_equal(a[k], b[k]) for k in b)
+
+    of, inf_f = fast.reset(seed=3)
+    os_, inf_s = slow.reset(seed=3)
+    assert same_obs(of, os_)
+    _same_info(inf_f, inf_s, "reset")
+    rng = np.random.default_rng(0)
+    strict = kw.get("invalid_action") == "raise"
+    ends, partial = 0, False
+    for t in range(120):
+        masks = fast.action_masks()
+        assert np.array_equal(masks, np.stack(slow.call("action_masks")))
+        # valid actions under "raise"; under "fallback" any action (the fallback itself is compared too)
+        a = (np.array([rng.choice(np.flatnonzero(m)) for m in masks]) if strict else rng.integers(0, 4, n))
+        of, rf, tf, trf, inf_f = fast.step(a)
+        os_, rs, ts, trs, inf_s = slow.step(a)
+        assert same_obs(of, os_), t
+        assert rf.dtype == np.float32
+        np.testing.assert_allclose(rf, rs, atol=1e-6)
+        assert np.array_equal(tf, ts) and np.array_equal(trf, trs)
+        _same_info(inf_f, inf_s, f"step {t}")
+        if ts.any():
+            ends += 1
+            partial |= bool(ts.sum() < n)  # envs end on their own steps
+            for i in np.flatnonzero(ts):
+                want, got = inf_s["final_obs"][i], inf_f["final_obs"][i]
+                assert np.array_equal(got, want) if flat else all(np.array_equal(got[k], want[k]) for k in want)
+            assert all(inf_f["final_obs"][i] is None for i in np.flatnonzero(~ts))
+    assert ends > 5 and partial
+
+
+def test_anytime_cleanrl_style_loop_beats_random(toy_anytime, one_torch_thread):
+    """A cleanrl-style REINFORCE loop on ``gym.make_vec(ANYTIME_ID)``: batched obs → torch policy → batched actions,
+    episodes of several steps ending at different times (same-step autoreset: returns accumulate per env and are
+    closed where ``terminations``). A linear softmax policy learns to answer better per unit cost than random."""
+    import torch
+
+    torch.manual_seed(0)
+    n = 64
+    envs = gym.make_vec(ANYTIME_ID, num_envs=n, table=toy_anytime, obs_format="flat", budget="fixed:0.5",
+                        mask_over_budget=False, lam=2.0)
+    envs = gym.wrappers.vector.RecordEpisodeStatistics(envs)
+    policy = torch.nn.Linear(envs.single_observation_space.shape[0], 4)
+    opt = torch.optim.Adam(policy.parameters(), lr=0.05)
+    obs, _ = envs.reset(seed=0)
+
+    def run(steps, act_fn):
+        nonlocal obs
+        returns = []
+        for _ in range(steps):
+            obs, rew, term, trunc, infos = envs.step(act_fn(obs))
+            if "episode" in infos:
+                returns.extend(infos["episode"]["r"][infos["_episode"]].tolist())
+        return returns
+
+    rng = np.random.default_rng(0)
+    random_returns = run(60, lambda o: rng.integers(0, 4, n))
+    for _ in range(40):  # 40 updates of 8 steps
+        logps, rews, dones = [], [], []
+        for _ in range(8):
+            dist = torch.distributions.Categorical(logits=policy(torch.as_tensor(obs)))
+            act = dist.sample()
+            obs, rew, term, trunc, _ = envs.step(act.numpy())
+            logps.append(dist.log_prob(act))
+            rews.append(torch.as_tensor(rew, dtype=torch.float32))
+            dones.append(torch.as_tensor(term | trunc, dtype=torch.float32))
+        ret, g = [], torch.zeros(n)
+        for r, d in zip(reversed(rews), reversed(dones)):  # returns to go, cut at episode ends
+            g = r + 0.99 * g * (1.0 - d)
+            ret.append(g)
+        ret = torch.stack(ret[::-1])
+        loss = -((ret - ret.mean()) * torch.stack(logps)).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        learned = run(60, lambda o: torch.distributions.Categorical(logits=policy(torch.as_tensor(o))).sample().numpy())
+    assert len(random_returns) > 50 and len(learned) > 50
+    assert np.mean(learned) > np.mean(random_returns) + 0.1, (np.mean(learned), np.mean(random_returns))

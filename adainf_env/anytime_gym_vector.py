@@ -1,0 +1,146 @@
+"""The numpy-batched anytime env as a Gymnasium ``VectorEnv`` (what ``gymnasium.make_vec("AdaInf/Anytime-v0")``
+returns).
+
+:class:`AnytimeVectorEnv` is a thin adapter over :class:`~adainf_env.anytime_vec.AnytimeVecEnv`: N envs step as one
+:class:`~adainf_env.anytime_core.RequestBatch` step instead of N Python ``step`` calls. Same numbers as
+``gymnasium.make_vec("AdaInf/Anytime-v0", num_envs=N, vectorization_mode="sync",
+vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})`` (tested), observations, rewards and infos alike.
+
+Autoreset: ``AutoresetMode.SAME_STEP`` (``metadata["autoreset_mode"]``). An anytime episode takes several steps and
+the envs end theirs at different steps. On the step where env i's episode ends, ``terminations[i]`` is True, the
+returned observation of env i is already its next episode's first, and ``infos`` holds, as Gymnasium's
+``SyncVectorEnv`` in this mode does,
+
+* ``final_obs``: an object array [N] with env i's last observation of the ended episode (``None`` for the envs that
+  did not end), and ``_final_obs`` (bool [N]);
+* ``final_info``: the ended step's info of those envs (a dict of arrays [N], each ``key`` with its ``_key`` mask),
+  and ``_final_info``;
+* ``sample`` and ``budget`` of the new episode's first request for those envs (what ``reset`` reports).
+
+Every other env's entries are its step info (``cost``, ``total_cost``, ``budget``, ``overrun``, ``sample``,
+``action``, ``position``, ``read``, ``request_done``, ``invalid_action``; ``read_*`` after a read; ``plan``, ``pred``,
+``correct``, ``num_reads`` when a request ended), each ``key`` with its ``_key`` mask. So the action chosen on the
+returned observation always belongs to the episode that observation starts (no dummy step, unlike NEXT_STEP). Episodes
+are never truncated. Rewards are float32. Seeding: ``reset(seed=s)`` seeds env i with ``s + i`` (a list gives one
+seed per env), exactly as the single env's ``reset(seed=s + i)``. ``action_masks()`` gives ``[N, 4]``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import numpy as np
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space
+
+from adainf_env.anytime_vec import END_KEYS, READ_KEYS, STEP_KEYS, AnytimeVecEnv
+from adainf_env.errors import ConfigError
+from adainf_env.options import RENDER_MODES, AnytimeOptions
+from adainf_env.outcomes import OutcomeTable
+
+__all__ = ["AnytimeVectorEnv"]
+
+_RESET_KEYS = ("sample", "budget")
+
+
+def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``values`` where ``mask``, else the empty value Gymnasium's info batching leaves (0, False or None)."""
+    if values.dtype == object:
+        return np.where(mask, values, None)
+    return np.where(mask, values, np.zeros((), dtype=values.dtype))
+
+
+class AnytimeVectorEnv(VectorEnv):
+    """``num_envs`` anytime envs as a Gymnasium ``VectorEnv`` (see the module docstring); arguments as
+    :class:`~adainf_env.anytime.AnytimeEnv` (table mode; no table → the shipped reference calibration table).
+    ``self.core`` is the underlying :class:`~adainf_env.anytime_vec.AnytimeVecEnv`."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": list(RENDER_MODES), "render_fps": 4}
+
+    def __init__(
+        self,
+        num_envs: int = 1,
+        *,
+        table: OutcomeTable | None = None,
+        table_path: str | os.PathLike | None = None,
+        options: AnytimeOptions | None = None,
+        **option_kwargs: Any,
+    ) -> None:
+        self.core = AnytimeVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs)
+        self.num_envs = self.core.num_envs
+        self.single_observation_space = self.core.observation_space
+        self.single_action_space = self.core.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = self.core.render_mode
+        self._every = np.ones(self.num_envs, dtype=bool)
+        self._every.flags.writeable = False
+        self._no_trunc = np.zeros(self.num_envs, dtype=bool)
+
+    @property
+    def options(self) -> AnytimeOptions:
+        return self.core.options
+
+    def action_masks(self) -> np.ndarray:
+        """``[N, 4]`` valid actions per env (see :meth:`AnytimeVecEnv.action_masks`)."""
+        return self.core.action_masks()
+
+    def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
+        core = self.core
+        if seed is not None:
+            if isinstance(seed, (list, tuple)):
+                if len(seed) != self.num_envs:
+                    raise ConfigError(f"reset(seed=list) needs {self.num_envs} seeds, got {len(seed)}")
+                core._seeds = [None if sd is None else int(sd) for sd in seed]
+            else:
+                core.seed(int(seed))
+            self._np_random_seed = seed if isinstance(seed, int) else None
+        if options is not None:
+            core.set_options(options)
+        obs = core.reset()
+        sample, budget = core.current_requests()
+        return obs, {"sample": sample, "_sample": self._every.copy(), "budget": budget, "_budget": self._every.copy()}
+
+    def step(self, actions: Any):
+        obs, rewards, dones, data, terminal = self.core.step_arrays(actions)
+        alive = ~dones
+        read, ended = data["read"], data["request_done"]
+        infos: dict[str, Any] = {}
+        if dones.any():
+            final: dict[str, Any] = {}
+            self._put(final, data, dones, read, ended)
+            per_env = self._split_obs(terminal, dones)
+            infos.update(final_obs=per_env, _final_obs=dones.copy(), final_info=final, _final_info=dones.copy())
+        self._put(infos, data, alive, read, ended)
+        if dones.any():  # the reset envs report their new request, the others their served one
+            sample, budget = self.core.current_requests()
+            infos["sample"] = np.where(dones, sample, data["sample"])
+            infos["budget"] = np.where(dones, budget, data["budget"])
+            infos["_sample"] = self._every.copy()
+            infos["_budget"] = self._every.copy()
+        return obs, rewards, dones, self._no_trunc.copy(), infos
+
+    @staticmethod
+    def _put(target: dict[str, Any], data: dict[str, np.ndarray], who: np.ndarray, read: np.ndarray,
+             ended: np.ndarray) -> None:
+        """Add the step info of the envs ``who`` to ``target`` (keys with no env to report are left out)."""
+        for keys, cond in ((STEP_KEYS, who), (READ_KEYS, who & read), (END_KEYS, who & ended)):
+            if not cond.any():
+                continue
+            for k in keys:
+                target[k] = _masked(data[k], cond)
+                target["_" + k] = cond.copy()
+
+    def _split_obs(self, batched: Any, which: np.ndarray) -> np.ndarray:
+        out = np.full(self.num_envs, None, dtype=object)
+        for i in np.flatnonzero(which):
+            out[i] = ({k: v[i].copy() for k, v in batched.items()} if isinstance(batched, dict)
+                      else batched[i].copy())
+        return out
+
+    def render(self) -> tuple[Any, ...] | None:
+        """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""
+        if self.render_mode is None:
+            return None
+        return tuple(self.core.render_one(i) for i in range(self.num_envs))
