@@ -120,3 +120,39 @@ def test_candidates_and_chain_sum(toy):
     nxt = np.array([1, 2, -1, -1])
     assert np.allclose(chain_sum(np.array([1.0, 2.0, 3.0, 4.0]), nxt), [6.0, 5.0, 3.0, 4.0])
     assert np.allclose(chain_sum(np.array([1.0, 2.0, 3.0, 4.0]), nxt, 0.5), [1 + 0.5 * (2 + 1.5), 3.5, 3.0, 4.0])
+
+
+# ---------------------------------------------------------------------- SB3 algorithms by name on the anytime env
+SB3_FAST = {"total_timesteps": 12_000, "n_envs": 32, "eval_every": 6_000}
+
+
+@pytest.mark.parametrize("algo", ["anytime_ppo", "anytime_a2c", "anytime_maskable_ppo"])
+def test_sb3_on_anytime_env_beats_random(toy, algo):
+    from agents.sb3.anytime import AnytimeA2CPolicy, AnytimeMaskablePPOPolicy, AnytimePPOPolicy
+
+    cls = {c.name: c for c in (AnytimePPOPolicy, AnytimeA2CPolicy, AnytimeMaskablePPOPolicy)}[algo]
+    calib, test = toy
+    pol = cls(**SB3_FAST).fit(calib, seed=0)
+    rnd = make_anytime_policy("anytime_random").fit(calib, seed=0)
+    budgets = (0.3, 0.5, 1.0)
+    acc = [r["accuracy"] for r in evaluate_anytime_bandit(pol, test, budgets)]
+    acc_r = [r["accuracy"] for r in evaluate_anytime_bandit(rnd, test, budgets)]
+    assert np.mean(acc) > np.mean(acc_r) + 0.1
+    assert pol.provenance()["prior"] is False and pol.provenance()["selected_step"] >= 1
+
+
+def test_sb3_same_seed_and_bad_configs(toy):
+    from agents.sb3.anytime import AnytimePPOPolicy
+
+    calib, test = toy
+    kw = {"total_timesteps": 4_000, "n_envs": 16, "eval_every": 4_000}
+    a = AnytimePPOPolicy(**kw).fit(calib, seed=2)
+    b = AnytimePPOPolicy(**kw).fit(calib, seed=2)
+    ra, rb = evaluate_anytime_bandit(a, test, (0.4,)), evaluate_anytime_bandit(b, test, (0.4,))
+    assert ra[0]["accuracy"] == rb[0]["accuracy"]
+    for bad in ({"total_timesteps": 0}, {"learning_rate": 0.0}, {"prior": True}, {"algo_kwargs": 3},
+                {"val_fraction": 0.0}):
+        with pytest.raises(ConfigError):
+            AnytimePPOPolicy(**bad)
+    with pytest.raises(ConfigError):
+        AnytimePPOPolicy(algo_kwargs={"no_such_arg": 1}, total_timesteps=100).fit(calib, seed=0)
