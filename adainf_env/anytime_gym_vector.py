@@ -35,7 +35,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from adainf_env.anytime_vec import END_KEYS, READ_KEYS, STEP_KEYS, AnytimeVecEnv
-from adainf_env.errors import ConfigError
+from adainf_env.gym_vector import seed_and_options
 from adainf_env.options import RENDER_MODES, AnytimeOptions
 from adainf_env.outcomes import OutcomeTable
 
@@ -88,16 +88,7 @@ class AnytimeVectorEnv(VectorEnv):
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         core = self.core
-        if seed is not None:
-            if isinstance(seed, (list, tuple)):
-                if len(seed) != self.num_envs:
-                    raise ConfigError(f"reset(seed=list) needs {self.num_envs} seeds, got {len(seed)}")
-                core._seeds = [None if sd is None else int(sd) for sd in seed]
-            else:
-                core.seed(int(seed))
-            self._np_random_seed = seed if isinstance(seed, int) else None
-        if options is not None:
-            core.set_options(options)
+        self._np_random_seed = seed_and_options(core, seed, options)
         obs = core.reset()
         sample, budget = core.current_requests()
         return obs, {"sample": sample, "_sample": self._every.copy(), "budget": budget, "_budget": self._every.copy()}

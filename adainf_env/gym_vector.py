@@ -35,9 +35,25 @@ from adainf_env.options import RENDER_MODES, EnvOptions
 from adainf_env.outcomes import OutcomeTable
 from adainf_env.vec_env import AdaInfVecEnv
 
-__all__ = ["AdaInfVectorEnv"]
+__all__ = ["AdaInfVectorEnv", "seed_and_options"]
 
 _STEP_KEYS = ("plan", "cost", "correct", "overrun", "budget", "sample")
+
+
+def seed_and_options(core: Any, seed: int | list[int | None] | None, options: dict[str, Any] | None) -> int | None:
+    """Hand ``VectorEnv.reset(seed=, options=)`` to an SB3 vec env ``core`` before its ``reset()``: an int seeds env i
+    with ``seed + i`` (SB3's ``VecEnv.seed``), a list one seed per env; ``options`` go to every env. Returns the
+    seed to record as ``np_random_seed`` (the int, else None)."""
+    if seed is not None:
+        if isinstance(seed, (list, tuple)):
+            if len(seed) != core.num_envs:
+                raise ConfigError(f"reset(seed=list) needs {core.num_envs} seeds, got {len(seed)}")
+            core._seeds = [None if sd is None else int(sd) for sd in seed]
+        else:
+            core.seed(int(seed))
+    if options is not None:
+        core.set_options(options)
+    return seed if isinstance(seed, int) else None
 
 
 class AdaInfVectorEnv(VectorEnv):
@@ -79,18 +95,8 @@ class AdaInfVectorEnv(VectorEnv):
         return self.core.action_masks()
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
-        core = self.core
-        if seed is not None:
-            if isinstance(seed, (list, tuple)):
-                if len(seed) != self.num_envs:
-                    raise ConfigError(f"reset(seed=list) needs {self.num_envs} seeds, got {len(seed)}")
-                core._seeds = [None if sd is None else int(sd) for sd in seed]
-            else:
-                core.seed(int(seed))
-            self._np_random_seed = seed if isinstance(seed, int) else None
-        if options is not None:
-            core.set_options(options)
-        obs = core.reset()
+        self._np_random_seed = seed_and_options(self.core, seed, options)
+        obs = self.core.reset()
         return obs, self._request_info()
 
     def _request_info(self) -> dict[str, Any]:

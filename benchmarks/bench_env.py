@@ -5,11 +5,15 @@
 * ``AdaInfVecEnv`` (the SB3 ``VecEnv``) env-steps/s at 1024 envs with random actions drawn beforehand
   (goal ≥ 5,000,000);
 * the same through ``gymnasium.make_vec(id, num_envs=1024, vectorization_mode="vector_entry_point")`` (the Gymnasium
-  ``VectorEnv`` that cleanrl-style code gets; goal ≥ 5,000,000).
+  ``VectorEnv`` that cleanrl-style code gets; goal ≥ 5,000,000);
+* the anytime env (``AdaInf/Anytime-v0``, block-by-block steps, random actions with the id's invalid-action
+  fallback): single-env steps/s, and env-steps/s of ``AnytimeVecEnv`` (SB3) and of ``gymnasium.make_vec`` at
+  ``--num-envs``.
 
 Usage: ``python benchmarks/bench_env.py [--table PATH] [--num-envs 1024] [--seconds 3]`` (default table: the shipped
-reference calibration table). Last output line: JSON with ``single_vs_cartpole``, ``vec_steps_per_s`` and
-``gym_vector_steps_per_s``.
+reference calibration table). Last output line: JSON with ``single_vs_cartpole``, ``vec_steps_per_s``,
+``gym_vector_steps_per_s`` and the anytime ``anytime_single_steps_per_s``, ``anytime_vec_steps_per_s``,
+``anytime_gym_vector_steps_per_s``.
 """
 
 from __future__ import annotations
@@ -26,7 +30,10 @@ import numpy as np
 
 import adainf_env  # noqa: F401  (registers the ids)
 from adainf_env import load_table, make_vec_env
+from adainf_env.anytime_core import NUM_ACTIONS
+from adainf_env.anytime_vec import AnytimeVecEnv
 from adainf_env.reference_tables import reference_table_path
+from adainf_env.registration import ANYTIME_ID
 
 
 @dataclasses.dataclass
@@ -80,6 +87,26 @@ def batched_steps_per_s(step: Callable[[np.ndarray], Any], num_envs: int, num_ac
     return steps * num_envs / (time.perf_counter() - t0)
 
 
+def bench_anytime(cfg: Config, table: Any) -> dict[str, int]:
+    """Steps/s of the anytime env: single (gymnasium.make), SB3 vec env and Gymnasium vector env."""
+    kw = dict(table=table, mode=cfg.mode, invalid_action="fallback")
+    single = single_steps_per_s(gym.make(ANYTIME_ID, **kw), NUM_ACTIONS, cfg.seconds)
+    venv = AnytimeVecEnv(table, cfg.num_envs, mode=cfg.mode, invalid_action="fallback")
+    venv.seed(0)
+    venv.reset()
+
+    def sb3_step(a: np.ndarray) -> None:
+        venv.step_async(a)
+        venv.step_wait()
+
+    vec = batched_steps_per_s(sb3_step, cfg.num_envs, NUM_ACTIONS, cfg.seconds)
+    envs = gym.make_vec(ANYTIME_ID, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point", **kw)
+    envs.reset(seed=0)
+    gvec = batched_steps_per_s(envs.step, cfg.num_envs, NUM_ACTIONS, cfg.seconds)
+    return {"anytime_single_steps_per_s": round(single), "anytime_vec_steps_per_s": round(vec),
+            "anytime_gym_vector_steps_per_s": round(gvec)}
+
+
 def main() -> None:
     cfg = _cli()
     table = load_table(cfg.table)
@@ -103,12 +130,16 @@ def main() -> None:
     envs = gym.make_vec(env_id, num_envs=cfg.num_envs, vectorization_mode="vector_entry_point", table=table)
     envs.reset(seed=0)
     gvec = batched_steps_per_s(envs.step, cfg.num_envs, table.num_plans, cfg.seconds)
+    anytime = bench_anytime(cfg, table)
     print(f"CartPole-v1 (gymnasium.make)      : {cart_sps:12,.0f} steps/s")
     print(f"AdaInf/{cfg.mode:6s} (gymnasium.make)  : {ada_sps:12,.0f} steps/s   ratio {ada_sps / cart_sps:.2f}x")
     print(f"AdaInfVecEnv x{cfg.num_envs} ({cfg.mode})       : {vec:12,.0f} env-steps/s")
     print(f"gymnasium.make_vec x{cfg.num_envs} ({cfg.mode}) : {gvec:12,.0f} env-steps/s")
+    print(f"{ANYTIME_ID} (gymnasium.make) : {anytime['anytime_single_steps_per_s']:12,.0f} steps/s")
+    print(f"AnytimeVecEnv x{cfg.num_envs} ({cfg.mode})      : {anytime['anytime_vec_steps_per_s']:12,.0f} env-steps/s")
+    print(f"make_vec {ANYTIME_ID} x{cfg.num_envs} : {anytime['anytime_gym_vector_steps_per_s']:12,.0f} env-steps/s")
     print(json.dumps({"single_vs_cartpole": round(ada_sps / cart_sps, 3), "vec_steps_per_s": round(vec),
-                      "gym_vector_steps_per_s": round(gvec),
+                      "gym_vector_steps_per_s": round(gvec), **anytime,
                       "single_steps_per_s": round(ada_sps), "cartpole_steps_per_s": round(cart_sps),
                       "num_envs": cfg.num_envs, "mode": cfg.mode, "table": cfg.table,
                       "loadavg_1min": round(os.getloadavg()[0], 2), "cpus": os.cpu_count()}))
