@@ -22,12 +22,14 @@ def _last_json(args: list[str]) -> dict:
 
 
 def test_bench_env_reports_ratio_and_vec_rate(tmp_path):
+    from adainf_env.anytime_core import toy_anytime_table
     from adainf_env.outcomes import save_table
-    from adainf_env.toy import make_toy_table
 
-    table = save_table(make_toy_table(200, seed=0), tmp_path / "toy.npz")
+    # The toy with a per-block cost breakdown: the anytime part of the benchmark charges each block and read.
+    table = save_table(toy_anytime_table(200, seed=0), tmp_path / "toy.npz")
     res = _last_json(["benchmarks/bench_env.py", "--table", str(table), "--num-envs", "8", "--seconds", "0.2"])
     assert res["single_vs_cartpole"] > 0 and res["vec_steps_per_s"] > 0 and res["gym_vector_steps_per_s"] > 0
+    assert res["anytime_single_steps_per_s"] > 0 and res["anytime_gym_vector_steps_per_s"] > 0
 
 
 def test_bench_table_prefix_sharing_matches_per_plan(tmp_path):
