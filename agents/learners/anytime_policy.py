@@ -187,10 +187,10 @@ class AnytimeLearnerPolicy(AnytimePolicy):
     num_values = 1
     max_stages = 1
 
-    def __init__(self, *, iterations: int = 500, requests_per_iter: int = 1024, stream_fraction: float = 0.5,
+    def __init__(self, *, iterations: int = 900, requests_per_iter: int = 1024, stream_fraction: float = 0.5,
                  lr: float = 3e-3, hidden: Sequence[int] = (128, 128), entropy: float = 0.02,
                  lam_lr: float = 0.5, lam_init: float = 1.0, candidates: str = "pareto_ext",
-                 val_fraction: float = 0.2, eval_every: int = 50, time_limit_s: float | None = None,
+                 val_fraction: float = 0.2, eval_every: int = 100, time_limit_s: float | None = None,
                  group_size: int = 4, cost_margin: float = 0.01, explore_starts: float = 0.25,
                  prior: bool = False) -> None:
         super().__init__()
@@ -490,7 +490,14 @@ class AnytimeLearnerPolicy(AnytimePolicy):
         rows = np.repeat(self._rng.integers(0, fit_tab.num_samples, size=n // k), k)
         self._s_level = np.where(self._s_t == 0, 0.0, self._s_level)  # a new stream starts with an empty bucket
         self._s_level = self._bucket.refill(self._s_level, self._s_avg)
-        b_band = np.repeat(self._rng.uniform(max(self._floor, 0.1), 1.0, size=nb // k), k)
+        # per-request budgets: half from the grid the sweep reports (each plan on the Pareto front is the best choice
+        # only over a narrow budget interval; drawing the grid's budgets often resolves the choice exactly there),
+        # half uniform so that every budget in between is learnt too
+        g = nb // k
+        grid = self.lam_budgets
+        b_band = np.where(self._rng.random(g) < 0.5, grid[self._rng.integers(0, grid.size, size=g)],
+                          self._rng.uniform(max(self._floor, 0.1), 1.0, size=g))
+        b_band = np.repeat(b_band, k)
         # Stream requests are served under the bucket's cap, not its level: the average budget is the Lagrangian
         # constraint's to enforce (λ_b̄ sees every intended cost; a level mask would hide overspending from it and
         # teach "take what the bucket holds"). The policy still sees the simulated level; deployment masks by it.
