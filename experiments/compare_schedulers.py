@@ -1,33 +1,56 @@
 """Compare schedulers on outcome tables: fit on the calibration table, report on the test table.
 
     python experiments/compare_schedulers.py --table-dir reference --seeds 3 --out DIR
+    python experiments/compare_schedulers.py --table-dir reference --seeds 3 --workers 2 --out DIR   # 2 processes
+    torchrun --nproc_per_node=K experiments/compare_schedulers.py --table-dir reference --seeds 3 --out DIR
+
+Both environments are compared in the same settings: the plan env (``--schedulers``: one plan per request) and the
+anytime env (``--anytime-schedulers``, names ``anytime_*``: blocks run one by one, the network's answer read on the
+way; ``--no-anytime`` leaves them out). Every record says which (``env``: ``plan`` | ``anytime``).
+
+The (scheduler, seed) jobs are independent and seeded by themselves, so ``--workers N`` (N local worker processes,
+each with one torch thread: the networks are small, and N workers on N cores must not oversubscribe them) and
+torchrun ranks (rank r runs jobs r, r+W, …; only rank 0 writes the run directory) give the same records as one
+process, up to ``fit_s`` (the fit's wall time).
 
 ``--table-dir`` holds ``table_calib.npz`` and ``table_test.npz`` (project tables from experiments/build_table.py or a
 pipeline run's ``<run>/tables``); ``reference`` names the reference tables shipped in the package. Scheduler options
 are given per scheduler name, ``--scheduler-kwargs '{"ppo": {"total_timesteps": 20000}}'``: a JSON mapping, because
 each compared scheduler takes its own options (the single-scheduler scripts have typed ``--scheduler.*`` options). Writes into the run directory: ``config.json`` (config + git revision), ``results.json`` /
 ``results.csv`` (one record per scheduler × setting × budget × seed, see :mod:`agents.evaluation.harness`), ``summary.*``
-(mean ± std over seeds), PNGs (accuracy vs budget; bounds dashed), TensorBoard events under ``tb/``; prints the
-markdown tables.
+(mean ± std over seeds), ``aiq.json``, PNGs (accuracy vs budget; bounds shaded), TensorBoard events under ``tb/``;
+with anytime schedulers also ``anytime_vs_plan.png`` (accuracy vs mean cost of the anytime schedulers and the
+plan-env baselines), ``anytime_stopping_behaviour.png`` (where the best learned anytime policy and the calibrated
+cascade stop vs the confidence they read, under ``--behaviour-budget``) and its data ``anytime_traces.npz``; prints
+the markdown tables.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from adainf_env.errors import ConfigError
+import numpy as np
+
+from adainf_env.anytime_core import AnytimeTable
+from adainf_env.budgets import make_budget_process
+from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.fileio import atomic_write
+from adainf_env.outcomes import OutcomeTable
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import show_progress
+from adainf_lab.distributed import DistEnv, run_jobs
 from adainf_lab.rundir import make_run_dir, save_config
 from adainf_lab.scheduler_options import SchedulerName
 from adainf_lab.tables import load_split_tables, resolve_table_dir
-from agents.evaluation.harness import BANDIT_BUDGETS, run_comparison
+from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
+from agents.evaluation.harness import BANDIT_BUDGETS, JobResult, comparison_jobs, run_comparison_jobs, save_fitted
 from agents.evaluation.report import write_results, write_tensorboard
-from agents.registry import available_schedulers
+from agents.registry import ANYTIME_BASELINES, AnytimeSchedulerName, available_schedulers
 
 __all__ = ["CompareConfig", "main"]
 
@@ -43,7 +66,16 @@ class CompareConfig:
     seeds: int = dataclasses.field(default=3, metadata={"help": "number of seeds (seed-offset … seed-offset+seeds−1)"})
     seed_offset: int = dataclasses.field(default=0, metadata={"help": "first seed"})
     schedulers: tuple[SchedulerName, ...] = dataclasses.field(
-        default=(), metadata={"help": "registry names to compare (default: every importable scheduler)"})
+        default=(), metadata={"help": "plan-env schedulers to compare (default: every importable one)"})
+    anytime_schedulers: tuple[AnytimeSchedulerName, ...] = dataclasses.field(
+        default=(), metadata={"help": "anytime-env schedulers to compare (default: every importable one, when the "
+                                      "tables carry per-block costs)"})
+    anytime: bool = dataclasses.field(default=True, metadata={"help": "compare anytime-env schedulers too"})
+    workers: int = dataclasses.field(default=1, metadata={
+        "help": "local worker processes for the (scheduler, seed) jobs (1: in this process); each uses one torch "
+                "thread. Under torchrun: workers per rank"})
+    behaviour_budget: str = dataclasses.field(default="step:values=0.2/0.45,every=50", metadata={
+        "help": "shifting per-request budget process of the anytime stopping-behaviour figure"})
     bandit_budgets: tuple[float, ...] = dataclasses.field(default=BANDIT_BUDGETS,
                                                           metadata={"help": "bandit per-request budgets"})
     stream_budgets: tuple[float, ...] = dataclasses.field(default=BANDIT_BUDGETS,
@@ -67,6 +99,11 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {self.seeds}")
+        if self.workers < 1:
+            raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
+        if self.anytime_schedulers and not self.anytime:
+            raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
+        make_budget_process(self.behaviour_budget)
         for k in ("num_streams", "horizon"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"--{k.replace('_', '-')} must be ≥ 1, got {getattr(self, k)}")
@@ -81,8 +118,47 @@ class CompareConfig:
         self.table_dir = resolve_table_dir(self.table_dir)
 
 
+def _anytime_names(cfg: CompareConfig, calib: OutcomeTable) -> tuple[list[str], dict[str, str]]:
+    """The anytime schedulers to compare and, when defaulted, those left out with the reason."""
+    if not cfg.anytime:
+        return [], {}
+    if cfg.anytime_schedulers:
+        return list(cfg.anytime_schedulers), {}  # asked for by name: a missing requirement is an error later
+    try:
+        AnytimeTable.from_table(calib, cfg.cost_unit)
+    except AdaInfError as e:  # e.g. latency costs or a table without a per-block MACs breakdown
+        return [], {"anytime_*": str(e)}
+    avail = available_schedulers("anytime")
+    return [n for n, why in avail.items() if why is None], {n: why for n, why in avail.items() if why is not None}
+
+
+def _write_anytime_outputs(run_dir: Path, results: list[JobResult], summary: list[dict[str, Any]],
+                           aiq: list[dict[str, Any]], cfg: CompareConfig) -> list[Path]:
+    """``anytime_traces.npz`` (the first seed's per-request traces along ``--behaviour-budget``) and, with plots,
+    the anytime-vs-plan and stopping-behaviour figures."""
+    traces = {r.name: r.trace for r in results if r.trace is not None}
+    out: list[Path] = []
+    if traces:
+        with atomic_write(run_dir / "anytime_traces.npz", "wb") as fh:
+            np.savez(fh, **{f"{n}__{k}": v for n, tr in traces.items() for k, v in tr.items()})
+        out.append(run_dir / "anytime_traces.npz")
+    if not cfg.plots:
+        return out
+    p = plot_anytime_vs_plan(summary, run_dir / "anytime_vs_plan.png")
+    out += [p] if p is not None else []
+    learned = [n for n in traces if n not in ANYTIME_BASELINES]
+    shown = [n for n in (best_anytime(aiq, learned), "anytime_conf_cascade") if n in traces]
+    if not shown:  # no learner and no cascade traced: the best traced scripted policy
+        shown = [n for n in [best_anytime(aiq, [n for n in traces if n != "anytime_oracle"])] if n is not None]
+    p = plot_stopping_behaviour({n: traces[n] for n in shown}, run_dir / "anytime_stopping_behaviour.png",
+                                process=cfg.behaviour_budget)
+    out += [p] if p is not None else []
+    return out
+
+
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(CompareConfig, argv, raise_errors=True)
+    dist = DistEnv.from_environ()
     calib, test = load_split_tables(cfg.table_dir, cfg.cost_unit)
     names = list(cfg.schedulers)
     skipped = {}
@@ -90,35 +166,50 @@ def main(argv: list[str] | None = None) -> dict:
         avail = available_schedulers()
         names = [n for n, why in avail.items() if why is None]
         skipped = {n: why for n, why in avail.items() if why is not None}
+    anytime_names, anytime_skipped = _anytime_names(cfg, calib)
+    skipped.update(anytime_skipped)
     seeds = list(range(cfg.seed_offset, cfg.seed_offset + cfg.seeds))
-    run_dir = make_run_dir(backbone=calib.meta.get("backbone", "table"), algo="compare", seed=cfg.seed_offset,
-                           out=cfg.out, root=cfg.runs_root)
-    save_config(run_dir, cfg, extra={"schedulers": names, "unavailable": skipped, "seeds_used": seeds,
-                                     "tables": {"calib": calib.meta.get("source_path", str(cfg.table_dir)),
-                                                "test": test.meta.get("source_path", str(cfg.table_dir))}})
-    on_fitted = None
-    if cfg.save_schedulers:
-        (run_dir / "schedulers").mkdir(exist_ok=True)
-
-        def on_fitted(sched, seed):
-            sched.save(run_dir / "schedulers" / f"{sched.name}__{seed}.npz")
+    parallel = cfg.workers > 1 or dist.world_size > 1
+    # every rank checks the jobs (bad input fails everywhere alike) before rank 0 creates anything
+    jobs = comparison_jobs(
+        names + anytime_names, calib, test, seeds=seeds, bandit_budgets=cfg.bandit_budgets,
+        stream_budgets=cfg.stream_budgets, stream_variants=cfg.stream_variants, num_streams=cfg.num_streams,
+        horizon=cfg.horizon, bucket_cap=cfg.bucket_cap, scheduler_kwargs=json.loads(cfg.scheduler_kwargs),
+        cost_unit=cfg.cost_unit, save=cfg.save_schedulers, torch_threads=1 if parallel else None,
+        trace_process=cfg.behaviour_budget if anytime_names else None)
+    run_dir = None
+    if dist.is_main:
+        run_dir = make_run_dir(backbone=calib.meta.get("backbone", "table"), algo="compare", seed=cfg.seed_offset,
+                               out=cfg.out, root=cfg.runs_root)
+        save_config(run_dir, cfg, extra={"schedulers": names, "anytime_schedulers": anytime_names,
+                                         "unavailable": skipped, "seeds_used": seeds,
+                                         "jobs": {"count": len(jobs), "workers": cfg.workers,
+                                                  "world_size": dist.world_size},
+                                         "tables": {"calib": calib.meta.get("source_path", str(cfg.table_dir)),
+                                                    "test": test.meta.get("source_path", str(cfg.table_dir))}})
     t0 = time.perf_counter()
-    records = run_comparison(
-        names, calib, test, seeds=seeds, bandit_budgets=cfg.bandit_budgets, stream_budgets=cfg.stream_budgets,
-        stream_variants=cfg.stream_variants, num_streams=cfg.num_streams, horizon=cfg.horizon,
-        bucket_cap=cfg.bucket_cap, scheduler_kwargs=json.loads(cfg.scheduler_kwargs), cost_unit=cfg.cost_unit,
-        progress=show_progress(cfg.progress), on_fitted=on_fitted,
-    )
+    runner = functools.partial(run_jobs, workers=cfg.workers) if parallel else None
+    results = run_comparison_jobs(jobs, runner=runner, progress=show_progress(cfg.progress))
+    wall_s = time.perf_counter() - t0
+    if not dist.is_main:
+        return {"run_dir": None, "rank": dist.rank}
+    records = [rec for r in results for rec in r.records]
+    if cfg.save_schedulers:
+        save_fitted(results, run_dir / "schedulers")
     out = write_results(records, run_dir, plots=cfg.plots)
+    for p in _write_anytime_outputs(run_dir, results, out["summary"], out["aiq"], cfg):
+        out["files"][p.name] = p
     if cfg.tensorboard:
         write_tensorboard(out["summary"], run_dir / "tb")
-    print(f"# compare_schedulers: {len(names)} schedulers × {len(seeds)} seeds, fit on calib "
-          f"({calib.num_samples} rows), report on test ({test.num_samples} rows), {time.perf_counter() - t0:.1f} s")
+    print(f"# compare_schedulers: {len(names)} plan-env + {len(anytime_names)} anytime-env schedulers × "
+          f"{len(seeds)} seeds, fit on calib ({calib.num_samples} rows), report on test ({test.num_samples} rows), "
+          f"{wall_s:.1f} s ({cfg.workers} worker{'s' if cfg.workers > 1 else ''} × {dist.world_size} rank"
+          f"{'s' if dist.world_size > 1 else ''})")
     if skipped:
         print(f"# not available: {', '.join(skipped)}")
     print(out["markdown"])
     print(f"# run directory: {run_dir}")
-    return {"run_dir": run_dir, **out}
+    return {"run_dir": run_dir, "records": records, **out}
 
 
 if __name__ == "__main__":

@@ -8,11 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adainf_env.errors import ConfigError
+from adainf_env.anytime_core import toy_anytime_table
+from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.outcomes import save_table
 from adainf_env.toy import make_toy_table
 from adainf_lab.cli import parse_config
@@ -33,6 +35,15 @@ def toy_dir(tmp_path_factory):
     return d
 
 
+@pytest.fixture(scope="module")
+def anytime_dir(tmp_path_factory):
+    """Toy tables with a per-block cost breakdown, so both envs run on them."""
+    d = tmp_path_factory.mktemp("toy_anytime_tables")
+    save_table(toy_anytime_table(1500, seed=0, split="calib"), d / "table_calib.npz")
+    save_table(toy_anytime_table(1500, seed=1, split="test"), d / "table_test.npz")
+    return d
+
+
 def test_compare_writes_run_directory(toy_dir, tmp_path):
     out = tmp_path / "run"
     res = cs.main(["--table-dir", str(toy_dir), "--out", str(out), "--schedulers", "lut", "oracle", "random",
@@ -45,9 +56,11 @@ def test_compare_writes_run_directory(toy_dir, tmp_path):
     assert len(list((out / "schedulers").glob("*.npz"))) == 5 * 2
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["config"]["seeds"] == 2 and cfg["seeds_used"] == [0, 1] and "commit" in cfg["git"]
+    # the toy table has no per-block costs: the anytime schedulers (asked for by default) are left out, with why
+    assert cfg["anytime_schedulers"] == [] and "per-block cost" in cfg["unavailable"]["anytime_*"]
     recs = json.loads((out / "results.json").read_text())
     assert len(recs) == 5 * 2 * (2 + 2)
-    assert {r["setting"] for r in recs} == {"bandit", "stream"}
+    assert {r["setting"] for r in recs} == {"bandit", "stream"} and {r["env"] for r in recs} == {"plan"}
     assert res["run_dir"] == out and "| oracle (bound) |" in res["markdown"]
 
 
@@ -66,8 +79,68 @@ def test_default_run_dir_name_and_script_entry_point(toy_dir, tmp_path):
     assert len(bad.stderr.strip().splitlines()) == 1
 
 
+ANYTIME = ["--schedulers", "lut", "hull_mix", "oracle", "--anytime-schedulers", "anytime_conf_cascade",
+           "anytime_oracle", "anytime_reinforce", "--scheduler-kwargs",
+           '{"anytime_reinforce": {"iterations": 6, "requests_per_iter": 256, "eval_every": 3}}']
+
+
+def test_both_envs_in_one_comparison(anytime_dir, tmp_path):
+    out = tmp_path / "run"
+    res = cs.main(["--table-dir", str(anytime_dir), "--out", str(out), "--no-tensorboard", *TINY, *ANYTIME])
+    recs = json.loads((out / "results.json").read_text())
+    env = {r["scheduler"]: r["env"] for r in recs}
+    assert env == {"lut": "plan", "hull_mix": "plan", "oracle": "plan", "anytime_conf_cascade": "anytime",
+                   "anytime_oracle": "anytime", "anytime_reinforce": "anytime"}
+    assert len(recs) == 6 * 2 * (2 + 2)  # schedulers × seeds × (2 bandit budgets + shared + periodic)
+    learned = [r for r in recs if r["scheduler"] == "anytime_reinforce"]
+    assert all(1 <= r["selected_step"] <= 6 and r["prior"] is False for r in learned)
+    assert all("selected_step" not in r for r in recs if r["scheduler"] in ("anytime_conf_cascade", "lut"))
+    assert all(r["is_bound"] == r["scheduler"].endswith("oracle") for r in recs)
+    # summaries and AIQ keep the two envs apart (one row per scheduler × setting × variant × budget)
+    assert len(res["summary"]) == 6 * (2 + 2)
+    assert {r["scheduler"] for r in res["aiq"]} == set(env)
+    assert "| anytime_oracle (bound) |" in res["markdown"] and "| anytime_reinforce |" in res["markdown"]
+    for f in ("anytime_vs_plan.png", "anytime_stopping_behaviour.png", "anytime_traces.npz"):
+        assert (out / f).is_file() and (out / f).stat().st_size > 5000, f
+    traces = np.load(out / "anytime_traces.npz", allow_pickle=False)
+    cost, given = traces["anytime_reinforce__cost"], traces["anytime_reinforce__given"]
+    assert cost.shape == given.shape == (4, 20)  # num_streams × horizon, first seed only
+    assert (cost <= given + 1e-9).all()  # the per-request budget of the behaviour trace is hard
+    assert set(np.unique(given)) <= {0.2, 0.45} and not any(k.startswith("lut__") for k in traces.files)
+
+
+def test_workers_give_the_records_of_one_process(anytime_dir, tmp_path):
+    """(scheduler, seed) jobs in 2 spawned worker processes: the same records as in this process, except fit_s."""
+    argv = ["--table-dir", str(anytime_dir), "--no-tensorboard", "--no-plots", *TINY, "--schedulers", "lut",
+            "hull_mix", "confidence_cascade", "random", "--anytime-schedulers", "anytime_conf_cascade",
+            "anytime_agree_cascade", "anytime_random"]
+    one = cs.main([*argv, "--out", str(tmp_path / "one")])["records"]
+    two = cs.main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"])["records"]
+
+    def strip(recs):
+        return [{k: v for k, v in r.items() if k != "fit_s"} for r in recs]
+
+    assert len(one) == 7 * 2 * 4 and strip(one) == strip(two)
+    cfg = json.loads((tmp_path / "two" / "config.json").read_text())
+    assert cfg["jobs"] == {"count": 7 * 2, "workers": 2, "world_size": 1}
+
+
+def test_no_anytime_and_anytime_errors(anytime_dir, toy_dir, tmp_path):
+    out = cs.main(["--table-dir", str(anytime_dir), "--out", str(tmp_path / "r"), "--no-anytime", "--no-plots",
+                   "--no-tensorboard", *TINY, "--schedulers", "lut"])
+    assert {r["scheduler"] for r in out["records"]} == {"lut"}
+    with pytest.raises(TableFormatError, match="per-block cost"):  # asked for by name on a table without block costs
+        cs.main(["--table-dir", str(toy_dir), "--out", str(tmp_path / "s"), *TINY, "--schedulers", "lut",
+                 "--anytime-schedulers", "anytime_lut"])
+    assert not (tmp_path / "s").exists()  # checked before the run directory is created
+
+
 @pytest.mark.parametrize("extra, match", [
     (["--schedulers", "lut", "ppo9"], "invalid choice 'ppo9'"),
+    (["--anytime-schedulers", "anytime_lut", "lut"], "invalid choice 'lut'"),
+    (["--anytime-schedulers", "anytime_lut", "--no-anytime"], "contradict"),
+    (["--workers", "0"], "--workers"),
+    (["--behaviour-budget", "stairs:3"], "stairs"),
     (["--bandit-budgets", "0.5", "1.5"], r"\(0, 1\]"),
     (["--seeds", "0"], "seeds"),
     (["--scheduler-kwargs", "{not json"], "JSON"),
@@ -78,7 +151,7 @@ def test_default_run_dir_name_and_script_entry_point(toy_dir, tmp_path):
 def test_bad_input_is_a_config_error(toy_dir, tmp_path, extra, match):
     """Bad input — on the command line or found by the harness — is a ConfigError from main(); the script's entry
     point turns it into one ``error:`` line and exit status 2 (see test_default_run_dir_name_and_script_entry_point)."""
-    argv = ["--table-dir", str(toy_dir), "--out", str(tmp_path / "r"), *TINY, *extra]
+    argv = ["--table-dir", str(toy_dir), "--out", str(tmp_path / "r"), "--no-anytime", *TINY, *extra]
     with pytest.raises(ConfigError, match=match):
         cs.main(argv)
 

@@ -34,6 +34,7 @@ from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
+from agents.registry import anytime_policy_class
 
 __all__ = ["AnytimePolicy", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy", "HullMixPolicy",
            "OraclePolicy", "RandomPolicy", "ANYTIME_POLICIES", "make_anytime_policy", "script_costs", "top_block"]
@@ -407,9 +408,12 @@ ANYTIME_POLICIES: dict[str, type[AnytimePolicy]] = {
 
 
 def make_anytime_policy(name: str, **kwargs: Any) -> AnytimePolicy:
-    if name not in ANYTIME_POLICIES:
-        raise ConfigError(f"unknown anytime policy {name!r}; known: {', '.join(ANYTIME_POLICIES)}")
+    """Construct (unfitted) the anytime policy registered under ``name`` in
+    :data:`agents.registry.ANYTIME_SCHEDULERS`: the baselines here, or a learner (``anytime_reinforce``,
+    ``anytime_ppo_lagrangian``, ``anytime_ppo``, ``anytime_a2c``, ``anytime_maskable_ppo``) whose torch /
+    stable-baselines3 module is imported only now. Unknown names and bad arguments are :class:`ConfigError`."""
+    cls = anytime_policy_class(name)
     try:
-        return ANYTIME_POLICIES[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"bad arguments for anytime policy {name!r}: {e}") from None

@@ -11,7 +11,6 @@ budget draws for a seed, ``num_streams`` streams of ``horizon`` requests, the bu
 from __future__ import annotations
 
 import math
-import time
 from typing import Any, Sequence
 
 import numpy as np
@@ -22,15 +21,19 @@ from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.outcomes import OutcomeTable
 from agents.base import check_budgets
-from agents.baselines.anytime_policies import AnytimePolicy, make_anytime_policy
-from agents.evaluation.harness import BANDIT_BUDGETS, stream_process_for
+from agents.baselines.anytime_policies import AnytimePolicy
+from agents.registry import ANYTIME_SCHEDULERS
+from agents.evaluation.metrics import BUDGET_GRID as BANDIT_BUDGETS
 
-__all__ = ["serve_requests", "evaluate_anytime_bandit", "evaluate_anytime_stream", "run_anytime_comparison"]
+__all__ = ["serve_requests", "evaluate_anytime_bandit", "anytime_stream_trace", "evaluate_anytime_stream",
+           "run_anytime_comparison"]
 
 
 def serve_requests(policy: AnytimePolicy, table: OutcomeTable, rows: np.ndarray, budgets: np.ndarray, *,
                    state: dict[str, Any] | None = None, at: AnytimeTable | None = None) -> dict[str, np.ndarray]:
-    """Serve requests (table ``rows``, ``budgets``) with ``policy`` → ``plan``, ``cost``, ``correct``, ``reads`` [N].
+    """Serve requests (table ``rows``, ``budgets``) with ``policy`` → [N] arrays: ``plan`` (the plan whose answer was
+    given), ``cost`` (paid), ``correct``, ``reads`` (head evaluations), ``conf`` (confidence of the answer read) and
+    ``blocks`` (residual blocks run).
 
     The env's hard budget (RUN masked when the answer would no longer fit) unless the policy asks for the soft one
     (``policy.soft_budget(state)``: ``hull_mix``, and cascades meeting an average budget without a bucket).
@@ -49,7 +52,9 @@ def serve_requests(policy: AnytimePolicy, table: OutcomeTable, rows: np.ndarray,
     else:
         raise RuntimeError(f"{policy.name}: requests did not end within the longest possible episode")
     plan = batch.answer.copy()
-    return {"plan": plan, "cost": batch.spent.copy(), "correct": at.correct[rows, plan], "reads": batch.reads.copy()}
+    blocks = np.bitwise_count(batch.code).astype(np.int64)  # the code's set bits: the blocks run
+    return {"plan": plan, "cost": batch.spent.copy(), "correct": at.correct[rows, plan], "reads": batch.reads.copy(),
+            "conf": batch.last_conf.copy(), "blocks": blocks}
 
 
 def _record(policy: AnytimePolicy, table: OutcomeTable, *, setting: str, variant: str, budget: float, seed: int,
@@ -64,8 +69,15 @@ def _record(policy: AnytimePolicy, table: OutcomeTable, *, setting: str, variant
         "mean_cost": float(cost.mean()), "mean_budget": float(given.mean()),
         "overrun_rate": float((over > COST_TOL).mean()), "mean_overrun": float(over.mean()),
         "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)}, "num_requests": int(plan.size),
-        "env": "anytime", "mean_reads": float(reads.mean()),
+        "env": "anytime", "mean_reads": float(reads.mean()), **_provenance(policy),
     }
+
+
+def _provenance(policy: AnytimePolicy) -> dict[str, Any]:
+    """The learners' ``selected_step`` (training step held-out selection kept) and ``prior``; scripted baselines
+    have none."""
+    prov = getattr(policy, "provenance", None)
+    return dict(prov()) if callable(prov) else {}
 
 
 def evaluate_anytime_bandit(policy: AnytimePolicy, table: OutcomeTable, budgets: Sequence[float] = BANDIT_BUDGETS,
@@ -78,15 +90,19 @@ def evaluate_anytime_bandit(policy: AnytimePolicy, table: OutcomeTable, budgets:
     for b in budgets.tolist():
         given = np.full(len(rows), b)
         r = serve_requests(policy, table, rows, given, at=at)
-        out.append(_record(policy, table, setting="bandit", variant="fixed", budget=b, seed=seed, given=given, **r))
+        out.append(_record(policy, table, setting="bandit", variant="fixed", budget=b, seed=seed, given=given,
+                           plan=r["plan"], cost=r["cost"], correct=r["correct"], reads=r["reads"]))
     return out
 
 
-def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process: Any, *, shared: bool = False,
-                            bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
-                            budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
-    """``num_streams`` streams of ``horizon`` requests along a budget ``process`` (through a token bucket when
-    ``shared``) → one record. Same draws as :func:`agents.evaluation.harness.evaluate_stream` for a seed."""
+def anytime_stream_trace(policy: AnytimePolicy, table: OutcomeTable, process: Any, *, shared: bool = False,
+                         bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50,
+                         horizon: int = 200) -> dict[str, np.ndarray]:
+    """Every request of ``num_streams`` streams of ``horizon`` requests along a budget ``process`` (through a token
+    bucket when ``shared``) → ``[num_streams, horizon]`` arrays: ``row``, ``plan`` (answered), ``cost`` (paid),
+    ``correct``, ``reads``, ``conf`` (confidence of the answer read), ``blocks`` (blocks run), ``given`` (budget
+    available), ``proc`` (the process's budget). Same draws as :func:`agents.evaluation.harness.evaluate_stream`
+    for a seed."""
     for k, v in (("num_streams", num_streams), ("horizon", horizon)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
@@ -98,8 +114,11 @@ def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process:
     k_, t_ = int(num_streams), int(horizon)
     reps = math.ceil(k_ * t_ / table.num_samples)
     rows = np.concatenate([rng.permutation(table.num_samples) for _ in range(reps)])[: k_ * t_].reshape(k_, t_)
+    served = ("plan", "cost", "correct", "reads", "conf", "blocks")
     res = {k: np.empty((k_, t_), dtype=d) for k, d in (("plan", np.int64), ("cost", float), ("correct", bool),
-                                                       ("reads", np.int64), ("given", float), ("proc", float))}
+                                                       ("reads", np.int64), ("conf", float), ("blocks", np.int64),
+                                                       ("given", float), ("proc", float))}
+    res["row"] = rows
     level = np.zeros(k_)
     b_prev, aux = proc.start(rng.random(k_))
     for t in range(t_):
@@ -116,16 +135,28 @@ def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process:
             state = None
         # a drained bucket still lets a request answer with the cheapest read (counted as an overrun)
         r = serve_requests(policy, table, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
-        for k in ("plan", "cost", "correct", "reads"):
+        for k in served:
             res[k][:, t] = r[k]
         res["given"][:, t] = avail
         res["proc"][:, t] = b
         if bucket is not None:
             level = bucket.spend(level, r["cost"])
+    res["variant"] = np.array("shared" if shared else proc.name)
+    return res
+
+
+def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process: Any, *, shared: bool = False,
+                            bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
+                            budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
+    """``num_streams`` streams of ``horizon`` requests along a budget ``process`` (through a token bucket when
+    ``shared``) → one record (:func:`anytime_stream_trace` summarised)."""
+    if budget_label is not None:
+        check_budgets(np.asarray([budget_label]))
+    res = anytime_stream_trace(policy, table, process, shared=shared, bucket_cap=bucket_cap, seed=seed,
+                               num_streams=num_streams, horizon=horizon)
     label = float(budget_label) if budget_label is not None else round(float(res["proc"].mean()), 4)
-    rec = _record(policy, table, setting="stream", variant=variant or ("shared" if shared else proc.name),
-                  budget=label, seed=seed, plan=res["plan"], cost=res["cost"], correct=res["correct"],
-                  given=res["given"], reads=res["reads"])
+    rec = _record(policy, table, setting="stream", variant=variant or str(res["variant"]), budget=label, seed=seed,
+                  plan=res["plan"], cost=res["cost"], correct=res["correct"], given=res["given"], reads=res["reads"])
     rec["mean_process_budget"] = float(res["proc"].mean())
     return rec
 
@@ -135,26 +166,20 @@ def run_anytime_comparison(names: Sequence[str], calib: OutcomeTable, test: Outc
                            stream_budgets: Sequence[float] = BANDIT_BUDGETS,
                            stream_variants: Sequence[str] = ("shared", "periodic"), num_streams: int = 50,
                            horizon: int = 200, bucket_cap: float = 1.0,
-                           policy_kwargs: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
-    """Fit each anytime policy on ``calib`` per seed, evaluate on ``test`` (bandit sweep + stream variants)."""
-    kwargs = dict(policy_kwargs or {})
-    floor = float(calib.plan_cost().min())
-    records: list[dict[str, Any]] = []
-    for seed in seeds:
-        for name in names:
-            pol = make_anytime_policy(name, **kwargs.get(name, {}))
-            t0 = time.perf_counter()
-            pol.fit(calib, seed=int(seed))
-            fit_s = time.perf_counter() - t0
-            recs = evaluate_anytime_bandit(pol, test, bandit_budgets, seed=int(seed)) if bandit_budgets else []
-            for variant in stream_variants:
-                for b in stream_budgets:
-                    proc = stream_process_for(variant, b, floor)
-                    recs.append(evaluate_anytime_stream(pol, test, proc, shared=variant == "shared",
-                                                        bucket_cap=bucket_cap, seed=int(seed),
-                                                        num_streams=num_streams, horizon=horizon, budget_label=b,
-                                                        variant=variant))
-            for r in recs:
-                r["fit_s"] = round(fit_s, 3)
-            records.extend(recs)
-    return records
+                           policy_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = False,
+                           runner: Any = None) -> list[dict[str, Any]]:
+    """Fit each anytime policy on ``calib`` per seed, evaluate on ``test`` (bandit sweep + stream variants).
+
+    :func:`agents.evaluation.harness.run_comparison` restricted to anytime names: the same jobs, the same records
+    (with ``env="anytime"``, ``fit_s`` and the learners' ``selected_step`` / ``prior``), ``runner`` to spread them.
+    """
+    from agents.evaluation.harness import run_comparison  # the harness imports this module's evaluators
+
+    plan_names = [n for n in names if n not in ANYTIME_SCHEDULERS]
+    if plan_names:
+        raise ConfigError(f"run_anytime_comparison takes anytime policies (anytime_*); got {plan_names} "
+                          "(plan-env schedulers: agents.evaluation.harness.run_comparison)")
+    return run_comparison(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
+                          stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
+                          horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=policy_kwargs,
+                          progress=progress, runner=runner)

@@ -4,7 +4,9 @@ Summaries, tables, CSV/JSON files, plots and TensorBoard output of the records a
 
 Every function returns or consumes **records**, plain JSON-able dicts with the keys of :data:`RECORD_FIELDS`:
 
-``scheduler``     registry name (``lut``, ``ppo``, …)
+``scheduler``     registry name (``lut``, ``ppo``, ``anytime_ppo``, …)
+``env``           ``"plan"`` (one plan per request, this module) or ``"anytime"`` (block by block, reading the
+                  network's answer on the way: :mod:`agents.evaluation.anytime_harness`, which adds ``mean_reads``)
 ``is_bound``      True for schedulers that read labels / the evaluated split (``oracle``, ``lut_upper``)
 ``setting``       ``"bandit"`` (independent requests, each with the same budget) or ``"stream"``
 ``variant``       bandit: ``"fixed"``; stream: ``"shared"`` (token bucket: the *average* budget is constrained) or the
@@ -27,6 +29,9 @@ Learned schedulers' records also carry (:meth:`agents.base.Scheduler.provenance`
                   environment steps for stable-baselines3)
 ``prior``         whether the policy started as the look-up table (the learners' ``prior`` option)
 
+Records from :func:`run_comparison` also carry ``fit_s`` (wall seconds of the fit: the only field that differs
+between two runs of the same jobs).
+
 Costs and budgets are fractions of the full model in the cost unit the scheduler was fitted with (MACs by default).
 
 Stream evaluation runs ``num_streams`` independent streams of ``horizon`` requests side by side, so a scheduler is
@@ -41,20 +46,30 @@ request, ``cap`` the bucket capacity (float), ``step`` (int) and ``horizon`` (in
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from adainf_env.budgets import FixedBudget, PeriodicBudget, RandomWalkBudget, TokenBucket, make_budget_process
+from adainf_env.anytime_core import AnytimeTable
+from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import overrun, overrun_amount
+from adainf_env.fileio import atomic_write
 from adainf_env.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
+from agents.baselines.anytime_policies import make_anytime_policy
+from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.metrics import BUDGET_GRID
+from agents.evaluation.stream_processes import SWEPT_VARIANTS, stream_process_for
 from agents.progress import progress_disabled
+from agents.registry import anytime_policy_class, make_scheduler, scheduler_class, scheduler_env
 
 __all__ = [
     "RECORD_FIELDS",
@@ -62,7 +77,14 @@ __all__ = [
     "evaluate_bandit",
     "evaluate_stream",
     "stream_process_for",
+    "ComparisonJob",
+    "JobResult",
+    "JobRunner",
+    "comparison_job",
+    "comparison_jobs",
     "run_comparison",
+    "run_comparison_jobs",
+    "save_fitted",
 ]
 
 RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed", "accuracy", "mean_cost",
@@ -93,6 +115,7 @@ def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant:
     hist = np.bincount(plans, minlength=table.num_plans)
     return {
         "scheduler": scheduler.name,
+        "env": "plan",
         "is_bound": bool(scheduler.is_bound),
         "setting": setting,
         "variant": variant,
@@ -129,27 +152,6 @@ def evaluate_bandit(scheduler: Scheduler, table: OutcomeTable, budgets: Sequence
 
 
 # --------------------------------------------------------------------------------------------------- stream
-def stream_process_for(kind: str, avg_budget: float, floor: float, **kw: Any):
-    """The budget process of stream variant ``kind`` around the nominal average budget ``avg_budget``.
-
-    * ``shared``: ``fixed:avg_budget`` refilling a token bucket (the per-request budget is what is in the bucket).
-    * ``periodic``: a sine between avg ± δ, δ = min(0.15, avg − floor, 1 − avg), period 200 requests: load swings
-      whose mean is the average budget.
-    * ``random_walk``: starts at avg, increments σ = 0.03, reflected into [avg − δ, avg + δ] (δ as above).
-    * anything else: handed to :func:`adainf_env.budgets.make_budget_process` unchanged (e.g. ``trace:PATH``);
-      the record's budget is then the realised mean budget.
-    """
-    avg = float(avg_budget)
-    delta = max(0.0, min(0.15, avg - floor, 1.0 - avg))
-    if kind == "shared":
-        return FixedBudget(value=avg)
-    if kind == "periodic":
-        return PeriodicBudget(period=kw.get("period", 200.0), low=avg - delta, high=avg + delta, shape="sine")
-    if kind == "random_walk":
-        return RandomWalkBudget(sigma=kw.get("sigma", 0.03), low=avg - delta, high=avg + delta, start_value=avg)
-    return make_budget_process(kind)
-
-
 def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, shared: bool = False,
                     bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
                     budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
@@ -207,6 +209,151 @@ def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, 
 
 
 # --------------------------------------------------------------------------------------------------- comparison
+@dataclasses.dataclass(frozen=True)
+class ComparisonJob:
+    """One (scheduler, seed) of a comparison: all it needs, as plain data and the two tables, so it pickles to a
+    worker process or a torchrun rank. ``env``: ``"plan"`` or ``"anytime"`` (which harness evaluates it)."""
+
+    name: str
+    env: str
+    seed: int
+    calib: OutcomeTable
+    test: OutcomeTable
+    kwargs: Mapping[str, Any]
+    bandit_budgets: tuple[float, ...]
+    stream_budgets: tuple[float, ...]
+    stream_variants: tuple[str, ...]
+    num_streams: int
+    horizon: int
+    bucket_cap: float
+    cost_unit: str = "macs"
+    save: bool = False  # return the fitted scheduler's .npz bytes (plan env; anytime policies have no saved form)
+    torch_threads: int | None = None  # set torch's intra-op threads first (worker processes: 1)
+    trace_process: str | None = None  # anytime env: also trace every request along this budget process
+
+
+@dataclasses.dataclass
+class JobResult:
+    """What :func:`comparison_job` returns: the job's records and, if asked for, the fitted scheduler's ``.npz`` and
+    the anytime policy's per-request trace (:func:`agents.evaluation.anytime_harness.anytime_stream_trace`)."""
+
+    name: str
+    seed: int
+    records: list[dict[str, Any]]
+    saved: bytes | None = None
+    trace: dict[str, np.ndarray] | None = None
+
+
+def comparison_job(job: ComparisonJob) -> JobResult:
+    """Fit ``job.name`` on the calibration table with ``job.seed`` and evaluate it on the test table: the bandit
+    sweep, then every stream variant over the average budgets (a process spec such as ``trace:PATH`` once).
+
+    Depends only on the job (every draw is seeded by it), so the records are the same in this process, in a worker
+    process or on any torchrun rank (up to ``fit_s``, the fit's wall time in seconds).
+    """
+    if job.torch_threads is not None:
+        import torch  # only to bound its thread pool; the scheduler modules import it when they need it
+
+        torch.set_num_threads(int(job.torch_threads))
+    seed = int(job.seed)
+    if job.env == "anytime":
+        sched: Any = make_anytime_policy(job.name, **dict(job.kwargs))
+        t0 = time.perf_counter()
+        sched.fit(job.calib, seed=seed)
+        bandit, stream = evaluate_anytime_bandit, evaluate_anytime_stream
+    else:
+        sched = make_scheduler(job.name, **dict(job.kwargs))
+        t0 = time.perf_counter()
+        sched.fit(job.calib, seed=seed, cost_unit=job.cost_unit)
+        bandit, stream = evaluate_bandit, evaluate_stream
+    fit_s = time.perf_counter() - t0
+    floor = float(job.calib.plan_cost(job.cost_unit).min())
+    recs = bandit(sched, job.test, job.bandit_budgets, seed=seed) if job.bandit_budgets else []
+    for variant in job.stream_variants:
+        if variant not in SWEPT_VARIANTS:
+            # a process given as a spec (e.g. "trace:PATH"): evaluated once, labelled with its realised mean
+            recs.append(stream(sched, job.test, variant, seed=seed, num_streams=job.num_streams, horizon=job.horizon))
+            continue
+        for b in job.stream_budgets:
+            recs.append(stream(sched, job.test, stream_process_for(variant, b, floor), shared=(variant == "shared"),
+                               bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
+                               horizon=job.horizon, budget_label=b, variant=variant))
+    records = [{**r, "fit_s": round(fit_s, 3)} for r in recs]
+    saved = trace = None
+    if job.save and job.env == "plan":
+        with tempfile.TemporaryDirectory() as d:  # Scheduler.save writes a file; the bytes travel back instead
+            saved = sched.save(Path(d) / "scheduler.npz").read_bytes()
+    if job.trace_process is not None and job.env == "anytime":
+        trace = anytime_stream_trace(sched, job.test, job.trace_process, seed=seed, num_streams=job.num_streams,
+                                     horizon=job.horizon)
+    return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace)
+
+
+def comparison_jobs(
+    names: Sequence[str],
+    calib: OutcomeTable,
+    test: OutcomeTable,
+    *,
+    seeds: Sequence[int] = (0,),
+    bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
+    stream_budgets: Sequence[float] = BANDIT_BUDGETS,
+    stream_variants: Sequence[str] = ("shared", "periodic"),
+    num_streams: int = 50,
+    horizon: int = 200,
+    bucket_cap: float = 1.0,
+    scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
+    cost_unit: str = "macs",
+    save: bool = False,
+    torch_threads: int | None = None,
+    trace_process: str | None = None,
+) -> list[ComparisonJob]:
+    """The checked (scheduler, seed) jobs of a comparison, seed-major (every scheduler of seed 0 first).
+
+    ``names`` may mix plan-env schedulers and anytime-env policies (``anytime_*``,
+    :data:`agents.registry.ANYTIME_SCHEDULERS`). Unknown names, kwargs for schedulers not compared, bad budgets and
+    anytime policies without a per-block cost breakdown are :class:`ConfigError` before anything is fitted.
+    ``trace_process`` (a budget-process spec, e.g. ``step:values=0.2/0.45,every=50``): the anytime jobs of the first
+    seed also return a per-request trace along it (where each request stopped, what it read).
+    """
+    bandit_budgets = _check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
+    stream_budgets = _check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
+    if not names:
+        raise ConfigError("no schedulers to compare")
+    if len(set(names)) != len(names):
+        raise ConfigError(f"schedulers named twice: {sorted({n for n in names if list(names).count(n) > 1})}")
+    envs = {n: scheduler_env(n) for n in names}
+    for n, env in envs.items():  # unknown or unimportable names fail before any fitting
+        anytime_policy_class(n) if env == "anytime" else scheduler_class(n)
+    if any(e == "anytime" for e in envs.values()):
+        AnytimeTable.from_table(calib, cost_unit)  # the anytime env needs per-block costs (MACs)
+    kwargs = dict(scheduler_kwargs or {})
+    unknown = set(kwargs) - set(names)
+    if unknown:
+        raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
+    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
+    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
+                                      or torch_threads < 1):
+        raise ConfigError(f"torch_threads must be an integer ≥ 1 or None, got {torch_threads!r}")
+    if trace_process is not None:
+        make_budget_process(trace_process)  # a bad spec fails here, not after the fits
+    seeds = [int(s) for s in seeds]
+    if not seeds:
+        raise ConfigError("no seeds")
+    return [ComparisonJob(name=n, env=envs[n], seed=int(s), calib=calib, test=test, kwargs=dict(kwargs.get(n, {})),
+                          bandit_budgets=tuple(bandit_budgets), stream_budgets=tuple(stream_budgets),
+                          stream_variants=tuple(stream_variants), num_streams=int(num_streams), horizon=int(horizon),
+                          bucket_cap=float(bucket_cap), cost_unit=cost_unit, save=save, torch_threads=torch_threads,
+                          trace_process=trace_process if s == seeds[0] and envs[n] == "anytime" else None)
+            for s in seeds for n in names]
+
+
+#: ``runner(jobs, fn)`` → ``[fn(job) for job in jobs]`` in job order, however it spreads them (e.g.
+#: ``functools.partial(adainf_lab.distributed.run_jobs, workers=N)``: worker processes and/or torchrun ranks).
+JobRunner = Callable[[Sequence[ComparisonJob], Callable[[ComparisonJob], JobResult]], list[JobResult]]
+
+
 def run_comparison(
     names: Sequence[str],
     calib: OutcomeTable,
@@ -222,52 +369,55 @@ def run_comparison(
     scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     cost_unit: str = "macs",
     progress: bool = True,
-    on_fitted: Callable[[Scheduler, int], None] | None = None,
+    runner: JobRunner | None = None,
+    save_dir: str | os.PathLike | None = None,
+    torch_threads: int | None = None,
 ) -> list[dict[str, Any]]:
     """Fit every scheduler in ``names`` on ``calib`` once per seed and evaluate it on ``test``.
 
     The test table never trains or chooses anything (``lut_upper`` and ``oracle`` read it by definition and are
-    marked ``is_bound``). Returns all records (bandit sweep + one record per stream variant × average budget).
-    ``on_fitted(scheduler, seed)`` is called after each fit (e.g. to save the scheduler in the run directory).
-    """
-    from agents.registry import make_scheduler, scheduler_class  # the registry imports every scheduler module
+    marked ``is_bound``). Returns all records (bandit sweep + one record per stream variant × average budget), each
+    with ``env`` (``"plan"`` or ``"anytime"``) and ``fit_s``. ``names`` may mix both envs (see
+    :func:`comparison_jobs`).
 
-    bandit_budgets = _check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
-    stream_budgets = _check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
-    if not names:
-        raise ConfigError("no schedulers to compare")
-    for n in names:
-        scheduler_class(n)  # unknown names fail before any fitting
-    kwargs = dict(scheduler_kwargs or {})
-    unknown = set(kwargs) - set(names)
-    if unknown:
-        raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
-    floor = float(calib.plan_cost(cost_unit).min())
-    records: list[dict[str, Any]] = []
-    jobs = [(n, int(s)) for s in seeds for n in names]
-    for name, seed in tqdm(jobs, desc="fit+evaluate", disable=progress_disabled(progress)):
-        sched = make_scheduler(name, **dict(kwargs.get(name, {})))
-        t0 = time.perf_counter()
-        sched.fit(calib, seed=seed, cost_unit=cost_unit)
-        fit_s = time.perf_counter() - t0
-        if on_fitted is not None:
-            on_fitted(sched, seed)
-        recs = evaluate_bandit(sched, test, bandit_budgets, seed=seed) if bandit_budgets else []
-        for variant in stream_variants:
-            if variant not in ("shared", "periodic", "random_walk"):
-                # a process given as a spec (e.g. "trace:PATH"): evaluated once, labelled with its realised mean
-                recs.append(evaluate_stream(sched, test, variant, seed=seed, num_streams=num_streams,
-                                            horizon=horizon))
-                continue
-            for b in stream_budgets:
-                proc = stream_process_for(variant, b, floor)
-                recs.append(evaluate_stream(sched, test, proc, shared=(variant == "shared"), bucket_cap=bucket_cap,
-                                            seed=seed, num_streams=num_streams, horizon=horizon, budget_label=b,
-                                            variant=variant))
-        for r in recs:
-            r["fit_s"] = round(fit_s, 3)
-        records.extend(recs)
-    return records
+    The (scheduler, seed) jobs run one after another here (with a progress bar), or through ``runner`` (see
+    :data:`JobRunner`), which may spread them over processes: the records are the same either way, up to ``fit_s``.
+    ``save_dir``: write each fitted plan-env scheduler there as ``<name>__<seed>.npz``.
+    """
+    jobs = comparison_jobs(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
+                           stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
+                           horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=scheduler_kwargs,
+                           cost_unit=cost_unit, save=save_dir is not None, torch_threads=torch_threads)
+    results = run_comparison_jobs(jobs, runner=runner, progress=progress)
+    if save_dir is not None:
+        save_fitted(results, save_dir)
+    return [rec for r in results for rec in r.records]
+
+
+def run_comparison_jobs(jobs: Sequence[ComparisonJob], *, runner: JobRunner | None = None,
+                        progress: bool = True) -> list[JobResult]:
+    """Run the jobs one after another here (progress bar) or through ``runner``; results in job order."""
+    jobs = list(jobs)
+    if runner is None:
+        results = [comparison_job(j) for j in tqdm(jobs, desc="fit+evaluate", disable=progress_disabled(progress))]
+    else:
+        results = list(runner(jobs, comparison_job))
+    if len(results) != len(jobs) or any((r.name, r.seed) != (j.name, j.seed) for r, j in zip(results, jobs)):
+        raise RuntimeError("the job runner returned results out of job order")
+    return results
+
+
+def save_fitted(results: Sequence[JobResult], save_dir: str | os.PathLike) -> list[Path]:
+    """Write the fitted schedulers the jobs returned as ``save_dir/<name>__<seed>.npz`` (atomic); their paths."""
+    save_dir = Path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for r in results:
+        if r.saved is not None:
+            with atomic_write(save_dir / f"{r.name}__{r.seed}.npz", "wb") as fh:
+                fh.write(r.saved)
+            paths.append(save_dir / f"{r.name}__{r.seed}.npz")
+    return paths
 
 
 # Report writers under their older import path (agents.evaluation.harness); new code imports agents.evaluation.report.
