@@ -21,7 +21,8 @@ each compared scheduler takes its own options (the single-scheduler scripts have
 (mean ± std over seeds), ``aiq.json``, PNGs (accuracy vs budget; bounds shaded), TensorBoard events under ``tb/``;
 with anytime schedulers also ``anytime_vs_plan.png`` (accuracy vs mean cost of the anytime schedulers and the
 plan-env baselines), ``anytime_stopping_behaviour.png`` (where the best learned anytime policy and the calibrated
-cascade stop vs the confidence they read, under ``--behaviour-budget``) and its data ``anytime_traces.npz``; prints
+cascade stop vs the confidence they read, under the shifting ``--behaviour-budget``, by default refilling the shared
+token bucket) and its data ``anytime_traces.npz``; prints
 the markdown tables.
 """
 
@@ -74,8 +75,10 @@ class CompareConfig:
     workers: int = dataclasses.field(default=1, metadata={
         "help": "local worker processes for the (scheduler, seed) jobs (1: in this process); each uses one torch "
                 "thread. Under torchrun: workers per rank"})
-    behaviour_budget: str = dataclasses.field(default="step:values=0.2/0.45,every=50", metadata={
-        "help": "shifting per-request budget process of the anytime stopping-behaviour figure"})
+    behaviour_budget: str = dataclasses.field(default="step:values=0.2/0.4,every=50", metadata={
+        "help": "shifting budget process of the anytime stopping-behaviour figure"})
+    behaviour_shared: bool = dataclasses.field(default=True, metadata={
+        "help": "the behaviour budget refills a shared token bucket (--no-behaviour-shared: each request's budget)"})
     bandit_budgets: tuple[float, ...] = dataclasses.field(default=BANDIT_BUDGETS,
                                                           metadata={"help": "bandit per-request budgets"})
     stream_budgets: tuple[float, ...] = dataclasses.field(default=BANDIT_BUDGETS,
@@ -151,7 +154,7 @@ def _write_anytime_outputs(run_dir: Path, results: list[JobResult], summary: lis
     if not shown:  # no learner and no cascade traced: the best traced scripted policy
         shown = [n for n in [best_anytime(aiq, [n for n in traces if n != "anytime_oracle"])] if n is not None]
     p = plot_stopping_behaviour({n: traces[n] for n in shown}, run_dir / "anytime_stopping_behaviour.png",
-                                process=cfg.behaviour_budget)
+                                process=cfg.behaviour_budget, shared=cfg.behaviour_shared)
     out += [p] if p is not None else []
     return out
 
@@ -176,7 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
         stream_budgets=cfg.stream_budgets, stream_variants=cfg.stream_variants, num_streams=cfg.num_streams,
         horizon=cfg.horizon, bucket_cap=cfg.bucket_cap, scheduler_kwargs=json.loads(cfg.scheduler_kwargs),
         cost_unit=cfg.cost_unit, save=cfg.save_schedulers, torch_threads=1 if parallel else None,
-        trace_process=cfg.behaviour_budget if anytime_names else None)
+        trace_process=cfg.behaviour_budget if anytime_names else None, trace_shared=cfg.behaviour_shared)
     run_dir = None
     if dist.is_main:
         run_dir = make_run_dir(backbone=calib.meta.get("backbone", "table"), algo="compare", seed=cfg.seed_offset,

@@ -131,10 +131,12 @@ def _levels(budget: np.ndarray) -> tuple[np.ndarray, list[str]]:
 
 
 def plot_stopping_behaviour(traces: Mapping[str, Mapping[str, np.ndarray]], out_path: str | os.PathLike, *,
-                            process: str = "", max_points: int = 4000, seed: int = 0) -> Path | None:
-    """One row per traced policy (``{name: trace}``): (left) over the stream, the budget each request had and the
-    mean over streams of the cost paid and of the blocks run; (right) the cost at which each request stopped
-    against the confidence of the answer it read, coloured by budget level, with the mean cost per confidence bin.
+                            process: str = "", shared: bool = True, max_points: int = 4000,
+                            seed: int = 0) -> Path | None:
+    """One row per traced policy (``{name: trace}``): (left) over the stream, the process's budget (``shared``: the
+    token bucket's refill, i.e. the average budget; else each request's budget), the mean over streams of the cost
+    paid, of the budget available and of the blocks run; (right) the cost at which each request stopped against the
+    confidence of the answer it read, coloured by the process's budget level, with the mean cost per confidence bin.
     None when ``traces`` is empty. ``max_points`` requests (a seeded subsample) are drawn as dots."""
     import matplotlib
 
@@ -144,30 +146,37 @@ def plot_stopping_behaviour(traces: Mapping[str, Mapping[str, np.ndarray]], out_
     if not traces:
         return None
     level_colours = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-    fig, axes = plt.subplots(len(traces), 2, figsize=(12.5, 4.0 * len(traces)), squeeze=False,
+    fig, axes = plt.subplots(len(traces), 2, figsize=(12.5, 4.9 * len(traces)), squeeze=False,
                              gridspec_kw={"width_ratios": [1.25, 1.0]})
     rng = np.random.default_rng(seed)
     for (name, tr), (ax_t, ax_s) in zip(traces.items(), axes):
         cost, conf = np.asarray(tr["cost"], float), np.asarray(tr["conf"], float)
         blocks, given = np.asarray(tr["blocks"], float), np.asarray(tr["given"], float)
+        proc = np.asarray(tr["proc"], float)
         correct = np.asarray(tr["correct"], bool)
         t = np.arange(cost.shape[1])
-        ax_t.step(t, given.mean(axis=0), where="post", color="0.2", lw=1.4, label="budget per request")
+        ax_t.step(t, proc.mean(axis=0), where="post", color="0.2", lw=1.4,
+                  label="average budget (bucket refill)" if shared else "budget per request")
+        if shared:
+            ax_t.plot(t, np.minimum(given, 1.0).mean(axis=0), color="0.55", lw=0.9, ls=":",
+                      label="available in the bucket (mean)")
         ax_t.plot(t, cost.mean(axis=0), color="#1f77b4", lw=1.2, label="cost paid (mean over streams)")
         ax_t.set_ylabel("fraction of the full model")
         ax_t.set_xlabel("request in the stream")
-        ax_t.set_ylim(0, min(1.05, max(given.max(), cost.max()) * 1.15))
+        top = max(proc.max(), cost.max(), np.minimum(given, 1.0).mean(axis=0).max() if shared else 0.0)
+        ax_t.set_ylim(0, min(1.05, top * 1.1))
         ax_b = ax_t.twinx()
         ax_b.plot(t, blocks.mean(axis=0), color="#ff7f0e", lw=1.0, alpha=0.9, label="blocks run (mean, right axis)")
         ax_b.set_ylabel("blocks run")
         ax_b.set_ylim(0, max(1.0, blocks.max()) * 1.1)
         h1, l1 = ax_t.get_legend_handles_labels()
         h2, l2 = ax_b.get_legend_handles_labels()
-        ax_t.legend(h1 + h2, l1 + l2, fontsize=7.5, loc="lower left", framealpha=0.85)
+        ax_t.legend(h1 + h2, l1 + l2, fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2,
+                    frameon=False)
         ax_t.set_title(f"{name}: accuracy {100 * correct.mean():.1f} %, mean cost {cost.mean():.3f}, "
                        f"mean reads {np.mean(tr['reads']):.2f}", fontsize=9.5)
         ax_t.grid(alpha=0.3)
-        lv, labels = _levels(given.reshape(-1))
+        lv, labels = _levels(proc.reshape(-1))
         c, k, f = cost.reshape(-1), conf.reshape(-1), blocks.reshape(-1)
         pick = rng.permutation(c.size)[: min(max_points, c.size)]
         bins = np.linspace(0.0, 1.0, 11)
@@ -187,9 +196,10 @@ def plot_stopping_behaviour(traces: Mapping[str, Mapping[str, np.ndarray]], out_
         ax_s.set_ylabel("cost paid when it stopped")
         ax_s.set_xlim(0, 1.0)
         ax_s.grid(alpha=0.3)
-        ax_s.legend(fontsize=7.5, loc="upper right", framealpha=0.85)
+        ax_s.legend(fontsize=7.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=1, frameon=False)
         ax_s.set_title("where requests stop (dots: requests; lines: mean cost per confidence bin)", fontsize=9.5)
-    fig.suptitle(f"stopping behaviour under a shifting per-request budget{f' ({process})' if process else ''}, "
+    what = "average budget (token bucket)" if shared else "per-request budget"
+    fig.suptitle(f"stopping behaviour under a shifting {what}{f' ({process})' if process else ''}, first seed, "
                  "test table", fontsize=10.5)
     fig.tight_layout()
     return save_figure(fig, Path(out_path), dpi=120)

@@ -69,7 +69,8 @@ from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_any
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.evaluation.stream_processes import SWEPT_VARIANTS, stream_process_for
 from agents.progress import progress_disabled
-from agents.registry import anytime_policy_class, make_scheduler, scheduler_class, scheduler_env
+from agents.registry import (ANYTIME_BASELINES, BASELINES, anytime_policy_class, make_scheduler, scheduler_class,
+                             scheduler_env)
 
 __all__ = [
     "RECORD_FIELDS",
@@ -230,6 +231,7 @@ class ComparisonJob:
     save: bool = False  # return the fitted scheduler's .npz bytes (plan env; anytime policies have no saved form)
     torch_threads: int | None = None  # set torch's intra-op threads first (worker processes: 1)
     trace_process: str | None = None  # anytime env: also trace every request along this budget process
+    trace_shared: bool = True  # the traced process refills a token bucket (else it is each request's budget)
 
 
 @dataclasses.dataclass
@@ -284,7 +286,8 @@ def comparison_job(job: ComparisonJob) -> JobResult:
         with tempfile.TemporaryDirectory() as d:  # Scheduler.save writes a file; the bytes travel back instead
             saved = sched.save(Path(d) / "scheduler.npz").read_bytes()
     if job.trace_process is not None and job.env == "anytime":
-        trace = anytime_stream_trace(sched, job.test, job.trace_process, seed=seed, num_streams=job.num_streams,
+        trace = anytime_stream_trace(sched, job.test, job.trace_process, shared=job.trace_shared,
+                                     bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
                                      horizon=job.horizon)
     return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace)
 
@@ -306,6 +309,7 @@ def comparison_jobs(
     save: bool = False,
     torch_threads: int | None = None,
     trace_process: str | None = None,
+    trace_shared: bool = True,
 ) -> list[ComparisonJob]:
     """The checked (scheduler, seed) jobs of a comparison, seed-major (every scheduler of seed 0 first).
 
@@ -313,7 +317,8 @@ def comparison_jobs(
     :data:`agents.registry.ANYTIME_SCHEDULERS`). Unknown names, kwargs for schedulers not compared, bad budgets and
     anytime policies without a per-block cost breakdown are :class:`ConfigError` before anything is fitted.
     ``trace_process`` (a budget-process spec, e.g. ``step:values=0.2/0.45,every=50``): the anytime jobs of the first
-    seed also return a per-request trace along it (where each request stopped, what it read).
+    seed also return a per-request trace along it (where each request stopped, what it read), refilling a token
+    bucket (``trace_shared``) or as each request's own budget.
     """
     bandit_budgets = _check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
     stream_budgets = _check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
@@ -345,7 +350,8 @@ def comparison_jobs(
                           bandit_budgets=tuple(bandit_budgets), stream_budgets=tuple(stream_budgets),
                           stream_variants=tuple(stream_variants), num_streams=int(num_streams), horizon=int(horizon),
                           bucket_cap=float(bucket_cap), cost_unit=cost_unit, save=save, torch_threads=torch_threads,
-                          trace_process=trace_process if s == seeds[0] and envs[n] == "anytime" else None)
+                          trace_process=trace_process if s == seeds[0] and envs[n] == "anytime" else None,
+                          trace_shared=bool(trace_shared))
             for s in seeds for n in names]
 
 
@@ -401,7 +407,14 @@ def run_comparison_jobs(jobs: Sequence[ComparisonJob], *, runner: JobRunner | No
     if runner is None:
         results = [comparison_job(j) for j in tqdm(jobs, desc="fit+evaluate", disable=progress_disabled(progress))]
     else:
-        results = list(runner(jobs, comparison_job))
+        # learners first: the long fits start early and the quick baselines fill the gaps at the end
+        order = sorted(range(len(jobs)), key=lambda i: jobs[i].name in BASELINES or jobs[i].name in ANYTIME_BASELINES)
+        done = list(runner([jobs[i] for i in order], comparison_job))
+        if len(done) != len(jobs):
+            raise RuntimeError("the job runner returned a different number of results than jobs")
+        results = [None] * len(jobs)
+        for i, r in zip(order, done):
+            results[i] = r
     if len(results) != len(jobs) or any((r.name, r.seed) != (j.name, j.seed) for r, j in zip(results, jobs)):
         raise RuntimeError("the job runner returned results out of job order")
     return results
