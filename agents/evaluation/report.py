@@ -25,7 +25,7 @@ METRICS = ("accuracy", "mean_cost", "mean_budget", "overrun_rate", "mean_overrun
 
 
 def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds per (scheduler, setting, variant, budget).
+    """Mean ± std over seeds per (scheduler, env, setting, variant, budget); ``env`` is "plan" or "anytime".
 
     ``std`` is the sample standard deviation over seeds (ddof = 1; 0 for a single seed). With more than one seed the
     row also holds ``accuracy_ci_lo``/``accuracy_ci_hi``: a 95 % percentile-bootstrap interval of the mean over seeds
@@ -38,11 +38,13 @@ def summarize(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
                    if k not in r]
         if missing:
             raise ConfigError(f"record lacks {missing}: {dict(r)!r:.200}")
-        groups[(r["scheduler"], r["setting"], r.get("variant", ""), float(r["budget"]))].append(r)
+        groups[(r["scheduler"], r.get("env", "plan"), r["setting"], r.get("variant", ""),
+                float(r["budget"]))].append(r)
     out = []
-    for (name, setting, variant, budget), rs in groups.items():
-        row: dict[str, Any] = {"scheduler": name, "is_bound": bool(rs[0].get("is_bound", False)), "setting": setting,
-                               "variant": variant, "budget": budget, "n_seeds": len({r["seed"] for r in rs})}
+    for (name, env, setting, variant, budget), rs in groups.items():
+        row: dict[str, Any] = {"scheduler": name, "env": env, "is_bound": bool(rs[0].get("is_bound", False)),
+                               "setting": setting, "variant": variant, "budget": budget,
+                               "n_seeds": len({r["seed"] for r in rs})}
         if "process_spec" in rs[0]:
             row["process_spec"] = str(rs[0]["process_spec"])
         for m in METRICS:
@@ -68,10 +70,12 @@ def aiq_summary(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """
     curves: dict[tuple, dict[int, dict[float, float]]] = defaultdict(lambda: defaultdict(dict))
     bound: dict[tuple, bool] = {}
+    overruns: dict[tuple, list[float]] = defaultdict(list)
     for r in records:
-        key = (r["scheduler"], r["setting"], r.get("variant", ""))
+        key = (r["scheduler"], r["setting"], r.get("variant", ""), r.get("env", "plan"))
         curves[key][int(r["seed"])][float(r["budget"])] = float(r["accuracy"])
         bound[key] = bool(r.get("is_bound", False))
+        overruns[key].append(float(r.get("overrun_rate", 0.0)))
     out = []
     for key, by_seed in curves.items():
         grids = {tuple(sorted(c)) for c in by_seed.values()}
@@ -82,7 +86,9 @@ def aiq_summary(records: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if grid.size < 2:
             continue
         areas = np.array([np.trapezoid([c[b] for b in grid], grid) / (grid[-1] - grid[0]) for c in by_seed.values()])
-        out.append({"scheduler": key[0], "is_bound": bound[key], "setting": key[1], "variant": key[2],
+        # An area is only comparable among schedulers that meet their budgets: the mean overrun rate says which.
+        out.append({"scheduler": key[0], "env": key[3], "is_bound": bound[key], "setting": key[1], "variant": key[2],
+                    "overrun_rate_mean": float(np.mean(overruns[key])),
                     "n_seeds": int(areas.size), "budget_lo": float(grid[0]), "budget_hi": float(grid[-1]),
                     "n_budgets": int(grid.size), "aiq_mean": float(areas.mean()),
                     "aiq_std": float(areas.std(ddof=1)) if areas.size > 1 else 0.0})
@@ -97,9 +103,11 @@ def aiq_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                     key=lambda r: -r["aiq_mean"])
         lo, hi = rs[0]["budget_lo"], rs[0]["budget_hi"]
         lines = [f"**{setting} / {variant} — AIQ**: accuracy % averaged over budgets {lo:g}…{hi:g} (trapezoid), "
-                 "mean±std over seeds", "", "| scheduler | AIQ % | seeds |", "|---|---|---|"]
-        lines += [f"| {r['scheduler']}{' (bound)' if r['is_bound'] else ''} | "
-                  f"{_pm(r['aiq_mean'], r['aiq_std'], 100, 2)} | {r['n_seeds']} |" for r in rs]
+                 "mean±std over seeds; overrun: mean share of requests over their budget (an AIQ with overruns does "
+                 "not meet the budget)", "", "| scheduler | env | AIQ % | overrun % | seeds |", "|---|---|---|---|---|"]
+        lines += [f"| {r['scheduler']}{' (bound)' if r['is_bound'] else ''} | {r.get('env', 'plan')} | "
+                  f"{_pm(r['aiq_mean'], r['aiq_std'], 100, 2)} | {100 * r.get('overrun_rate_mean', 0.0):.1f} | "
+                  f"{r['n_seeds']} |" for r in rs]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
@@ -154,10 +162,10 @@ def scheduler_style(names: Sequence[str]) -> dict[str, dict[str, Any]]:
 
 def _panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
     """Schedulers split into panels: learned (not registry baselines), baselines; bounds are drawn in every panel."""
-    from agents.registry import BASELINES  # the registry module is light (lazy imports)
+    from agents.registry import ANYTIME_BASELINES, BASELINES  # the registry module is light (lazy imports)
 
     names = list(dict.fromkeys(s["scheduler"] for s in rows if not s["is_bound"]))
-    learned = [n for n in names if n.split("+")[0].split("-")[0] not in BASELINES]
+    learned = [n for n in names if n.split("+")[0].split("-")[0] not in BASELINES + ANYTIME_BASELINES]
     base = [n for n in names if n not in learned]
     return [(t, ns) for t, ns in (("learned schedulers", learned), ("baselines", base)) if ns]
 
