@@ -31,12 +31,10 @@ import os
 from typing import Any
 
 import numpy as np
-from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space
 
 from adainf_env.anytime_vec import END_KEYS, READ_KEYS, STEP_KEYS, AnytimeVecEnv
-from adainf_env.gym_vector import seed_and_options
-from adainf_env.options import RENDER_MODES, AnytimeOptions
+from adainf_env.gym_vector import CoreVectorEnv, seed_and_options
+from adainf_env.options import AnytimeOptions
 from adainf_env.outcomes import OutcomeTable
 
 __all__ = ["AnytimeVectorEnv"]
@@ -51,12 +49,10 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.where(mask, values, np.zeros((), dtype=values.dtype))
 
 
-class AnytimeVectorEnv(VectorEnv):
+class AnytimeVectorEnv(CoreVectorEnv):
     """``num_envs`` anytime envs as a Gymnasium ``VectorEnv`` (see the module docstring); arguments as
     :class:`~adainf_env.anytime.AnytimeEnv` (table mode; no table → the shipped reference calibration table).
     ``self.core`` is the underlying :class:`~adainf_env.anytime_vec.AnytimeVecEnv`."""
-
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -67,24 +63,12 @@ class AnytimeVectorEnv(VectorEnv):
         options: AnytimeOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        self.core = AnytimeVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs)
-        self.num_envs = self.core.num_envs
-        self.single_observation_space = self.core.observation_space
-        self.single_action_space = self.core.action_space
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.render_mode = self.core.render_mode
-        self._every = np.ones(self.num_envs, dtype=bool)
-        self._every.flags.writeable = False
+        self._adopt(AnytimeVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
         self._no_trunc = np.zeros(self.num_envs, dtype=bool)
 
     @property
     def options(self) -> AnytimeOptions:
         return self.core.options
-
-    def action_masks(self) -> np.ndarray:
-        """``[N, 4]`` valid actions per env (see :meth:`AnytimeVecEnv.action_masks`)."""
-        return self.core.action_masks()
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         core = self.core
@@ -129,9 +113,3 @@ class AnytimeVectorEnv(VectorEnv):
             out[i] = ({k: v[i].copy() for k, v in batched.items()} if isinstance(batched, dict)
                       else batched[i].copy())
         return out
-
-    def render(self) -> tuple[Any, ...] | None:
-        """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""
-        if self.render_mode is None:
-            return None
-        return tuple(self.core.render_one(i) for i in range(self.num_envs))

@@ -35,7 +35,7 @@ from adainf_env.options import RENDER_MODES, EnvOptions
 from adainf_env.outcomes import OutcomeTable
 from adainf_env.vec_env import AdaInfVecEnv
 
-__all__ = ["AdaInfVectorEnv", "seed_and_options"]
+__all__ = ["AdaInfVectorEnv", "CoreVectorEnv", "seed_and_options"]
 
 _STEP_KEYS = ("plan", "cost", "correct", "overrun", "budget", "sample")
 
@@ -56,12 +56,45 @@ def seed_and_options(core: Any, seed: int | list[int | None] | None, options: di
     return seed if isinstance(seed, int) else None
 
 
-class AdaInfVectorEnv(VectorEnv):
+class CoreVectorEnv(VectorEnv):
+    """What both Gymnasium adapters over a numpy-batched core (:class:`~adainf_env.vec_env.AdaInfVecEnv`,
+    :class:`~adainf_env.anytime_vec.AnytimeVecEnv`) share: the batched spaces, ``options``, ``action_masks``,
+    ``render`` and a read-only all-True ``_key`` mask (``self._every``). A subclass builds its core and calls
+    :meth:`_adopt`; ``reset``/``step`` are its own (the autoreset bookkeeping differs)."""
+
+    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": list(RENDER_MODES), "render_fps": 4}
+
+    def _adopt(self, core: Any) -> None:
+        """Take ``core`` as ``self.core`` and its single-env spaces, batched ``num_envs`` times."""
+        self.core = core
+        self.num_envs = core.num_envs
+        self.single_observation_space = core.observation_space
+        self.single_action_space = core.action_space
+        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
+        self.action_space = batch_space(self.single_action_space, self.num_envs)
+        self.render_mode = core.render_mode
+        self._every = np.ones(self.num_envs, dtype=bool)
+        self._every.flags.writeable = False
+
+    @property
+    def options(self) -> Any:
+        return self.core.options
+
+    def action_masks(self) -> np.ndarray:
+        """``[N, A]`` valid actions per env (see the core's ``action_masks``)."""
+        return self.core.action_masks()
+
+    def render(self) -> tuple[Any, ...] | None:
+        """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""
+        if self.render_mode is None:
+            return None
+        return tuple(self.core.render_one(i) for i in range(self.num_envs))
+
+
+class AdaInfVectorEnv(CoreVectorEnv):
     """``num_envs`` AdaInf envs as a Gymnasium ``VectorEnv``; arguments as :class:`~adainf_env.env.AdaInfEnv`
     (table mode; no table → the shipped reference calibration table). ``self.core`` is the underlying
     :class:`~adainf_env.vec_env.AdaInfVecEnv` (``get_state``/``set_state``, ``action_masks``)."""
-
-    metadata = {"autoreset_mode": AutoresetMode.SAME_STEP, "render_modes": list(RENDER_MODES), "render_fps": 4}
 
     def __init__(
         self,
@@ -72,27 +105,15 @@ class AdaInfVectorEnv(VectorEnv):
         options: EnvOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        self.core = AdaInfVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs)
-        self.num_envs = self.core.num_envs
-        self.single_observation_space = self.core.observation_space
-        self.single_action_space = self.core.action_space
-        self.observation_space = batch_space(self.single_observation_space, self.num_envs)
-        self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self.render_mode = self.core.render_mode
+        self._adopt(AdaInfVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
         n = self.num_envs
-        # Every env ends its episode on the same step: one read-only all-True "_key" mask serves every info key.
-        self._every = np.ones(n, dtype=bool)
-        self._every.flags.writeable = False
+        # Every env ends its episode on the same step: the read-only all-True "_key" mask serves every info key.
         self._all_done = np.ones(n, dtype=bool)
         self._none_done = np.zeros(n, dtype=bool)
 
     @property
     def options(self) -> EnvOptions:
         return self.core.options
-
-    def action_masks(self) -> np.ndarray:
-        """``[N, P]`` valid plans per env (see :meth:`AdaInfVecEnv.action_masks`)."""
-        return self.core.action_masks()
 
     def reset(self, *, seed: int | list[int | None] | None = None, options: dict[str, Any] | None = None):
         self._np_random_seed = seed_and_options(self.core, seed, options)
@@ -117,9 +138,3 @@ class AdaInfVectorEnv(VectorEnv):
         else:
             infos = step_info
         return obs, rewards, (self._all_done if done else self._none_done).copy(), self._none_done.copy(), infos
-
-    def render(self) -> tuple[Any, ...] | None:
-        """One frame (``"rgb_array"``) or text line (``"ansi"``) per env of its last step."""
-        if self.render_mode is None:
-            return None
-        return tuple(self.core.render_one(i) for i in range(self.num_envs))
