@@ -14,7 +14,7 @@ from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP,
                                      BlockCosts, RequestBatch)
 from adainf_env.anytime_render import pending_record, render_anytime, step_record
 from adainf_env.costs import count_macs, measure_macs
-from adainf_env.env_core import ActionError, RequestDraws, source_table
+from adainf_env.env_core import ActionError, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.live import LiveRunner, LiveSource
 from adainf_env.options import RENDER_MODES, AnytimeOptions
@@ -152,8 +152,7 @@ class AnytimeEnv(gym.Env):
         options: AnytimeOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
-        table = source_table(table, table_path, live)
+        opts, table = resolve_env_inputs(AnytimeOptions, options, option_kwargs, table=table, table_path=table_path, live=live)
         self._live: AnytimeLiveRunner | None = None
         if live is not None:
             self._live = AnytimeLiveRunner(live)

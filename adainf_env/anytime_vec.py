@@ -21,8 +21,8 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from adainf_env.anytime_core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
 from adainf_env.anytime_render import pending_record, render_anytime, step_record
-from adainf_env.env_core import RequestDraws, source_table
-from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.env_core import RequestDraws, resolve_env_inputs
+from adainf_env.errors import AdaInfError
 from adainf_env.options import RENDER_MODES, AnytimeOptions
 from adainf_env.outcomes import OutcomeTable
 from adainf_env.reward import overrun_paid
@@ -61,10 +61,8 @@ class AnytimeVecEnv(BatchedVecEnv):
         options: AnytimeOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        table = source_table(table, table_path)
+        opts, table = resolve_env_inputs(AnytimeOptions, options, option_kwargs, table=table, table_path=table_path,
+                                         num_envs=num_envs)
         self.table = table
         self.options = opts
         self.cfg = c = AnytimeConfig.build(table=AnytimeTable.from_table(table, opts.cost_unit),

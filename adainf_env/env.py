@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from adainf_env.env_core import ActionError, EnvConfig, RequestDraws, source_table
+from adainf_env.env_core import ActionError, EnvConfig, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.live import LiveRunner, LiveSource
@@ -118,8 +118,7 @@ class AdaInfEnv(gym.Env):
         options: EnvOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts = EnvOptions.from_kwargs(options, **option_kwargs)
-        table = source_table(table, table_path, live)
+        opts, table = resolve_env_inputs(EnvOptions, options, option_kwargs, table=table, table_path=table_path, live=live)
         self.options = opts
         self._live: LiveRunner | None = None
         if live is not None:

@@ -32,7 +32,7 @@ from adainf_env.outcomes import OutcomeTable, codes_from_masks, load_table
 from adainf_env.reference_tables import reference_table_path
 
 __all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "RequestDraws", "observation_parts", "observation_space",
-           "parse_reset_options", "source_table", "space_of_parts"]
+           "parse_reset_options", "resolve_env_inputs", "source_table", "space_of_parts"]
 
 RNG_CHUNK = 1024  # uniforms drawn per refill of the budget buffer (part of the seeding contract; do not vary)
 
@@ -84,6 +84,19 @@ def source_table(table: OutcomeTable | None, table_path: str | os.PathLike | Non
     if table is None and live is None:
         table = load_table(table_path if table_path is not None else reference_table_path("calib"))
     return table
+
+
+def resolve_env_inputs(options_type: Any, options: Any, option_kwargs: Mapping[str, Any], *,
+                       table: OutcomeTable | None, table_path: str | os.PathLike | None, live: Any = None,
+                       num_envs: Any = None) -> tuple[Any, OutcomeTable | None]:
+    """What every AdaInf env constructor does first: its options (``options_type.from_kwargs(options,
+    **option_kwargs)``), then, for a vec env, a check of ``num_envs``, then the table it serves (:func:`source_table`).
+    Returns ``(options, table)``; bad input → :class:`ConfigError`."""
+    opts = options_type.from_kwargs(options, **option_kwargs)
+    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer))
+                                 or num_envs < 1):
+        raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
+    return opts, source_table(table, table_path, live)
 
 
 def observation_parts(feature_dim: int, options: EnvOptions) -> dict[str, spaces.Box]:

@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, source_table
+from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.options import EnvOptions
@@ -97,10 +97,8 @@ class AdaInfVecEnv(BatchedVecEnv):
         options: EnvOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts = EnvOptions.from_kwargs(options, **option_kwargs)
-        if isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer)) or num_envs < 1:
-            raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
-        table = source_table(table, table_path)
+        opts, table = resolve_env_inputs(EnvOptions, options, option_kwargs, table=table, table_path=table_path,
+                                         num_envs=num_envs)
         self.table = table
         self.options = opts
         self.cfg = c = EnvConfig.from_table(table, opts)
