@@ -14,7 +14,7 @@ from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP,
                                      BlockCosts, RequestBatch)
 from adainf_env.anytime_render import pending_record, render_anytime, step_record
 from adainf_env.costs import count_macs, measure_macs
-from adainf_env.env_core import ActionError, RequestDraws, resolve_env_inputs
+from adainf_env.env_core import ActionError, AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.live import LiveRunner, LiveSource
 from adainf_env.options import RENDER_MODES, AnytimeOptions
@@ -24,7 +24,7 @@ from adainf_env.reward import overrun_paid
 __all__ = ["AnytimeEnv", "AnytimeLiveRunner", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
 
 
-class AnytimeEnv(gym.Env):
+class AnytimeEnv(AnytimeConfigViews, gym.Env):
     """AdaInf anytime inference: serve a request block by block, read the network's answer when it pays, stop.
 
     ## Description
@@ -180,20 +180,8 @@ class AnytimeEnv(gym.Env):
 
     # ------------------------------------------------------------------ properties
     @property
-    def block_costs(self) -> BlockCosts:
-        return self.cfg.table.costs
-
-    @property
     def num_blocks(self) -> int:
         return self.cfg.table.num_blocks
-
-    @property
-    def lam(self) -> float:
-        return self.cfg.lam
-
-    @property
-    def budget_process(self):
-        return self.cfg.process
 
     @property
     def state(self) -> RequestBatch:

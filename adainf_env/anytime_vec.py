@@ -21,7 +21,7 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepR
 
 from adainf_env.anytime_core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
 from adainf_env.anytime_render import pending_record, render_anytime, step_record
-from adainf_env.env_core import RequestDraws, resolve_env_inputs
+from adainf_env.env_core import AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError
 from adainf_env.options import RENDER_MODES, AnytimeOptions
 from adainf_env.outcomes import OutcomeTable
@@ -38,7 +38,7 @@ END_KEYS = ("plan", "pred", "correct", "num_reads")
 _ACTION_NAMES = np.array(ACTION_NAMES, dtype=object)
 
 
-class AnytimeVecEnv(BatchedVecEnv):
+class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
     """N anytime envs over one outcome table, stepped together.
 
     Arguments are those of :class:`~adainf_env.anytime.AnytimeEnv` (table mode; no table → the shipped reference
@@ -244,18 +244,6 @@ class AnytimeVecEnv(BatchedVecEnv):
     def state(self) -> RequestBatch:
         """The requests in flight (read-only use)."""
         return self._batch
-
-    @property
-    def block_costs(self):
-        return self.cfg.table.costs
-
-    @property
-    def lam(self) -> float:
-        return self.cfg.lam
-
-    @property
-    def budget_process(self):
-        return self.cfg.process
 
     def render_one(self, i: int) -> np.ndarray | str | None:
         """Env ``i``'s last step as the render mode asks (its pending request before the first step)."""

@@ -8,7 +8,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from adainf_env.env_core import ActionError, EnvConfig, RequestDraws, resolve_env_inputs
+from adainf_env.env_core import ActionError, EnvConfig, PlanConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.live import LiveRunner, LiveSource
@@ -20,7 +20,7 @@ from adainf_env.reward import overrun_paid, step_reward
 __all__ = ["AdaInfEnv", "LiveSource", "ActionError"]
 
 
-class AdaInfEnv(gym.Env):
+class AdaInfEnv(PlanConfigViews, gym.Env):
     """Choose which blocks of a network to run for each inference request, under a compute budget.
 
     ## Description
@@ -154,23 +154,6 @@ class AdaInfEnv(gym.Env):
         self._budget = 1.0
         self._obs: Any = None
         self._last: dict[str, Any] | None = None  # the last step's outcome, for render()
-
-    # ------------------------------------------------------------------ public properties
-    @property
-    def plan_masks(self) -> np.ndarray:
-        return self.cfg.plan_masks
-
-    @property
-    def plan_cost(self) -> np.ndarray:
-        return self.cfg.cost
-
-    @property
-    def budget_process(self):
-        return self.cfg.process
-
-    @property
-    def lam(self) -> float:
-        return self.cfg.lam
 
     # ------------------------------------------------------------------ randomness
     def _draw(self) -> tuple[int, int]:

@@ -31,7 +31,8 @@ from adainf_env.options import EnvOptions
 from adainf_env.outcomes import OutcomeTable, codes_from_masks, load_table
 from adainf_env.reference_tables import reference_table_path
 
-__all__ = ["ActionError", "EnvConfig", "RNG_CHUNK", "RequestDraws", "observation_parts", "observation_space",
+__all__ = ["ActionError", "AnytimeConfigViews", "ConfigViews", "EnvConfig", "PlanConfigViews", "RNG_CHUNK",
+           "RequestDraws", "observation_parts", "observation_space",
            "parse_reset_options", "resolve_env_inputs", "source_table", "space_of_parts"]
 
 RNG_CHUNK = 1024  # uniforms drawn per refill of the budget buffer (part of the seeding contract; do not vary)
@@ -84,6 +85,41 @@ def source_table(table: OutcomeTable | None, table_path: str | os.PathLike | Non
     if table is None and live is None:
         table = load_table(table_path if table_path is not None else reference_table_path("calib"))
     return table
+
+
+class ConfigViews:
+    """Read-only views of ``self.cfg`` that every AdaInf env (single or batched, plan or anytime) exposes: the
+    Lagrange multiplier ``lam`` (λ; the Lagrangian learners move it through ``cfg.lam``) and the budget process."""
+
+    cfg: Any
+
+    @property
+    def lam(self) -> float:
+        return self.cfg.lam
+
+    @property
+    def budget_process(self) -> BudgetProcess:
+        return self.cfg.process
+
+
+class PlanConfigViews(ConfigViews):
+    """:class:`ConfigViews` plus the plan envs' plans: ``plan_masks`` [P, B] bool and ``plan_cost`` [P]."""
+
+    @property
+    def plan_masks(self) -> np.ndarray:
+        return self.cfg.plan_masks
+
+    @property
+    def plan_cost(self) -> np.ndarray:
+        return self.cfg.cost
+
+
+class AnytimeConfigViews(ConfigViews):
+    """:class:`ConfigViews` plus the anytime envs' per-block costs (an ``anytime_core.BlockCosts``)."""
+
+    @property
+    def block_costs(self) -> Any:
+        return self.cfg.table.costs
 
 
 def resolve_env_inputs(options_type: Any, options: Any, option_kwargs: Mapping[str, Any], *,

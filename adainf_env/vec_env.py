@@ -29,7 +29,7 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, resolve_env_inputs
+from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, PlanConfigViews, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.options import EnvOptions
@@ -78,7 +78,7 @@ class LazyInfos(Sequence):
         return f"LazyInfos(n={self._n})"
 
 
-class AdaInfVecEnv(BatchedVecEnv):
+class AdaInfVecEnv(PlanConfigViews, BatchedVecEnv):
     """N AdaInf envs over one outcome table, stepped together with numpy.
 
     Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only; no table → the shipped reference
@@ -433,22 +433,6 @@ class AdaInfVecEnv(BatchedVecEnv):
 
     _SHARED_ATTRS = ("render_mode", "mode", "cfg", "table", "plan_masks", "plan_cost", "lam", "observation_space",
                      "action_space", "budget_process", "metadata", "spec")
-
-    @property
-    def plan_masks(self) -> np.ndarray:
-        return self.cfg.plan_masks
-
-    @property
-    def plan_cost(self) -> np.ndarray:
-        return self.cfg.cost
-
-    @property
-    def lam(self) -> float:
-        return self.cfg.lam
-
-    @property
-    def budget_process(self):
-        return self.cfg.process
 
     def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
         """Copies of every env's pending request: (table rows [N] int64, budgets [N] float64)."""
