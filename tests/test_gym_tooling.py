@@ -164,17 +164,25 @@ VEC_SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("env_id,kw", VEC_SETTINGS)
-def test_vector_env_equals_gymnasium_sync_same_step(env_id, kw, toy):
-    n = 4
-    fast = gym.make_vec(env_id, num_envs=n, table=toy, **kw)
-    slow = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync", table=toy,
+def _fast_and_sync(env_id, n, table, kw):
+    """``n`` envs as the id's own ``make_vec`` VectorEnv and as Gymnasium's SyncVectorEnv of single envs (same-step
+    autoreset), plus an observation equality for ``kw``'s obs format."""
+    fast = gym.make_vec(env_id, num_envs=n, table=table, **kw)
+    slow = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync", table=table,
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kw)
     flat = kw.get("obs_format") == "flat"
 
     def same_obs(a, b):
         return np.array_equal(a, b) if flat else all(np.array_equal(a[k], b[k]) for k in b)
 
+    return fast, slow, same_obs
+
+
+@pytest.mark.parametrize("env_id,kw", VEC_SETTINGS)
+def test_vector_env_equals_gymnasium_sync_same_step(env_id, kw, toy):
+    n = 4
+    fast, slow, same_obs = _fast_and_sync(env_id, n, toy, kw)
+    flat = kw.get("obs_format") == "flat"
     of, inf_f = fast.reset(seed=3)
     os_, inf_s = slow.reset(seed=3)
     assert same_obs(of, os_)
@@ -324,14 +332,8 @@ def test_anytime_vector_env_equals_gymnasium_sync_same_step(kw, toy_anytime):
     """Episodes end at different steps per env: final_obs / final_info / the new requests' sample and budget land
     exactly where Gymnasium's own SyncVectorEnv (same-step autoreset, of single AnytimeEnvs) puts them."""
     n = 5
-    fast = gym.make_vec(ANYTIME_ID, num_envs=n, table=toy_anytime, **kw)
-    slow = gym.make_vec(ANYTIME_ID, num_envs=n, vectorization_mode="sync", table=toy_anytime,
-                        vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kw)
+    fast, slow, same_obs = _fast_and_sync(ANYTIME_ID, n, toy_anytime, kw)
     flat = kw.get("obs_format") == "flat"
-
-    def same_obs(a, b):
-        return np.array_equal(a, b) if flat else all(np.array_equal(a[k], b[k]) for k in b)
-
     of, inf_f = fast.reset(seed=3)
     os_, inf_s = slow.reset(seed=3)
     assert same_obs(of, os_)
