@@ -8,17 +8,16 @@ these tests need nothing outside the repository.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+from _archives import noise_jpeg_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 RECORD_KEYS = {"scheduler", "setting", "budget", "seed", "accuracy", "mean_cost", "overrun_rate"}
@@ -144,22 +143,9 @@ def test_resnet32_cifar100_needs_data(tmp_path):
 def _fake_cifar100_archive(path: Path, per_class: dict[str, int]) -> Path:
     """A tiny image-folder archive with CIFAR-100's 100 class folders (random-noise JPEGs): exercises the same code
     path as the real dataset without shipping it."""
-    from PIL import Image
-
     from adainf_env.data import CIFAR100_CLASSES
 
-    rng = np.random.default_rng(0)
-    with tarfile.open(path, "w:gz") as tar:
-        for split, n in per_class.items():
-            for c in CIFAR100_CLASSES:
-                for i in range(n):
-                    buf = io.BytesIO()
-                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                    info = tarfile.TarInfo(f"{split}/{c}/{i:04d}.jpg")
-                    info.size = buf.tell()
-                    buf.seek(0)
-                    tar.addfile(info, buf)
-    return path
+    return noise_jpeg_archive(path, CIFAR100_CLASSES, per_class)
 
 
 def test_resnet32_cifar100_smoke(tmp_path):

@@ -5,15 +5,13 @@ resume after a kill, and the combine step."""
 
 from __future__ import annotations
 
-import io
 import json
 import sys
-import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+from _archives import noise_jpeg_archive
 
 ROOT = Path(__file__).resolve().parents[1]
 BUDGETS = ["0.2", "0.5", "1.0"]
@@ -32,23 +30,11 @@ def _isolated(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_inputs(tmp_path_factory) -> dict[str, Path]:
     """A CIFAR-10-layout archive (12 train / 4 test noise images per class) and a width-4 ResNet18 checkpoint."""
-    from PIL import Image
-
     from adainf_env.backbones import resnet18_cifar
     from adainf_env.data import CIFAR10_CLASSES
 
     d = tmp_path_factory.mktemp("inputs")
-    rng = np.random.default_rng(0)
-    with tarfile.open(d / "c10.tgz", "w:gz") as tar:
-        for split, n in (("train", 12), ("test", 4)):
-            for c in CIFAR10_CLASSES:
-                for i in range(n):
-                    buf = io.BytesIO()
-                    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="JPEG")
-                    info = tarfile.TarInfo(f"{split}/{c}/{i:04d}.jpg")
-                    info.size = buf.tell()
-                    buf.seek(0)
-                    tar.addfile(info, buf)
+    noise_jpeg_archive(d / "c10.tgz", CIFAR10_CLASSES, {"train": 12, "test": 4})
     torch.manual_seed(0)
     torch.save(resnet18_cifar(width=4).state_dict(), d / "tiny.pt")
     return {"data": d / "c10.tgz", "checkpoint": d / "tiny.pt"}
