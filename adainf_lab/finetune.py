@@ -52,12 +52,13 @@ from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.data import load_images, make_splits
 from adainf_env.errors import CheckpointError, ConfigError, TableMismatchError
 from adainf_env.executor import AdaptiveExecutor
-from adainf_env.feasibility import lut_choice, overrun_amount
+from adainf_env.feasibility import lut_choice
 from adainf_env.fileio import atomic_torch_save, atomic_write_json, safe_torch_load, save_figure, sha256_file
 from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, save_table
 from adainf_env.table_builder import all_plans, build_table
+from adainf_lab.data import evenly_spaced
 from adainf_lab.rundir import make_run_dir, save_config
-from agents.evaluation.harness import BANDIT_BUDGETS, RECORD_FIELDS, evaluate_bandit, summarize, write_results
+from agents.evaluation.harness import BANDIT_BUDGETS, decision_record, evaluate_bandit, summarize, write_results
 from agents.learners.hinge_live import FINETUNE_MODES, LiveHingeTrainer, merge_lora
 
 __all__ = ["FinetuneConfig", "PRESETS", "resolved_sizes", "run_finetune", "train_live", "combine_runs",
@@ -196,15 +197,6 @@ def _device(name: str) -> torch.device:
     return torch.device("cuda" if name == "auto" and torch.cuda.is_available() else ("cpu" if name == "auto" else name))
 
 
-def _evenly_spaced(indices: np.ndarray, n: int) -> np.ndarray:
-    """``n`` evenly spaced entries of sorted ``indices`` (image-folder archives are sorted by class: the first n
-    would hold one or two classes)."""
-    indices = np.asarray(indices, dtype=np.int64)
-    if n >= len(indices):
-        return indices
-    return indices[np.unique(np.linspace(0, len(indices) - 1, int(n)).round().astype(np.int64))]
-
-
 class _Stages:
     """Wall / process-CPU seconds of each stage (run_summary.json), so a CPU budget can be checked per stage."""
 
@@ -235,21 +227,6 @@ def augment(images: torch.Tensor, gen: torch.Generator, pad: int = 4) -> torch.T
 
 
 # --------------------------------------------------------------------------------------------------- evaluation
-def _record(name: str, *, is_bound: bool, budget: float, seed: int, correct: np.ndarray, cost: np.ndarray,
-            plans: np.ndarray, num_plans: int, extra: dict[str, Any]) -> dict[str, Any]:
-    """A bandit record (keys of :data:`agents.evaluation.harness.RECORD_FIELDS`) for decisions executed live."""
-    given = np.full(len(cost), float(budget))
-    over = overrun_amount(cost, given)
-    hist = np.bincount(np.asarray(plans, dtype=np.int64), minlength=num_plans)
-    rec = {"scheduler": name, "is_bound": is_bound, "setting": "bandit", "variant": "fixed", "budget": float(budget),
-           "seed": int(seed), "accuracy": float(np.mean(correct)), "mean_cost": float(np.mean(cost)),
-           "mean_budget": float(budget), "overrun_rate": float(np.mean(over > 1e-9)),
-           "mean_overrun": float(np.mean(over)), "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)},
-           "num_requests": int(len(cost)), **extra}
-    assert set(RECORD_FIELDS) <= set(rec)
-    return rec
-
-
 @torch.no_grad()
 def _execute(executor: AdaptiveExecutor, images: np.ndarray, plans: np.ndarray, batch: int) -> np.ndarray:
     """Predicted class of each image under its plan, executed on the executor's backbone."""
@@ -429,9 +406,9 @@ def run_finetune(cfg: FinetuneConfig, *, log: Callable[[str], None] = say,
               else make_splits(len(train[1]), seed=0, num_calib=cfg.num_calib))
     rng = np.random.default_rng([cfg.seed, 0xF17])
     fit_idx = np.sort(rng.choice(splits["fit"], size=min(sizes["fit_images"], len(splits["fit"])), replace=False))
-    calib_idx = _evenly_spaced(splits["calib"], sizes["calib_images"])
-    select_pos = _evenly_spaced(np.arange(len(calib_idx)), sizes["select_images"])
-    test_idx = _evenly_spaced(np.arange(len(test[1])), sizes["test_images"])
+    calib_idx = evenly_spaced(splits["calib"], sizes["calib_images"])
+    select_pos = evenly_spaced(np.arange(len(calib_idx)), sizes["select_images"])
+    test_idx = evenly_spaced(np.arange(len(test[1])), sizes["test_images"])
     if np.intersect1d(fit_idx, splits["calib"]).size:
         raise ConfigError("internal: fit and calib splits overlap")
     note = ("fit images are train images NOT in --calib-indices: with the reference checkpoint these are the images "
@@ -485,7 +462,7 @@ def _run(cfg, sizes, device, run_dir, train, test, fit_idx, calib_idx, calib_spl
                                anchor_fraction=cfg.anchor_fraction, backbone_optimizer=bb_opt,
                                total_steps=total, warmup_steps=int(math.ceil(cfg.warmup_fraction * total)),
                                device=device, seed=cfg.seed)
-    scaler_x = fit_x[_evenly_spaced(np.arange(len(fit_x)), 2000)]
+    scaler_x = fit_x[evenly_spaced(np.arange(len(fit_x)), 2000)]
     trainer.fit_scaler(torch.from_numpy(scaler_x))
     if cfg.policy_init == "lut":
         grid = np.asarray(train_budgets, dtype=np.float64)
@@ -532,8 +509,10 @@ def _run(cfg, sizes, device, run_dir, train, test, fit_idx, calib_idx, calib_spl
     extra_ft = {"backbone_weights": "finetuned", "finetune": mode, "evaluation": "executed"}
     records = []
     for r in _evaluate_live(trainer, ft_exec, test_x, test_y, cfg.budgets, batch):
-        records.append(_record(name, is_bound=False, budget=r["budget"], seed=cfg.seed, correct=r["correct"],
-                               cost=r["cost"], plans=r["plans"], num_plans=len(masks), extra=dict(extra_ft)))
+        records.append({**decision_record(name, is_bound=False, setting="bandit", variant="fixed",
+                                          budget=r["budget"], seed=cfg.seed, correct=r["correct"], costs=r["cost"],
+                                          given=float(r["budget"]), plans=r["plans"], num_plans=len(masks)),
+                        **extra_ft})
     ft_full_acc = float((_execute(ft_exec, test_x, full_code, batch) == test_y).mean())
     log(f"[test] {name} evaluated; full plan: original {100 * orig_full_acc:.2f} % → fine-tuned "
         f"{100 * ft_full_acc:.2f} % ({stages.lap('test_live')})")
@@ -556,8 +535,10 @@ def _run(cfg, sizes, device, run_dir, train, test, fit_idx, calib_idx, calib_spl
             code = int(lut_choice(plan_cost, ft_calib.accuracy_by_plan(), [b])[0])
             plans = np.full(len(test_x), code, dtype=np.int64)
             pred = _execute(ft_exec, test_x, plans, batch)
-            records.append(_record(refit_name, is_bound=False, budget=b, seed=cfg.seed, correct=pred == test_y,
-                                   cost=plan_cost[plans], plans=plans, num_plans=len(masks), extra=dict(extra_ft)))
+            records.append({**decision_record(refit_name, is_bound=False, setting="bandit", variant="fixed",
+                                              budget=b, seed=cfg.seed, correct=pred == test_y, costs=plan_cost[plans],
+                                              given=float(b), plans=plans, num_plans=len(masks)),
+                            **extra_ft})
     log(f"[test] {refit_name} evaluated ({stages.lap('refit_lut')})")
 
     # ---------------------------------------------------------------- references on the original backbone

@@ -75,6 +75,7 @@ from agents.registry import (ANYTIME_BASELINES, BASELINES, anytime_policy_class,
 __all__ = [
     "RECORD_FIELDS",
     "BANDIT_BUDGETS",
+    "decision_record",
     "evaluate_bandit",
     "evaluate_stream",
     "stream_process_for",
@@ -105,32 +106,49 @@ def _check_budget_list(budgets: Iterable[float], what: str) -> list[float]:
     return b
 
 
-def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant: str, budget: float, seed: int,
-            rows: np.ndarray, plans: np.ndarray, costs: np.ndarray, given: np.ndarray) -> dict[str, Any]:
-    """Metrics of N decisions: ``given`` is the budget available to each request."""
-    rows, plans = np.asarray(rows).reshape(-1), np.asarray(plans, dtype=np.int64).reshape(-1)
-    costs, given = np.asarray(costs, dtype=np.float64).reshape(-1), np.asarray(given, dtype=np.float64).reshape(-1)
-    if plans.min() < 0 or plans.max() >= table.num_plans:
-        raise ConfigError(f"{scheduler.name}: returned plan indices outside [0, {table.num_plans})")
-    over = overrun_amount(costs, given)
-    hist = np.bincount(plans, minlength=table.num_plans)
+def decision_record(name: str, *, is_bound: bool, setting: str, variant: str, budget: float, seed: int,
+                    correct: np.ndarray, costs: np.ndarray, given: np.ndarray | float, plans: np.ndarray,
+                    num_plans: int, env: str | None = None) -> dict[str, Any]:
+    """The :data:`RECORD_FIELDS` of N decisions, whether read from a table or executed live: ``correct`` [N] per
+    request, ``costs`` [N] paid (fractions of the full model), ``given`` the budget available to each request ([N],
+    or one number for all), ``plans`` [N] plan indices in ``[0, num_plans)`` (else :class:`ConfigError`). ``env``
+    (``"plan"``/``"anytime"``) is put right after ``scheduler`` when given. Callers add provenance keys."""
+    plans = np.asarray(plans, dtype=np.int64).reshape(-1)
+    costs = np.asarray(costs, dtype=np.float64).reshape(-1)
+    if plans.size and (plans.min() < 0 or plans.max() >= num_plans):
+        raise ConfigError(f"{name}: returned plan indices outside [0, {num_plans})")
+    scalar_budget = np.ndim(given) == 0
+    given_arr = np.full(len(costs), float(given)) if scalar_budget else np.asarray(given, dtype=np.float64).reshape(-1)
+    over = overrun_amount(costs, given_arr)
+    hist = np.bincount(plans, minlength=num_plans)
+    head = {"scheduler": name} if env is None else {"scheduler": name, "env": env}
     return {
-        "scheduler": scheduler.name,
-        "env": "plan",
-        "is_bound": bool(scheduler.is_bound),
+        **head,
+        "is_bound": bool(is_bound),
         "setting": setting,
         "variant": variant,
         "budget": float(budget),
         "seed": int(seed),
-        "accuracy": float(table.correct[rows, plans].mean()),
+        "accuracy": float(np.mean(correct)),
         "mean_cost": float(costs.mean()),
-        "mean_budget": float(given.mean()),
-        "overrun_rate": float(overrun(costs, given).mean()),
+        "mean_budget": float(given) if scalar_budget else float(given_arr.mean()),
+        "overrun_rate": float(overrun(costs, given_arr).mean()),
         "mean_overrun": float(over.mean()),
         "plan_hist": {str(p): int(hist[p]) for p in np.flatnonzero(hist)},
-        "num_requests": int(len(rows)),
-        **scheduler.provenance(),
+        "num_requests": int(len(costs)),
     }
+
+
+def _record(scheduler: Scheduler, table: OutcomeTable, *, setting: str, variant: str, budget: float, seed: int,
+            rows: np.ndarray, plans: np.ndarray, costs: np.ndarray, given: np.ndarray) -> dict[str, Any]:
+    """Metrics of N decisions read from ``table``: ``given`` is the budget available to each request."""
+    rows, plans = np.asarray(rows).reshape(-1), np.asarray(plans, dtype=np.int64).reshape(-1)
+    if plans.size and (plans.min() < 0 or plans.max() >= table.num_plans):  # before indexing the table
+        raise ConfigError(f"{scheduler.name}: returned plan indices outside [0, {table.num_plans})")
+    return {**decision_record(scheduler.name, is_bound=scheduler.is_bound, setting=setting, variant=variant,
+                              budget=budget, seed=seed, correct=table.correct[rows, plans], costs=costs, given=given,
+                              plans=plans, num_plans=table.num_plans, env="plan"),
+            **scheduler.provenance()}
 
 
 # --------------------------------------------------------------------------------------------------- bandit
