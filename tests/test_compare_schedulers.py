@@ -27,21 +27,22 @@ TINY = ["--seeds", "2", "--bandit-budgets", "0.3", "0.7", "--stream-budgets", "0
         "--horizon", "20", "--no-progress"]
 
 
+def _table_dir(d, make_table):
+    """``d`` holding ``table_calib.npz`` and ``table_test.npz``: 1500 rows each from ``make_table`` (seeds 0 and 1)."""
+    save_table(make_table(1500, seed=0, split="calib"), d / "table_calib.npz")
+    save_table(make_table(1500, seed=1, split="test"), d / "table_test.npz")
+    return d
+
+
 @pytest.fixture(scope="module")
 def toy_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("toy_tables")
-    save_table(make_toy_table(1500, seed=0, split="calib"), d / "table_calib.npz")
-    save_table(make_toy_table(1500, seed=1, split="test"), d / "table_test.npz")
-    return d
+    return _table_dir(tmp_path_factory.mktemp("toy_tables"), make_toy_table)
 
 
 @pytest.fixture(scope="module")
 def anytime_dir(tmp_path_factory):
     """Toy tables with a per-block cost breakdown, so both envs run on them."""
-    d = tmp_path_factory.mktemp("toy_anytime_tables")
-    save_table(toy_anytime_table(1500, seed=0, split="calib"), d / "table_calib.npz")
-    save_table(toy_anytime_table(1500, seed=1, split="test"), d / "table_test.npz")
-    return d
+    return _table_dir(tmp_path_factory.mktemp("toy_anytime_tables"), toy_anytime_table)
 
 
 def test_compare_writes_run_directory(toy_dir, tmp_path):

@@ -27,10 +27,7 @@ class AnytimeReinforcePolicy(AnytimeLearnerPolicy):
     num_values = 1
 
     def _update(self, data: dict[str, np.ndarray], it: int) -> None:
-        obs = torch.as_tensor(data["obs"])
-        mask = torch.as_tensor(data["mask"])
-        priced = torch.as_tensor(data["priced"])
-        action = torch.as_tensor(data["action"])
+        obs, mask, priced, action = (torch.as_tensor(data[k]) for k in ("obs", "mask", "priced", "action"))
         ret_t = torch.as_tensor(data["request_return"], dtype=torch.float32)
         v = self.net.values(obs)[:, 0]
         if self.group_size >= 2:

@@ -51,10 +51,7 @@ class PPOLagrangianPolicy(AnytimeLearnerPolicy):
                 "gamma": self.gamma, "gae_lambda": self.gae_lambda}
 
     def _update(self, data: dict[str, np.ndarray], it: int) -> None:
-        obs = torch.as_tensor(data["obs"])
-        mask = torch.as_tensor(data["mask"])
-        priced = torch.as_tensor(data["priced"])
-        action = torch.as_tensor(data["action"])
+        obs, mask, priced, action = (torch.as_tensor(data[k]) for k in ("obs", "mask", "priced", "action"))
         old_logp = torch.as_tensor(data["logp"], dtype=torch.float32)
         nxt = data["next"]
         with torch.no_grad():
