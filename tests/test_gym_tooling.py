@@ -166,7 +166,8 @@ VEC_SETTINGS = [
 
 def _fast_and_sync(env_id, n, table, kw):
     """``n`` envs as the id's own ``make_vec`` VectorEnv and as Gymnasium's SyncVectorEnv of single envs (same-step
-    autoreset), plus an observation equality for ``kw``'s obs format."""
+    autoreset), both reset with seed 3 (same first observations asserted): ``fast, slow, same_obs, flat, (reset
+    info of fast, of slow)`` with ``same_obs`` an observation equality for ``kw``'s obs format."""
     fast = gym.make_vec(env_id, num_envs=n, table=table, **kw)
     slow = gym.make_vec(env_id, num_envs=n, vectorization_mode="sync", table=table,
                         vector_kwargs={"autoreset_mode": gym.vector.AutoresetMode.SAME_STEP}, **kw)
@@ -175,17 +176,16 @@ def _fast_and_sync(env_id, n, table, kw):
     def same_obs(a, b):
         return np.array_equal(a, b) if flat else all(np.array_equal(a[k], b[k]) for k in b)
 
-    return fast, slow, same_obs
+    of, inf_f = fast.reset(seed=3)
+    os_, inf_s = slow.reset(seed=3)
+    assert same_obs(of, os_)
+    return fast, slow, same_obs, flat, (inf_f, inf_s)
 
 
 @pytest.mark.parametrize("env_id,kw", VEC_SETTINGS)
 def test_vector_env_equals_gymnasium_sync_same_step(env_id, kw, toy):
     n = 4
-    fast, slow, same_obs = _fast_and_sync(env_id, n, toy, kw)
-    flat = kw.get("obs_format") == "flat"
-    of, inf_f = fast.reset(seed=3)
-    os_, inf_s = slow.reset(seed=3)
-    assert same_obs(of, os_)
+    fast, slow, same_obs, flat, (inf_f, inf_s) = _fast_and_sync(env_id, n, toy, kw)
     assert np.array_equal(inf_f["sample"], inf_s["sample"]) and np.allclose(inf_f["budget"], inf_s["budget"])
     rng = np.random.default_rng(0)
     for t in range(60):
@@ -332,11 +332,7 @@ def test_anytime_vector_env_equals_gymnasium_sync_same_step(kw, toy_anytime):
     """Episodes end at different steps per env: final_obs / final_info / the new requests' sample and budget land
     exactly where Gymnasium's own SyncVectorEnv (same-step autoreset, of single AnytimeEnvs) puts them."""
     n = 5
-    fast, slow, same_obs = _fast_and_sync(ANYTIME_ID, n, toy_anytime, kw)
-    flat = kw.get("obs_format") == "flat"
-    of, inf_f = fast.reset(seed=3)
-    os_, inf_s = slow.reset(seed=3)
-    assert same_obs(of, os_)
+    fast, slow, same_obs, flat, (inf_f, inf_s) = _fast_and_sync(ANYTIME_ID, n, toy_anytime, kw)
     _same_info(inf_f, inf_s, "reset")
     rng = np.random.default_rng(0)
     strict = kw.get("invalid_action") == "raise"
