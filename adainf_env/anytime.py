@@ -152,7 +152,8 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         options: AnytimeOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts, table = resolve_env_inputs(AnytimeOptions, options, option_kwargs, table=table, table_path=table_path, live=live)
+        opts, table = resolve_env_inputs(AnytimeOptions, options, option_kwargs, table=table, table_path=table_path,
+                                         live=live)
         self._live: AnytimeLiveRunner | None = None
         if live is not None:
             self._live = AnytimeLiveRunner(live)

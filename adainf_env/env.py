@@ -118,7 +118,8 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
         options: EnvOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        opts, table = resolve_env_inputs(EnvOptions, options, option_kwargs, table=table, table_path=table_path, live=live)
+        opts, table = resolve_env_inputs(EnvOptions, options, option_kwargs, table=table, table_path=table_path,
+                                         live=live)
         self.options = opts
         self._live: LiveRunner | None = None
         if live is not None:
