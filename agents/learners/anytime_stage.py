@@ -25,9 +25,14 @@ budget, each served ``group_size`` times side by side with independent samples. 
 ``(1[correct] − λ_b̄·(cost − stem)) / (1 + λ_b̄)`` (λ = 0 under a hard budget), credited to every decision of the
 request; the baseline is the mean return of the other copies (REINFORCE leave-one-out, Kool et al. 2019). λ_b̄ ≥ 0
 follows dual ascent on mean cost ≤ b̄·(1 − ``cost_margin``) (the first copy of each stream advances its bucket, and
-its costs feed the multiplier). Held-out selection: every ``eval_every`` updates the greedy policy serves shared-bucket
-streams on held-out calibration rows at every grid budget; the best mean accuracy (overruns count as wrong) is kept
-(``selected_step``). The test split is never seen.
+its costs feed the multiplier). Held-out selection: every ``eval_every`` updates the greedy policy serves
+``held_out_streams`` shared-bucket streams of 100 requests on held-out calibration rows at every grid budget (20 ×
+100 requests per budget cover the 20 % held-out rows about once, so the selection's noise stays below the
+differences it has to resolve); the best mean accuracy (overruns count as wrong) is kept (``selected_step``). The
+test split is never seen.
+
+Options: ``train_budget`` — what a training stream request may spend (``"cap"``, default, or ``"level"``: what the
+simulated bucket holds); ``first_low`` — in a bucket the first plan's cost lies in [first_low·b̄, b̄].
 """
 
 from __future__ import annotations
@@ -182,12 +187,12 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
                  lam_init: float = 1.0, cost_margin: float = 0.0, first_pool: int = 16, ext_pool: int = 4,
                  max_stages: int = 3, val_fraction: float = 0.2, eval_every: int = 100,
                  explore_starts: float = 0.25, train_budget: str = "cap", first_low: float = 0.0,
-                 prior: bool = False) -> None:
+                 held_out_streams: int = 20, prior: bool = False) -> None:
         super().__init__()
         for k, v, lo in (("iterations", iterations, 1), ("stream_groups", stream_groups, 0),
                          ("bandit_groups", bandit_groups, 0), ("group_size", group_size, 2),
                          ("first_pool", first_pool, 2), ("ext_pool", ext_pool, 1), ("max_stages", max_stages, 1),
-                         ("eval_every", eval_every, 1)):
+                         ("eval_every", eval_every, 1), ("held_out_streams", held_out_streams, 1)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
                 raise ConfigError(f"{self.name}: {k} must be an integer ≥ {lo}, got {v!r}")
         if stream_groups + bandit_groups < 1:
@@ -217,7 +222,7 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
         self.first_pool, self.ext_pool, self.max_stages = int(first_pool), int(ext_pool), int(max_stages)
         self.val_fraction, self.eval_every, self.prior = float(val_fraction), int(eval_every), False
         self.explore_starts, self.train_budget = float(explore_starts), train_budget
-        self.first_low = float(first_low)
+        self.first_low, self.held_out_streams = float(first_low), int(held_out_streams)
         self.net: StageLogits | None = None
         self.selected_step: int | None = None
         self.history: list[dict[str, Any]] = []
@@ -459,13 +464,12 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
         return a
 
     # ------------------------------------------------------------------ held-out selection
-    def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int, streams_per_budget: int = 8,
-                  horizon: int = 100) -> float:
+    def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int, horizon: int = 100) -> float:
         """Mean accuracy of the greedy policy over shared-bucket streams on held-out rows at every grid budget
         (a request that overruns what the bucket holds counts as wrong)."""
         budgets = self.grid
-        kk = streams_per_budget * budgets.size
-        avg = np.repeat(budgets, streams_per_budget)
+        kk = self.held_out_streams * budgets.size
+        avg = np.repeat(budgets, self.held_out_streams)
         rng = np.random.default_rng(0x5E1EC7)
         rows = rng.integers(0, val_tab.num_samples, size=(kk, horizon))
         level = np.zeros(kk)
