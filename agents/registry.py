@@ -60,6 +60,7 @@ ANYTIME_SCHEDULERS: dict[str, str] = {
     "anytime_oracle": "agents.baselines.anytime_policies:OraclePolicy",
     "anytime_random": "agents.baselines.anytime_policies:RandomPolicy",
     "anytime_reinforce": "agents.learners.anytime_reinforce:AnytimeReinforcePolicy",
+    "anytime_stage_reinforce": "agents.learners.anytime_stage:AnytimeStageReinforcePolicy",
     "anytime_ppo_lagrangian": "agents.learners.ppo_lagrangian:PPOLagrangianPolicy",
     "anytime_ppo": "agents.sb3.anytime:AnytimePPOPolicy",
     "anytime_a2c": "agents.sb3.anytime:AnytimeA2CPolicy",
@@ -70,8 +71,8 @@ ANYTIME_BASELINES: tuple[str, ...] = ("anytime_conf_cascade", "anytime_agree_cas
                                       "anytime_hull_mix", "anytime_oracle", "anytime_random")
 #: Every anytime name, for command-line choices (a test keeps it equal to :data:`ANYTIME_SCHEDULERS`).
 AnytimeSchedulerName = Literal["anytime_conf_cascade", "anytime_agree_cascade", "anytime_lut", "anytime_hull_mix",
-                               "anytime_oracle", "anytime_random", "anytime_reinforce", "anytime_ppo_lagrangian",
-                               "anytime_ppo", "anytime_a2c", "anytime_maskable_ppo"]
+                               "anytime_oracle", "anytime_random", "anytime_reinforce", "anytime_stage_reinforce",
+                               "anytime_ppo_lagrangian", "anytime_ppo", "anytime_a2c", "anytime_maskable_ppo"]
 
 
 def _registry(env: str) -> dict[str, str]:
