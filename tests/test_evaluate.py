@@ -173,3 +173,15 @@ def test_aiq_refuses_different_grids_and_named_processes_share_one_figure(tmp_pa
              for v, a in (("drift", 0.6), ("step", 0.7), ("periodic", 0.65))]
     paths = plot_summary(summarize(procs), tmp_path)
     assert [p.name for p in paths] == ["accuracy_by_process_stream.png"]
+
+
+def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
+    from agents.evaluation.intervals import bootstrap_ci
+
+    vals = [0.70, 0.74, 0.71, 0.69]
+    lo, hi = bootstrap_ci(vals)
+    assert (lo, hi) == bootstrap_ci(vals)  # same values, same seed → same interval
+    assert min(vals) <= lo <= sum(vals) / len(vals) <= hi <= max(vals)
+    assert bootstrap_ci([0.5]) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        bootstrap_ci([])
