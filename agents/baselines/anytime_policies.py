@@ -36,7 +36,7 @@ from adainf_env.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
 from agents.registry import anytime_policy_class
 
-__all__ = ["AnytimePolicy", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy", "HullMixPolicy",
+__all__ = ["AnytimePolicy", "step_toward", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy", "HullMixPolicy",
            "OraclePolicy", "RandomPolicy", "ANYTIME_POLICIES", "make_anytime_policy", "script_costs", "top_block"]
 
 
@@ -44,6 +44,19 @@ def top_block(codes: np.ndarray) -> np.ndarray:
     """[K] one past the highest executed block of each plan code (0 for plan 0): where a read of it can happen."""
     c = np.asarray(codes, dtype=np.int64)
     return np.where(c > 0, np.floor(np.log2(np.maximum(c, 1))).astype(np.int64) + 1, 0)
+
+
+def step_toward(batch: RequestBatch, rows: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The next block decision of each request ``rows`` on its way to plan code ``target``: RUN or SKIP block
+    ``pos`` by the target's bit, STOP where a RUN can no longer be afforded (answer what was read). Returns
+    ``(step, deciding)``; ``deciding`` is False once every block up to the target's top block is decided (then the
+    caller READs or STOPs)."""
+    pos = batch.pos[rows]
+    deciding = pos < top_block(target)
+    bit = (target >> np.minimum(pos, 62)) & 1
+    step = np.where(bit == 1, RUN, SKIP)
+    step = np.where((step == RUN) & ~batch.masks()[rows, RUN], STOP, step)
+    return step, deciding
 
 
 class AnytimePolicy:
@@ -131,15 +144,8 @@ class AnytimePolicy:
         live = act[self.stage[act] < self.stages[act]]
         if live.size == 0:
             return a
-        target = self.script[live, self.stage[live]]
-        pos = batch.pos[live]
-        hi = top_block(target)
+        step, deciding = step_toward(batch, live, self.script[live, self.stage[live]])
         last = self.stage[live] + 1 >= self.stages[live]
-        deciding = pos < hi
-        bit = (target >> np.minimum(pos, 62)) & 1
-        step = np.where(bit == 1, RUN, SKIP)
-        masks = batch.masks()
-        step = np.where((step == RUN) & ~masks[live, RUN], STOP, step)  # cannot afford it: answer what is read
         a[live] = np.where(deciding, step, np.where(last, STOP, READ))
         return a
 

@@ -46,12 +46,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from adainf_env.anytime_core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.anytime_core import READ, STOP, AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
-from agents.baselines.anytime_policies import AnytimePolicy, script_costs, top_block
+from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
 from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.anytime_policy import single_thread
@@ -450,12 +450,7 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
         go = live[(self._target[live] >= 0) & ~self._done[live]]
         if go.size == 0:
             return a
-        target = self.tree.code[self._target[go]]
-        pos = batch.pos[go]
-        deciding = pos < top_block(target)
-        bit = (target >> np.minimum(pos, 62)) & 1
-        step = np.where(bit == 1, RUN, SKIP)
-        step = np.where((step == RUN) & ~batch.masks()[go, RUN], STOP, step)  # never taken: the stage was checked
+        step, deciding = step_toward(batch, go, self.tree.code[self._target[go]])  # STOP never taken: stage checked
         a[go] = np.where(deciding, step, READ)
         reading = go[~deciding]
         self._node[reading] = self._target[reading]  # after this READ the slot stands at the child node
