@@ -58,8 +58,9 @@ from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, sav
 from adainf_env.table_builder import all_plans, build_table
 from adainf_lab.data import evenly_spaced
 from adainf_lab.rundir import make_run_dir, save_config
-from agents.evaluation.harness import BANDIT_BUDGETS, decision_record, evaluate_bandit, summarize, write_results
-from agents.learners.hinge_live import FINETUNE_MODES, LiveHingeTrainer, merge_lora
+from agents.evaluation.harness import BANDIT_BUDGETS, decision_record, evaluate_bandit
+from agents.evaluation.report import summarize, write_results
+from agents.learners.hinge_live import LiveHingeTrainer, merge_lora
 
 __all__ = ["FinetuneConfig", "PRESETS", "resolved_sizes", "run_finetune", "train_live", "combine_runs",
            "plot_finetune", "augment", "FIGURE_LABELS"]

@@ -10,8 +10,8 @@ import pytest
 
 from adainf_env.errors import ConfigError
 from adainf_env.toy import make_toy_table
-from agents.evaluation.harness import (RECORD_FIELDS, evaluate_bandit, evaluate_stream, markdown_tables, run_comparison,
-                             summarize, write_results)
+from agents.evaluation.harness import RECORD_FIELDS, evaluate_bandit, evaluate_stream, run_comparison
+from agents.evaluation.report import markdown_tables, summarize, write_results
 from agents.registry import make_scheduler
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from agents.evaluation.routing_gains import QUICK_SETTINGS, gain_table, make_routing_table, routing_gain_records
+from agents.evaluation.routing_gains import gain_table, make_routing_table, routing_gain_records
 
 LEARNERS = ["ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian"]
 

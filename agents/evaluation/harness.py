@@ -450,6 +450,3 @@ def save_fitted(results: Sequence[JobResult], save_dir: str | os.PathLike) -> li
             paths.append(save_dir / f"{r.name}__{r.seed}.npz")
     return paths
 
-
-# Report writers under their older import path (agents.evaluation.harness); new code imports agents.evaluation.report.
-from agents.evaluation.report import markdown_tables, plot_summary, summarize, write_results, write_tensorboard  # noqa: E402,F401

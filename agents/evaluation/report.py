@@ -268,7 +268,6 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
     paths = []

@@ -257,7 +257,7 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
                                len(READOUT_FEATURES))
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.lam = np.full(self.grid.size, self.lam_init)
-        k, ns = self.group_size, self.stream_groups
+        ns = self.stream_groups
         self._s_avg = self.grid[np.arange(ns) % self.grid.size]
         self._s_bin = np.arange(ns) % self.grid.size
         self._s_t = self._rng.integers(0, _HORIZON, size=ns)  # staggered stream phases
