@@ -58,6 +58,7 @@ from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, sav
 from adainf_env.table_builder import all_plans, build_table
 from adainf_lab.data import evenly_spaced
 from adainf_lab.rundir import make_run_dir, save_config
+from adainf_lab.tables import resolve_table_dir
 from agents.evaluation.harness import BANDIT_BUDGETS, decision_record, evaluate_bandit
 from agents.evaluation.report import summarize, write_results
 from agents.learners.hinge_live import LiveHingeTrainer, merge_lora
@@ -109,7 +110,7 @@ class FinetuneConfig:
                                       "calib_indices.npy); default: a seeded split of --num-calib", default=None)
     num_calib: int = _opt("calib split size when --calib-indices is not given", default=10_000)
     reference_tables: Path | None = _opt("outcome tables of the ORIGINAL backbone (dir with table_calib.npz / "
-                                         "table_test.npz, e.g. ../shared/reference); default: build them",
+                                         "table_test.npz; 'reference' = the shipped reference tables); default: build them",
                                          default=None)
     seed: int = _opt("seed of the fit subset, the training and the table schedulers", default=0)
     fit_images: int | None = _opt("fit images used for training (seeded subset)", default=None)
@@ -177,6 +178,8 @@ class FinetuneConfig:
         unknown = [b for b in self.baselines if b not in BASELINES]
         if unknown:
             raise ConfigError(f"--baselines: unknown {unknown}; choose from {list(BASELINES)}")
+        if self.reference_tables is not None:  # "reference" = the tables shipped in the package; checked before work
+            self.reference_tables = resolve_table_dir(self.reference_tables)
 
 
 def resolved_sizes(cfg: FinetuneConfig) -> dict[str, Any]:
