@@ -24,6 +24,7 @@ from agents.base import check_budgets
 from agents.baselines.anytime_policies import AnytimePolicy
 from agents.registry import ANYTIME_SCHEDULERS
 from agents.evaluation.metrics import BUDGET_GRID as BANDIT_BUDGETS
+from agents.evaluation.stream_processes import check_stream_size
 
 __all__ = ["serve_requests", "evaluate_anytime_bandit", "anytime_stream_trace", "evaluate_anytime_stream",
            "run_anytime_comparison"]
@@ -103,9 +104,7 @@ def anytime_stream_trace(policy: AnytimePolicy, table: OutcomeTable, process: An
     ``correct``, ``reads``, ``conf`` (confidence of the answer read), ``blocks`` (blocks run), ``given`` (budget
     available), ``proc`` (the process's budget). Same draws as :func:`agents.evaluation.harness.evaluate_stream`
     for a seed."""
-    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
+    check_stream_size(num_streams, horizon)
     at = AnytimeTable.from_table(table)
     floor = float(at.costs.plan_cost(np.zeros((1, at.num_blocks)))[0])
     proc = make_budget_process(process).bind(floor)

@@ -67,7 +67,7 @@ from agents.base import Scheduler, check_budgets
 from agents.baselines.anytime_policies import make_anytime_policy
 from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.evaluation.stream_processes import SWEPT_VARIANTS, stream_process_for
+from agents.evaluation.stream_processes import SWEPT_VARIANTS, check_stream_size, stream_process_for
 from agents.progress import progress_disabled
 from agents.registry import (ANYTIME_BASELINES, BASELINES, anytime_policy_class, make_scheduler, scheduler_class,
                              scheduler_env)
@@ -181,9 +181,7 @@ def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, 
     to the scheduler is what is in the bucket (at most 1). Otherwise each request's budget is the process's value.
     The record's ``budget`` is ``budget_label`` (the nominal average) or else the realised mean process budget.
     """
-    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
+    check_stream_size(num_streams, horizon)
     if budget_label is not None:
         check_budgets(np.asarray([budget_label]))
     cost_all = scheduler.plan_space.plan_cost if scheduler.plan_space is not None else table.plan_cost()
@@ -353,9 +351,7 @@ def comparison_jobs(
     unknown = set(kwargs) - set(names)
     if unknown:
         raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
-    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
+    check_stream_size(num_streams, horizon)
     if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
                                       or torch_threads < 1):
         raise ConfigError(f"torch_threads must be an integer ≥ 1 or None, got {torch_threads!r}")
