@@ -21,7 +21,6 @@ from adainf_lab.scheduler_options import SchedulerName, SchedulerOptions
 from adainf_lab.tables import resolve_table_dir
 from agents.base import check_budgets
 from agents.evaluation.harness import BANDIT_BUDGETS
-from agents.registry import scheduler_class
 
 __all__ = ["PipelineConfig", "DEMO", "demo_settings", "as_run", "show_progress"]
 
@@ -109,8 +108,7 @@ class PipelineConfig:
     progress: bool = _h("progress bars (drawn only when stderr is a terminal)", default=True)
 
     def __post_init__(self) -> None:
-        scheduler_class(self.algo)  # unknown names fail before any work
-        self.scheduler.kwargs_for(self.algo)  # options the scheduler does not take, likewise
+        self.scheduler.kwargs_for(self.algo)  # unknown names and options the scheduler does not take fail here
         if not self.budgets:
             raise ConfigError("--budgets is empty")
         check_budgets(np.asarray(self.budgets, dtype=np.float64))
