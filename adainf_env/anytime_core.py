@@ -37,7 +37,7 @@ import numpy as np
 from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, make_budget_process
-from adainf_env.env_core import ActionError, observation_parts, parse_reset_options, space_of_parts
+from adainf_env.env_core import ActionError, action_vector, observation_parts, parse_reset_options, space_of_parts
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.options import AnytimeOptions
@@ -547,18 +547,8 @@ class AnytimeConfig:
 
 
 def _as_actions(actions: Any, n: int) -> np.ndarray:
-    a = np.asarray(actions)
-    if a.shape == (n, 1):
-        a = a[:, 0]
-    if a.shape != (n,):
-        raise ActionError(f"actions must have shape ({n},) (one of run=0, skip=1, read=2, stop=3 per request), "
-                          f"got shape {a.shape}")
-    if a.dtype.kind not in "iu":
-        if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.floor(a)).all():
-            a = a.astype(np.int64)
-        else:
-            raise ActionError(f"actions must be integers (run=0, skip=1, read=2, stop=3), got dtype {a.dtype}")
-    return a.astype(np.int64, copy=False)
+    return action_vector(actions, n, shape_msg="(one of run=0, skip=1, read=2, stop=3 per request), got shape {shape}",
+                         dtype_msg="actions must be integers (run=0, skip=1, read=2, stop=3), got dtype {dtype}")
 
 
 __all__ += ["Reader", "AnytimeConfig", "READOUT"]

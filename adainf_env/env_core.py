@@ -171,6 +171,23 @@ def observation_space(feature_dim: int, options: EnvOptions) -> spaces.Space:
     return space_of_parts(observation_parts(feature_dim, options), options.obs_format)
 
 
+def action_vector(actions: Any, n: int, *, shape_msg: str, dtype_msg: str) -> np.ndarray:
+    """Batched discrete actions → int64 [n]: a trailing action dim of 1 is dropped (some callers keep it for
+    Discrete) and integral floats (e.g. from a float policy buffer) are accepted; else ActionError with
+    ``"actions must have shape ({n},) " + shape_msg`` (``{shape}`` filled) or ``dtype_msg`` (``{dtype}`` filled)."""
+    a = np.asarray(actions)
+    if a.shape == (n, 1):
+        a = a[:, 0]
+    if a.shape != (n,):
+        raise ActionError(f"actions must have shape ({n},) " + shape_msg.format(shape=a.shape))
+    if a.dtype.kind not in "iu":
+        if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.floor(a)).all():
+            a = a.astype(np.int64)
+        else:
+            raise ActionError(dtype_msg.format(dtype=a.dtype))
+    return a.astype(np.int64, copy=False)
+
+
 def parse_reset_options(options: Any, num_samples: int) -> tuple[int | None, float | None]:
     """``reset(options={"sample": i, "budget": b})`` → (pinned table row or None, pinned budget or None)."""
     if options is None:
@@ -326,20 +343,12 @@ class EnvConfig:
         """Batched actions → plan indices [n] (vec env)."""
         if self.options.action_type == "mask":
             return self.plans_of_masks(actions, n)
-        a = np.asarray(actions)
-        if a.shape == (n, 1):  # some callers keep a trailing action dim for Discrete
-            a = a[:, 0]
-        if a.shape != (n,):
-            raise ActionError(f"actions must have shape ({n},) (one plan index per env), got {a.shape}")
-        if a.dtype.kind not in "iu":
-            if a.dtype.kind == "f" and np.isfinite(a).all() and (a == np.floor(a)).all():
-                a = a.astype(np.int64)  # integral floats (e.g. from a float policy buffer) are accepted
-            else:
-                raise ActionError(f"actions must be integer plan indices, got dtype {a.dtype}")
+        a = action_vector(actions, n, shape_msg="(one plan index per env), got {shape}",
+                          dtype_msg="actions must be integer plan indices, got dtype {dtype}")
         if n and (int(a.min()) < 0 or int(a.max()) >= self.num_plans):
             raise ActionError(f"plan index out of range [0, {self.num_plans}): got min {int(a.min())}, "
                               f"max {int(a.max())}")
-        return a.astype(np.int64, copy=False)
+        return a
 
     # ------------------------------------------------------------------ options
     def parse_options(self, options: Any) -> tuple[int | None, float | None]:
