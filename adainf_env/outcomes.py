@@ -408,9 +408,10 @@ def _reference_summary(ref: ReferenceMeta) -> dict[str, Any]:
         return {}
     try:
         summary = json.loads(path.read_text())
-        assert isinstance(summary, dict)
-    except (OSError, UnicodeDecodeError, ValueError, AssertionError):
-        raise TableFormatError(f"{path}: summary.json is not a JSON object") from None
+    except (OSError, UnicodeDecodeError, ValueError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise TableFormatError(f"{path}: summary.json is not a JSON object")
     macs = summary.get("macs")
     if macs is not None:
         want = {"stem": ref.stem_macs, "fc": ref.fc_macs, "blocks": ref.block_macs.tolist()}

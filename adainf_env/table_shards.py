@@ -147,9 +147,10 @@ def open_shard_dir(shard_dir: str | os.PathLike, identity: Mapping[str, Any]) ->
     if path.exists():
         try:
             have = json.loads(path.read_text())
-            assert isinstance(have, dict)
-        except (ValueError, AssertionError, OSError):
-            raise TableFormatError(f"{path}: unreadable shard identity; delete {shard_dir} to start over") from None
+        except (ValueError, OSError):
+            have = None
+        if not isinstance(have, dict):
+            raise TableFormatError(f"{path}: unreadable shard identity; delete {shard_dir} to start over")
         if have != dict(identity):
             raise TableMismatchError(
                 f"{shard_dir} holds shards of another run ({_describe_difference(have, identity)}); they are never "
