@@ -367,7 +367,6 @@ class AnytimeLiveRunner:
         self.features = base.features
         self.plan_masks = base.plan_masks
         self._device = base._device
-        self._torch = torch
         prof = measure_macs(bb)
         self.full_macs = prof.full
         self.costs = BlockCosts.from_macs(prof.to_dict(), prof.full)
@@ -385,7 +384,6 @@ class AnytimeLiveRunner:
         return out
 
     def begin(self, s: int) -> None:
-        torch = self._torch
         with torch.no_grad():
             x = self.backbone.prepare(self.images[s:s + 1].to(self._device))
             self.h = self._call(self.backbone.stem, x)
@@ -396,7 +394,7 @@ class AnytimeLiveRunner:
 
     def run(self, i: int) -> None:
         blk = self.backbone.blocks[i]
-        with self._torch.no_grad():
+        with torch.no_grad():
             sc = self.chain[i][0] if i in self.chain else self._call(blk.shortcut, self.h)
             r = self._call(blk.residual, self.h)
             self.h = blk.combine(sc, r)
@@ -408,13 +406,12 @@ class AnytimeLiveRunner:
             self.h = self.chain[i][1]
         else:
             blk = self.backbone.blocks[i]
-            with self._torch.no_grad():
+            with torch.no_grad():
                 self.h = blk.combine(self._call(blk.shortcut, self.h), None)
         self.pos = i + 1
 
     def read(self, idx: np.ndarray, rows: np.ndarray, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The reader of the kernel: head on the current path with the later blocks skipped."""
-        torch = self._torch
         g = self.h
         with torch.no_grad():
             for j in range(self.pos, len(self.backbone.blocks)):
@@ -431,7 +428,6 @@ class AnytimeLiveRunner:
 
     def outcome(self) -> tuple[bool, float]:
         """(correct, cross-entropy in nats) of the last read."""
-        torch = self._torch
         y = torch.tensor([int(self.labels[self.s])], device=self._logits.device)
         ce = float(torch.nn.functional.cross_entropy(self._logits, y))
         return bool(int(self._logits.argmax(1)) == int(self.labels[self.s])), ce
