@@ -32,6 +32,7 @@ from adainf_env.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import AnytimePolicy
 from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID
+from agents.learners.anytime_policy import single_thread
 from agents.learners.base import split_rows
 
 __all__ = ["AnytimeSB3Policy", "AnytimePPOPolicy", "AnytimeA2CPolicy", "AnytimeMaskablePPOPolicy", "ANYTIME_ALGOS"]
@@ -98,14 +99,8 @@ class AnytimeSB3Policy(AnytimePolicy):
 
     # ------------------------------------------------------------------ fitting
     def fit(self, table: OutcomeTable, *, seed: int = 0) -> "AnytimeSB3Policy":
-        import torch
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # small networks: intra-op threads only contend on a shared CPU
-        try:
+        with single_thread():  # small networks: intra-op threads only contend on a shared CPU
             return self._fit(table, int(seed))
-        finally:
-            torch.set_num_threads(threads)
 
     def _fit(self, table: OutcomeTable, seed: int) -> "AnytimeSB3Policy":
         from stable_baselines3.common.callbacks import BaseCallback
