@@ -60,7 +60,7 @@ from agents.learners.base import split_rows
 from agents.learners.policy_nets import FeatureScaler, mlp
 
 __all__ = ["AnytimeLearnerPolicy", "StageNet", "candidate_codes", "Rollout", "CANDIDATE_SETS", "STOP_ACTION",
-           "chain_sum", "single_thread"]
+           "chain_sum", "held_out_stream_accuracy", "single_thread"]
 
 CANDIDATE_SETS = ("pareto_ext", "all")
 #: Index of STOP among the policy's actions; action k ≥ 1 is candidate k − 1.
@@ -105,6 +105,28 @@ def single_thread():
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+def held_out_stream_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: AnytimeTable, budgets: np.ndarray,
+                             *, streams_per_budget: int, horizon: int, seed: int) -> np.ndarray:
+    """Per-budget accuracy of ``policy`` over ``streams_per_budget`` shared-bucket streams of ``horizon`` held-out
+    rows at each average budget in ``budgets`` (a request that overruns what the bucket holds counts as wrong)."""
+    k = streams_per_budget * budgets.size
+    avg = np.repeat(budgets, streams_per_budget)
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, val_tab.num_samples, size=(k, horizon))
+    bucket = TokenBucket(cap=_BUCKET_CAP)
+    level = np.zeros(k)
+    ok = np.zeros((k, horizon), dtype=bool)
+    for t in range(horizon):
+        level = bucket.refill(level, avg)
+        avail = bucket.available(level)
+        state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
+                 "step": t, "horizon": horizon}
+        r = serve_requests(policy, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
+        ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
+        level = bucket.spend(level, r["cost"])
+    return ok.reshape(budgets.size, -1).mean(1)
 
 
 def chain_sum(x: np.ndarray, nxt: np.ndarray, decay: float | np.ndarray = 1.0) -> np.ndarray:
@@ -591,20 +613,6 @@ class AnytimeLearnerPolicy(AnytimePolicy):
     def _held_out_streams(self, val_tab: OutcomeTable, at: AnytimeTable, *, streams_per_budget: int = 8,
                           horizon: int = 100) -> list[float]:
         budgets = np.array([b for b in _HELD_OUT_STREAM_BUDGETS if b >= self._floor])
-        k = streams_per_budget * budgets.size
-        avg = np.repeat(budgets, streams_per_budget)
-        rng = np.random.default_rng(0xE7A1)
-        rows = rng.integers(0, val_tab.num_samples, size=(k, horizon))
-        bucket = TokenBucket(cap=_BUCKET_CAP)
-        level = np.zeros(k)
-        ok = np.zeros((k, horizon), dtype=bool)
-        for t in range(horizon):
-            level = bucket.refill(level, avg)
-            avail = bucket.available(level)
-            state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
-                     "step": t, "horizon": horizon}
-            r = serve_requests(self, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
-            ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
-            level = bucket.spend(level, r["cost"])
-        per = ok.reshape(budgets.size, -1).mean(1)
+        per = held_out_stream_accuracy(self, val_tab, at, budgets, streams_per_budget=streams_per_budget,
+                                       horizon=horizon, seed=0xE7A1)
         return [float(x) for x in per]

@@ -52,9 +52,8 @@ from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
 from adainf_env.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
-from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.learners.anytime_policy import single_thread
+from agents.learners.anytime_policy import held_out_stream_accuracy, single_thread
 from agents.learners.base import split_rows
 
 __all__ = ["StageTree", "StageLogits", "AnytimeStageReinforcePolicy", "READOUT_FEATURES", "TRAIN_BUDGETS"]
@@ -462,22 +461,8 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
     def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int, horizon: int = 100) -> float:
         """Mean accuracy of the greedy policy over shared-bucket streams on held-out rows at every grid budget
         (a request that overruns what the bucket holds counts as wrong)."""
-        budgets = self.grid
-        kk = self.held_out_streams * budgets.size
-        avg = np.repeat(budgets, self.held_out_streams)
-        rng = np.random.default_rng(0x5E1EC7)
-        rows = rng.integers(0, val_tab.num_samples, size=(kk, horizon))
-        level = np.zeros(kk)
-        ok = np.zeros((kk, horizon), dtype=bool)
-        for t in range(horizon):
-            level = self._bucket.refill(level, avg)
-            avail = self._bucket.available(level)
-            state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
-                     "step": t, "horizon": horizon}
-            r = serve_requests(self, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
-            ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
-            level = self._bucket.spend(level, r["cost"])
-        per = ok.reshape(budgets.size, -1).mean(1)
+        per = held_out_stream_accuracy(self, val_tab, at, self.grid, streams_per_budget=self.held_out_streams,
+                                       horizon=horizon, seed=0x5E1EC7)
         score = float(per.mean())
         self.history.append({"step": step, "stream": per.round(4).tolist(), "score": score,
                              "lam": self.lam.round(4).tolist()})
