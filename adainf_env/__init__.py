@@ -10,7 +10,9 @@ import os
 # loads it, so this only helps when adainf_env is imported before torch; an explicit OMP_WAIT_POLICY always wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-__version__ = "0.1.0"
+from adainf_env.version import adainf_version  # noqa: E402
+
+__version__ = adainf_version()
 
 from adainf_env.errors import (  # noqa: E402
     AdaInfError,
@@ -21,16 +23,16 @@ from adainf_env.errors import (  # noqa: E402
     TableMismatchError,
     UnsafeFileError,
 )
-from adainf_env.outcomes import OutcomeTable, load_table, save_table  # noqa: E402
+from adainf_env.tables.outcomes import OutcomeTable, load_table, save_table  # noqa: E402
 from adainf_env.backbones import load_backbone  # noqa: E402
-from adainf_env.env import AdaInfEnv  # noqa: E402
-from adainf_env import registration as _registration  # noqa: E402,F401  (registers AdaInf/Bandit-v0, Stream-v0)
+from adainf_env.envs.plan.env import AdaInfEnv  # noqa: E402
+from adainf_env.envs import registration as _registration  # noqa: E402,F401  (registers AdaInf/Bandit-v0, Stream-v0)
 
 
 def __getattr__(name: str):
     # The vec env imports stable-baselines3; load it only when asked for.
     if name in ("AdaInfVecEnv", "make_vec_env"):
-        from adainf_env import vec_env
+        from adainf_env.envs.plan import vec_env
 
         return getattr(vec_env, name)
     if name == "AdaptiveExecutor":

@@ -1,10 +1,10 @@
 """Budget processes: where each request's compute budget comes from.
 
 A budget is a fraction of the full model's cost (MACs, or measured latency) in (0, 1]. The environment
-(:mod:`adainf_env.env`) asks a budget process for one budget per request.
+(:mod:`adainf_env.envs.plan.env`) asks a budget process for one budget per request.
 
-Randomness contract (what makes :class:`~adainf_env.vec_env.AdaInfVecEnv` reproduce N independent
-:class:`~adainf_env.env.AdaInfEnv` exactly): every process is a *stateless, vectorised* function of
+Randomness contract (what makes :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` reproduce N independent
+:class:`~adainf_env.envs.plan.env.AdaInfEnv` exactly): every process is a *stateless, vectorised* function of
 
 * ``u`` — one uniform number in [0, 1) per request, drawn by the env from its ``np_random`` (every process consumes
   exactly one per request, used or not, so switching the process never shifts the sample order);

@@ -188,7 +188,7 @@ class AdaptiveExecutor:
     @classmethod
     def from_table(cls, backbone: torch.nn.Module, table: Any, *, cost_unit: str = "macs",
                    **kwargs: Any) -> "AdaptiveExecutor":
-        """Executor over an :class:`~adainf_env.outcomes.OutcomeTable`'s plan space, costs and feature size."""
+        """Executor over an :class:`~adainf_env.tables.outcomes.OutcomeTable`'s plan space, costs and feature size."""
         return cls(backbone, table.plan_masks, table.plan_cost(cost_unit), feature_dim=table.feature_dim, **kwargs)
 
     # ------------------------------------------------------------------ validation

@@ -304,7 +304,7 @@ def plan_latency(profile: LatencyProfile, plan_masks: Any, batch_size: int) -> n
 
 
 def attach_latency(table: Any, profile: LatencyProfile, batch_size: int) -> Any:
-    """Copy of an :class:`~adainf_env.outcomes.OutcomeTable` whose ``plan_latency`` comes from ``profile``."""
+    """Copy of an :class:`~adainf_env.tables.outcomes.OutcomeTable` whose ``plan_latency`` comes from ``profile``."""
     if profile.num_blocks != table.num_blocks:
         raise TableMismatchError(f"latency profile has {profile.num_blocks} blocks, table has {table.num_blocks}")
     want = table.meta.get("backbone")

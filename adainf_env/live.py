@@ -2,7 +2,7 @@
 
 :class:`LiveSource` is what a user gives the envs (``AdaInfEnv(live=...)``, ``AnytimeEnv(live=...)``);
 :class:`LiveRunner` validates it, computes the stem features of every image once and runs the backbone for a plan.
-The anytime env's block-by-block runner builds on it (:class:`adainf_env.anytime.AnytimeLiveRunner`).
+The anytime env's block-by-block runner builds on it (:class:`adainf_env.envs.anytime.env.AnytimeLiveRunner`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 
 from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.errors import ConfigError
-from adainf_env.outcomes import masks_from_codes
+from adainf_env.tables.outcomes import masks_from_codes
 
 __all__ = ["LiveSource", "LiveRunner"]
 

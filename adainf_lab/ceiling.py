@@ -23,7 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 from agents.evaluation.harness import evaluate_stream, stream_process_for
 from agents.learners.lagrangian import price_for_budget, route

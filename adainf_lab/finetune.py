@@ -54,8 +54,8 @@ from adainf_env.errors import CheckpointError, ConfigError, TableMismatchError
 from adainf_env.executor import AdaptiveExecutor
 from adainf_env.feasibility import lut_choice
 from adainf_env.fileio import atomic_torch_save, atomic_write_json, safe_torch_load, save_figure, sha256_file
-from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, save_table
-from adainf_env.table_builder import all_plans, build_table
+from adainf_env.tables.outcomes import OutcomeTable, find_split_tables, load_table, save_table
+from adainf_env.tables.builder import all_plans, build_table
 from adainf_lab.data import evenly_spaced
 from adainf_lab.rundir import make_run_dir, save_config
 from adainf_lab.tables import resolve_table_dir

@@ -38,7 +38,7 @@ from torch.utils.tensorboard import SummaryWriter
 from adainf_env.data import class_names, demo_archive_path, load_images, make_splits
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write_json
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from adainf_lab.backbone import obtain_backbone
 from adainf_lab.cli import config_to_dict, parse_config
 from adainf_lab.config import PipelineConfig, as_run, demo_settings, show_progress

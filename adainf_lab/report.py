@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from adainf_env.fileio import save_figure
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.feasibility import overrun as is_overrun
 from agents.base import Scheduler
 from agents.evaluation.metrics import plan_entropy

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 
 import numpy
 
-from adainf_env import __version__
 from adainf_env.errors import ConfigError
+from adainf_env.version import adainf_version
 from adainf_env.fileio import atomic_write_json
 from adainf_lab.cli import config_to_dict
 
@@ -72,7 +72,7 @@ def git_revision(cwd: str | Path | None = None) -> dict[str, Any]:
 def save_config(run_dir: str | Path, config: Any, extra: Mapping[str, Any] | None = None) -> Path:
     """Write ``run_dir/config.json``: the config (a dataclass or dict), git revision, argv, versions (atomic)."""
     cfg = config_to_dict(config) if not isinstance(config, Mapping) else dict(config)
-    versions = {"adainf": __version__, "python": platform.python_version(), "numpy": numpy.__version__}
+    versions = {"adainf": adainf_version(), "python": platform.python_version(), "numpy": numpy.__version__}
     for mod in ("torch", "stable_baselines3", "gymnasium"):
         m = sys.modules.get(mod)
         if m is not None:

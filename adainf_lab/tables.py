@@ -20,9 +20,9 @@ import numpy as np
 
 from adainf_env.data import cache_dir
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError, UnsafeFileError
-from adainf_env.outcomes import OutcomeTable, find_split_tables, load_table, save_table
-from adainf_env.reference_tables import REFERENCE_DIR
-from adainf_env.table_builder import build_table
+from adainf_env.tables.outcomes import OutcomeTable, find_split_tables, load_table, save_table
+from adainf_env.tables.reference import REFERENCE_DIR
+from adainf_env.tables.builder import build_table
 
 __all__ = ["REFERENCE_ALIAS", "resolve_table_dir", "load_split_tables", "export_split_tables", "table_cache_path",
            "cached_table", "default_table_cache"]

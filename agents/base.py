@@ -1,7 +1,7 @@
 """The one interface every scheduler implements.
 
 A scheduler g(x, M) maps cheap per-sample features and a budget to a plan index (into the outcome table's plan
-list). Budgets and costs are fractions of the full model (see :mod:`adainf_env.outcomes`).
+list). Budgets and costs are fractions of the full model (see :mod:`adainf_env.tables.outcomes`).
 
 Two entry points:
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 
 __all__ = ["Scheduler", "Decisions", "PlanSpace", "check_budgets"]
 

@@ -30,10 +30,10 @@ import numpy as np
 
 import adainf_env  # noqa: F401  (registers the ids)
 from adainf_env import load_table, make_vec_env
-from adainf_env.anytime_core import NUM_ACTIONS
-from adainf_env.anytime_vec import AnytimeVecEnv
-from adainf_env.reference_tables import reference_table_path
-from adainf_env.registration import ANYTIME_ID
+from adainf_env.envs.anytime.core import NUM_ACTIONS
+from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
+from adainf_env.tables.reference import reference_table_path
+from adainf_env.envs.registration import ANYTIME_ID
 
 
 @dataclasses.dataclass

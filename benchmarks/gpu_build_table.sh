@@ -89,7 +89,7 @@ t1=$(date +%s.%N)
 import json, sys
 from pathlib import Path
 import numpy as np
-from adainf_env.outcomes import codes_from_masks, load_table
+from adainf_env.tables.outcomes import codes_from_masks, load_table
 
 out, t0, t1, eq_rows, ref = Path(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 t = load_table(out / "table_test.npz", backbone="resnet18_cifar", split="test")

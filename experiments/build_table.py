@@ -9,11 +9,11 @@ Example::
 Splits: ``test`` is the dataset's test split; ``calib`` / ``fit`` are the deterministic partition of the train split
 of :func:`adainf_env.data.make_splits` (``--split-seed``, ``--num-calib``), or, with ``--reference-calib PATH``
 (e.g. ``../shared/reference/calib_indices.npy``), exactly the reference calibration indices.
-Plan spaces: ``all`` (2^B plans; B ≤ 10) or ``structured`` (:func:`adainf_env.table_builder.structured_plan_subset`).
+Plan spaces: ``all`` (2^B plans; B ≤ 10) or ``structured`` (:func:`adainf_env.tables.builder.structured_plan_subset`).
 
 Scaling out: the same command under ``torchrun --nproc_per_node=K`` (``--device cuda``: one GPU per process; several
 machines: ``--nnodes``, with ``--out`` on a filesystem all nodes share) builds the table in K shards and merges them
-into the table one process builds (same content hash), see :mod:`adainf_env.table_shards`. Every batch is saved
+into the table one process builds (same content hash), see :mod:`adainf_env.tables.shards`. Every batch is saved
 atomically in ``OUT.shards/`` as it completes: a killed build, run again with the same arguments and process count,
 redoes only the missing batches; the directory is deleted once the table is written (atomically).
 """
@@ -35,9 +35,9 @@ import torch  # noqa: E402
 from adainf_env.backbones import load_backbone  # noqa: E402
 from adainf_env.data import load_images, make_splits  # noqa: E402
 from adainf_env.errors import AdaInfError, ConfigError  # noqa: E402
-from adainf_env.outcomes import OutcomeTable, save_table  # noqa: E402
-from adainf_env.table_builder import BuildInputs, prepare_build_inputs, structured_plan_subset  # noqa: E402
-from adainf_env.table_shards import (  # noqa: E402
+from adainf_env.tables.outcomes import OutcomeTable, save_table  # noqa: E402
+from adainf_env.tables.builder import BuildInputs, prepare_build_inputs, structured_plan_subset  # noqa: E402
+from adainf_env.tables.shards import (  # noqa: E402
     ShardLayout,
     build_shard,
     merge_shards,

@@ -6,7 +6,7 @@
 
 The backbone runs live on real images (resized to 224×224): the zero-shot head is built from the class names with
 open_clip's tokenizer ("a photo of a {class}."), the outcome tables are built from the live model over a documented
-plan subset (:func:`adainf_env.table_builder.structured_plan_subset`; 2^12 plans are too many), then the scheduler is
+plan subset (:func:`adainf_env.tables.builder.structured_plan_subset`; 2^12 plans are too many), then the scheduler is
 fitted on the calibration table and evaluated against ``lut`` and ``oracle`` as in ``ppo_resnet18.py``.
 
 ``--pretrained PATH`` is an open_clip CLIP ViT-B/32 state dict (``.pt`` / ``.bin`` / ``.safetensors``, read without
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Literal
 
 from adainf_env.errors import ConfigError
-from adainf_env.table_builder import structured_plan_subset
+from adainf_env.tables.builder import structured_plan_subset
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import PipelineConfig
 from adainf_lab.pipeline import run_pipeline

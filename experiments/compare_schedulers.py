@@ -37,11 +37,11 @@ from typing import Any, Literal
 
 import numpy as np
 
-from adainf_env.anytime_core import AnytimeTable
+from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.budgets import make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.fileio import atomic_write
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import show_progress
 from adainf_lab.distributed import DistEnv, run_jobs

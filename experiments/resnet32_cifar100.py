@@ -6,7 +6,7 @@
 
 Same pipeline and run-directory conventions as ``experiments/ppo_resnet18.py`` (:mod:`adainf_lab.pipeline`). ResNet-32 has
 15 skippable blocks: 2^15 plans are too many to table, so the tables hold the documented structured + sampled subset
-of :func:`adainf_env.table_builder.structured_plan_subset` (``--num-random-plans``). There is no offline demo for
+of :func:`adainf_env.tables.builder.structured_plan_subset` (``--num-random-plans``). There is no offline demo for
 CIFAR-100: with no data this script stops with a DataSourceError naming the options.
 """
 
@@ -17,7 +17,7 @@ from typing import Literal
 
 from adainf_env.backbones import load_backbone
 from adainf_env.errors import ConfigError
-from adainf_env.table_builder import structured_plan_subset
+from adainf_env.tables.builder import structured_plan_subset
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import PipelineConfig
 from adainf_lab.pipeline import run_pipeline

@@ -44,7 +44,7 @@ def _reference_split(split: str):
     """The reference table of ``split``: from ../shared when present, else the copy shipped inside the package (the
     same bytes), so table-only tests also run on a fresh clone."""
     from adainf_env import load_table
-    from adainf_env.reference_tables import load_reference_table
+    from adainf_env.tables.reference import load_reference_table
 
     shared = REFERENCE / f"table_{split}.npz"
     return load_table(shared) if shared.is_file() else load_reference_table(split)

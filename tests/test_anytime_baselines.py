@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adainf_env.anytime import AnytimeEnv
-from adainf_env.anytime_core import AnytimeTable, toy_anytime_table
+from adainf_env.envs.anytime.env import AnytimeEnv
+from adainf_env.envs.anytime.core import AnytimeTable, toy_anytime_table
 from adainf_env.budgets import FixedBudget
 from adainf_env.errors import ConfigError
 from agents.baselines.anytime_policies import make_anytime_policy, script_costs

@@ -7,12 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from adainf_env.anytime import AnytimeEnv
-from adainf_env.anytime_core import READ, RUN, SKIP, STOP, BlockCosts, toy_anytime_table
-from adainf_env.anytime_vec import AnytimeVecEnv, make_anytime_vec_env
-from adainf_env.env_core import ActionError
+from adainf_env.envs.anytime.env import AnytimeEnv
+from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, BlockCosts, toy_anytime_table
+from adainf_env.envs.anytime.vec_env import AnytimeVecEnv, make_anytime_vec_env
+from adainf_env.envs.core import ActionError
 from adainf_env.errors import ConfigError, TableFormatError
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 
 
 @pytest.fixture(scope="module")
@@ -282,9 +282,9 @@ def test_live_equals_table_tiny_backbone():
     torch = pytest.importorskip("torch")
     from _tiny_backbones import TinyResNet
 
-    from adainf_env.anytime import AnytimeLiveRunner
-    from adainf_env.env import LiveSource
-    from adainf_env.table_builder import build_table
+    from adainf_env.envs.anytime.env import AnytimeLiveRunner
+    from adainf_env.envs.plan.env import LiveSource
+    from adainf_env.tables.builder import build_table
 
     model = TinyResNet(num_blocks=4, width=4, seed=3)
     rng = np.random.default_rng(0)

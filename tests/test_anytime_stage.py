@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adainf_env.anytime_core import AnytimeTable, toy_anytime_table
+from adainf_env.envs.anytime.core import AnytimeTable, toy_anytime_table
 from adainf_env.errors import ConfigError
 from agents.baselines.anytime_policies import make_anytime_policy, script_costs
 from agents.evaluation.anytime_harness import evaluate_anytime_bandit, evaluate_anytime_stream
@@ -90,7 +90,7 @@ def test_bad_config(bad):
 
 
 def test_unfitted_is_refused(toy):
-    from adainf_env.anytime_core import RequestBatch
+    from adainf_env.envs.anytime.core import RequestBatch
 
     calib, _ = toy
     at = AnytimeTable.from_table(calib)

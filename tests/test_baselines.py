@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError, TableMismatchError
-from adainf_env.toy import make_toy_table, toy_optimal_plans
+from adainf_env.tables.toy import make_toy_table, toy_optimal_plans
 from agents.base import Scheduler
 from agents.baselines.cascades import additive_costs, joint_cost
 from agents.evaluation.harness import evaluate_bandit

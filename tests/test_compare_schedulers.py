@@ -13,10 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adainf_env.anytime_core import toy_anytime_table
+from adainf_env.envs.anytime.core import toy_anytime_table
 from adainf_env.errors import ConfigError, TableFormatError
-from adainf_env.outcomes import save_table
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.outcomes import save_table
+from adainf_env.tables.toy import make_toy_table
 from adainf_lab.cli import parse_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,7 @@ def test_cli_parses_lists_bools_and_optionals(toy_dir):
     with pytest.raises(ConfigError, match="table-dir"):
         parse_config(cs.CompareConfig, [], raise_errors=True)
     ref = parse_config(cs.CompareConfig, ["--table-dir", "reference"], raise_errors=True)
-    from adainf_env.reference_tables import REFERENCE_DIR
+    from adainf_env.tables.reference import REFERENCE_DIR
 
     assert ref.table_dir == REFERENCE_DIR
 

@@ -1,4 +1,4 @@
-"""AdaInfEnv: Gymnasium/SB3 API conformance, semantics, determinism, pickling, bad input (adainf_env/env.py)."""
+"""AdaInfEnv: Gymnasium/SB3 API conformance, semantics, determinism, pickling, bad input (adainf_env/envs/plan/env.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 
 import adainf_env
 from adainf_env import AdaInfEnv
-from adainf_env.env import ActionError
+from adainf_env.envs.plan.env import ActionError
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
-from adainf_env.outcomes import save_table
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.outcomes import save_table
+from adainf_env.tables.toy import make_toy_table
 
 # Warnings the checkers may emit that are accepted, with the reason. Empty: both checkers pass silently on the
 # unwrapped env. (Gymnasium's own "env is different from the unwrapped version" warning is avoided by checking
@@ -323,7 +323,7 @@ def test_manual_documents_spaces_reward_and_versions():
 def live_env(reference_checkpoint, cifar_archive):
     from adainf_env import load_backbone
     from adainf_env.data import load_images
-    from adainf_env.env import LiveSource
+    from adainf_env.envs.plan.env import LiveSource
 
     import torch
 
@@ -359,7 +359,7 @@ def test_live_and_table_agree_on_correctness(live_env, test_table):
 
 def test_live_source_validation(reference_checkpoint):
     from adainf_env import load_backbone
-    from adainf_env.env import LiveSource
+    from adainf_env.envs.plan.env import LiveSource
 
     bb = load_backbone("resnet18_cifar", checkpoint=reference_checkpoint)
     imgs = np.zeros((4, 3, 32, 32), np.uint8)
@@ -375,7 +375,7 @@ def test_live_source_validation(reference_checkpoint):
 
 # ---------------------------------------------------------------------------------------------- options and reward
 def test_options_object_equals_keywords(toy):
-    from adainf_env.options import EnvOptions
+    from adainf_env.envs.options import EnvOptions
 
     opts = EnvOptions(mode="stream", episode_length=5, lam=0.3, obs_format="flat")
     a, b = AdaInfEnv(toy, options=opts), AdaInfEnv(toy, mode="stream", episode_length=5, lam=0.3, obs_format="flat")
@@ -405,7 +405,7 @@ def test_one_reward_function_for_scalars_and_arrays(kw):
     """The single env (Python floats) and the vec env (arrays) compute the same rewards, and a plan that fits its
     budget up to feasibility's tolerance pays no penalty."""
     from adainf_env.feasibility import COST_TOL
-    from adainf_env.reward import overrun_paid, step_reward
+    from adainf_env.envs.reward import overrun_paid, step_reward
 
     rng = np.random.default_rng(0)
     cost = rng.uniform(0.1, 1.0, 200)

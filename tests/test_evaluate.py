@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 from agents.evaluation.harness import RECORD_FIELDS, evaluate_bandit, evaluate_stream, run_comparison
 from agents.evaluation.report import markdown_tables, summarize, write_results
 from agents.registry import make_scheduler

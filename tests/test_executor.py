@@ -14,7 +14,7 @@ import torch
 from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.errors import ConfigError
 from adainf_env.executor import AdaptiveExecutor, ExecResult
-from adainf_env.outcomes import masks_from_codes
+from adainf_env.tables.outcomes import masks_from_codes
 from _numerics import assert_argmax_agrees, assert_close_scaled
 from _tiny_backbones import TinyResNet, TinyTokenNet
 
@@ -105,7 +105,7 @@ def test_scheduler_sees_features_and_budgets_and_costs_are_reported(tiny) -> Non
 
 
 def test_from_table_uses_table_plan_space_and_costs(tiny) -> None:
-    from adainf_env.toy import make_toy_table
+    from adainf_env.tables.toy import make_toy_table
 
     bb, masks = tiny
     table = make_toy_table(50, num_blocks=4)

@@ -2,7 +2,7 @@
 with no ../shared, no data and no network, records what it ran and leaves reusable tables; bad arguments stop a
 script with exit status 2 and one clear line before any work; scripts without data fail with a clear DataSourceError.
 
-Tables for the table-driven scripts are the synthetic toy tables (adainf_env.toy) saved in the project format, so
+Tables for the table-driven scripts are the synthetic toy tables (adainf_env.tables.toy) saved in the project format, so
 these tests need nothing outside the repository.
 """
 
@@ -39,8 +39,8 @@ def _isolated(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="module")
 def toy_table_dir(tmp_path_factory) -> Path:
-    from adainf_env.outcomes import save_table
-    from adainf_env.toy import make_toy_table
+    from adainf_env.tables.outcomes import save_table
+    from adainf_env.tables.toy import make_toy_table
 
     d = tmp_path_factory.mktemp("toy_tables")
     save_table(make_toy_table(1200, seed=0, split="calib"), d / "table_calib.npz")
@@ -278,7 +278,7 @@ def test_script_entry_point_exit_status(tmp_path):
 
 
 def test_reference_alias_names_the_shipped_tables():
-    from adainf_env.reference_tables import REFERENCE_DIR
+    from adainf_env.tables.reference import REFERENCE_DIR
     from adainf_lab.config import PipelineConfig
 
     cfg = PipelineConfig(table_dir=Path("reference"))

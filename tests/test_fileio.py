@@ -9,8 +9,8 @@ import stat
 import pytest
 
 from adainf_env.fileio import atomic_write, atomic_write_bytes, atomic_write_json
-from adainf_env.outcomes import save_table
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.outcomes import save_table
+from adainf_env.tables.toy import make_toy_table
 
 
 @contextlib.contextmanager

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from adainf_env.feasibility import fits
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 from agents.evaluation.harness import evaluate_bandit
 from agents.registry import SCHEDULERS, make_scheduler
 

@@ -71,7 +71,7 @@ def test_script_smoke_lora_and_combine(tiny_inputs, tmp_path):
     assert 0 <= s["selected_step"] <= s["steps"] == 8
     assert set(s["full_plan_test_accuracy"]) == {"original", "finetuned"}
     # the fine-tuned backbone's table is a real outcome table other schedulers can use
-    from adainf_env.outcomes import load_table
+    from adainf_env.tables.outcomes import load_table
 
     t = load_table(run / "table_test.npz")
     assert t.num_plans == 256 and t.num_samples == 40

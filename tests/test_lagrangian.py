@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError, TableMismatchError
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +103,7 @@ def test_stream_ceiling_script_runs(tmp_path, capsys):
     import sys
     from pathlib import Path
 
-    from adainf_env.outcomes import save_table
+    from adainf_env.tables.outcomes import save_table
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from experiments.stream_ceiling import main, roc_auc

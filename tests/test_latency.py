@@ -26,7 +26,7 @@ from adainf_env.latency import (
     time_callable,
     validate_latency_model,
 )
-from adainf_env.outcomes import masks_from_codes
+from adainf_env.tables.outcomes import masks_from_codes
 from _tiny_backbones import TinyResNet
 
 
@@ -130,7 +130,7 @@ def test_process_clock_counts_cpu_work_not_sleep() -> None:
 
 
 def test_attach_latency_returns_a_table_copy_with_latency_costs() -> None:
-    from adainf_env.toy import make_toy_table
+    from adainf_env.tables.toy import make_toy_table
 
     table = make_toy_table(40, num_blocks=4)
     prof = _synthetic_profile()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from adainf_env.errors import ConfigError, TableMismatchError
-from adainf_env.toy import make_toy_table, toy_optimal_plans
+from adainf_env.tables.toy import make_toy_table, toy_optimal_plans
 
 BUDGETS = (0.3, 0.6)
 

@@ -1,4 +1,4 @@
-"""Outcome-table loader (adainf_env.outcomes): round trip, safety, corruption, metadata checks, reference layout."""
+"""Outcome-table loader (adainf_env.tables.outcomes): round trip, safety, corruption, metadata checks, reference layout."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from adainf_env import load_table, save_table
 from adainf_env.errors import AdaInfError, TableFormatError, TableMismatchError, UnsafeFileError
-from adainf_env.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
 
 
 def _table(n: int = 6, b: int = 3, seed: int = 0, **meta) -> OutcomeTable:
@@ -337,7 +337,7 @@ def test_inconsistent_reference_metadata_is_refused(tmp_path, changes, match):
 def test_published_reference_recognised_by_content_without_metadata(tmp_path):
     """A copy of a shipped reference table (as in ../shared/reference, which has no table_meta.json) is recognised
     by its array hash; the same layout with one prediction changed is refused."""
-    from adainf_env.reference_tables import load_reference_table, reference_table_path
+    from adainf_env.tables.reference import load_reference_table, reference_table_path
 
     copy = tmp_path / "renamed.npz"
     copy.write_bytes(reference_table_path("test").read_bytes())

@@ -1,4 +1,4 @@
-"""The reference tables shipped inside the package (adainf_env.reference_tables): present, loadable, labelled."""
+"""The reference tables shipped inside the package (adainf_env.tables.reference): present, loadable, labelled."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from adainf_env.outcomes import find_split_tables, masks_from_codes
-from adainf_env.reference_tables import REFERENCE_DIR, load_reference_table, reference_table_path
+from adainf_env.tables.outcomes import find_split_tables, masks_from_codes
+from adainf_env.tables.reference import REFERENCE_DIR, load_reference_table, reference_table_path
 
 
 def test_reference_table_path_names_both_splits_and_refuses_others():

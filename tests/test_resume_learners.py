@@ -8,7 +8,7 @@ import pytest
 
 from adainf_env.errors import CheckpointError
 from adainf_env.fileio import safe_torch_load
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 
 
 class Killed(RuntimeError):

@@ -9,7 +9,7 @@ import pytest
 
 from adainf_env.errors import CheckpointError
 from adainf_env.fileio import safe_torch_load
-from adainf_env.toy import make_toy_table
+from adainf_env.tables.toy import make_toy_table
 
 # 16 envs × 8 steps = 128 env steps per rollout; 24 rollouts; evaluation (and checkpoint) every 4 rollouts. Plain
 # policy (prior=False) with a larger step size so that the held-out scores move during the run (with the LUT prior

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from adainf_env import AdaInfEnv, AdaInfVecEnv, make_vec_env
-from adainf_env.env import ActionError
+from adainf_env.envs.plan.env import ActionError
 from adainf_env.errors import AdaInfError, ConfigError
-from adainf_env.toy import make_toy_table
-from adainf_env.vec_env import LazyInfos
+from adainf_env.tables.toy import make_toy_table
+from adainf_env.envs.plan.vec_env import LazyInfos
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +204,7 @@ def test_reference_table_vec_env(reference_dir):
 def test_info_budget_is_the_observed_budget_across_buffer_refills(toy):
     """info["budget"] of a step equals the budget the agent observed for it, also on steps that refill the
     pre-drawn random buffers (every 1024 steps); infos are read lazily, after the refill."""
-    from adainf_env.vec_env import RNG_CHUNK
+    from adainf_env.envs.plan.vec_env import RNG_CHUNK
 
     venv = make_vec_env(toy, 3, mode="bandit", seed=5)
     obs = venv.reset()

@@ -1,6 +1,6 @@
-"""Baselines of the anytime env (:class:`~adainf_env.anytime.AnytimeEnv`): scripted policies over plan sequences.
+"""Baselines of the anytime env (:class:`~adainf_env.envs.anytime.env.AnytimeEnv`): scripted policies over plan sequences.
 
-Every policy here acts on the kernel state (:class:`~adainf_env.anytime_core.RequestBatch`, ``env.state`` of the
+Every policy here acts on the kernel state (:class:`~adainf_env.envs.anytime.core.RequestBatch`, ``env.state`` of the
 envs), so it runs unchanged in the single env, the vec env and the anytime harness, with one definition of costs.
 A policy serves a request as a *script*: a sequence of plan codes ``t_0 ⊂ t_1 ⊂ …`` each extending the previous one's
 decisions (the anytime env never recomputes a block: later stages continue from the activations already computed).
@@ -29,10 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.anytime_core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
-from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
 from agents.registry import anytime_policy_class
 

@@ -35,7 +35,7 @@ import numpy as np
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import Staircase, pareto_frontier
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 
 __all__ = ["ConfidenceCascade", "AgreementCascade", "additive_costs", "joint_cost"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import Staircase, fits, upper_hull
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 
 __all__ = ["LUTScheduler", "LUTUpperScheduler", "HullMixScheduler", "RandomScheduler", "OracleScheduler"]

@@ -3,7 +3,7 @@
 Records have the fields of :data:`agents.evaluation.harness.RECORD_FIELDS` plus ``"env": "anytime"`` and
 ``mean_reads`` (head evaluations per request). ``plan_hist`` counts the plan whose answer was given; ``mean_cost`` is
 the exact cost paid (every block, shortcut and read, nothing twice). Requests are served by the env's kernel
-(:class:`~adainf_env.anytime_core.RequestBatch`), all requests of a batch side by side, so these numbers are those of
+(:class:`~adainf_env.envs.anytime.core.RequestBatch`), all requests of a batch side by side, so these numbers are those of
 the anytime env (tested). Streams follow :func:`agents.evaluation.harness.evaluate_stream`: the same sample order and
 budget draws for a seed, ``num_streams`` streams of ``horizon`` requests, the bucket starting empty.
 """
@@ -15,11 +15,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adainf_env.anytime_core import AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import check_budgets
 from agents.baselines.anytime_policies import AnytimePolicy
 from agents.registry import ANYTIME_SCHEDULERS

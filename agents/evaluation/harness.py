@@ -57,12 +57,12 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from adainf_env.anytime_core import AnytimeTable
+from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import overrun, overrun_amount
 from adainf_env.fileio import atomic_write
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
 from agents.baselines.anytime_policies import make_anytime_policy
 from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream

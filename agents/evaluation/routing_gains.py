@@ -1,6 +1,6 @@
 """A table where per-input routing provably pays under a hard per-request budget, and what each scheduler gains there.
 
-On :func:`adainf_env.toy.make_toy_table` (nested requirements: type t needs blocks 0..t−1) the look-up table is
+On :func:`adainf_env.tables.toy.make_toy_table` (nested requirements: type t needs blocks 0..t−1) the look-up table is
 already optimal under a hard budget — the largest plan that fits covers every type that any plan within the budget
 covers — so learners can only tie with ``lut`` there. :func:`make_routing_table` breaks that: sample type t is
 classified correctly exactly when block t runs (plus a share of "easy" samples every plan gets right), all blocks cost
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from adainf_env.errors import ConfigError
-from adainf_env.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
 from agents.evaluation.harness import evaluate_bandit
 from agents.evaluation.report import summarize
 

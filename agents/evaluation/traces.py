@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from adainf_env.fileio import atomic_write, save_figure
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler
 from agents.evaluation.harness import evaluate_stream
 from agents.progress import progress_disabled

@@ -4,7 +4,7 @@
 The policy acts at *decision points* of a request — when it starts, and after each read — and chooses the next
 *stage*: STOP (answer with what was read) or a target plan code ``t`` among K candidates. A target is served as the
 env's actions (RUN/SKIP through the blocks as ``t`` says, then READ) on the kernel
-(:class:`~adainf_env.anytime_core.RequestBatch`), so every cost is the env's exact cost with computation reuse, and a
+(:class:`~adainf_env.envs.anytime.core.RequestBatch`), so every cost is the env's exact cost with computation reuse, and a
 target is valid only if it extends the decisions so far (the env never recomputes a block), gives a new read, and its
 read still fits the request's budget (the env's hard budget; the masks of the env make the same promise). This is an
 options (semi-MDP) view of ``AdaInf/Anytime-v0``: the block-level actions are the options' fixed internals, the
@@ -48,11 +48,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from adainf_env.anytime_core import READ, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
-from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
 from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID

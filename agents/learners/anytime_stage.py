@@ -46,11 +46,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from adainf_env.anytime_core import READ, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
-from adainf_env.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
 from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.anytime_policy import held_out_stream_accuracy, single_thread

@@ -33,7 +33,7 @@ import torch
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import overrun
 from adainf_env.fileio import safe_torch_load
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import PlanSpace, Scheduler
 from agents.evaluation.metrics import BUDGET_GRID, plan_entropy
 from agents.learners.policy_nets import candidate_plans

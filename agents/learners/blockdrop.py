@@ -37,7 +37,7 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import feasible_with_fallback
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.policy_nets import BlockPolicy
 from agents.learners.reinforce import bernoulli_entropy, block_plan_lookup, block_scores_over_plans
 from agents.learners.torch_learner import TorchTableLearner

@@ -24,7 +24,7 @@ import torch
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import feasible_with_fallback
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.torch_learner import TorchTableLearner
 
 __all__ = ["HingeScheduler", "hinge_loss"]

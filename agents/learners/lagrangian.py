@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, masked_argmax
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import PlanSpace, check_budgets
 from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, split_rows, weights_to_arrays
 from agents.learners.policy_nets import FeatureScaler, candidate_plans, mlp

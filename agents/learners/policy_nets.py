@@ -26,7 +26,7 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import fits, lut_choice, pareto_frontier
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 
 __all__ = ["FeatureScaler", "PlanPolicy", "BlockPolicy", "budget_inputs", "pareto_plans", "candidate_plans",
            "mlp"]

@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.fileio import atomic_torch_save
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, weights_to_arrays
 from agents.learners.policy_nets import PlanPolicy
 from agents.progress import progress_disabled

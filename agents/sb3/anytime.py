@@ -1,6 +1,6 @@
 """stable-baselines3 / sb3-contrib algorithms by name on the anytime env (``anytime_ppo``, ``anytime_a2c``,
 ``anytime_maskable_ppo``): the block-level actions of ``AdaInf/Anytime-v0`` (RUN / SKIP / READ / STOP), trained on
-:class:`~adainf_env.anytime_vec.AnytimeVecEnv` over the calibration *fit* rows.
+:class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` over the calibration *fit* rows.
 
 * Training env: bandit mode (one request per episode, a hard per-request budget drawn uniformly), flat observations;
   PPO and A2C see the env's ``invalid_action="fallback"`` (an invalid action is replaced, ``info`` says so),
@@ -9,7 +9,7 @@
   variance over those steps.
 * Deployment (the anytime harness's protocol, :class:`~agents.baselines.anytime_policies.AnytimePolicy`): the same
   flat observation of each request in flight, built by the env's own
-  :meth:`~adainf_env.anytime_core.AnytimeConfig.observe`, the greedy action, invalid ones substituted as the env's
+  :meth:`~adainf_env.envs.anytime.core.AnytimeConfig.observe`, the greedy action, invalid ones substituted as the env's
   fallback does (masked for MaskablePPO). In a shared-bucket stream the request's budget is what the bucket holds.
 * Selection: every ``eval_every`` env steps the greedy policy is scored on held-out calibration rows (bandit sweep over
   :data:`~agents.evaluation.metrics.BUDGET_GRID`, over-budget answers count as wrong); the best mean after ≥ 1 update is
@@ -24,11 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.anytime_core import STOP, AnytimeConfig, AnytimeTable, RequestBatch
-from adainf_env.anytime_vec import AnytimeVecEnv
+from adainf_env.envs.anytime.core import STOP, AnytimeConfig, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import AnytimePolicy
 from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID

@@ -13,7 +13,7 @@ import torch
 from stable_baselines3.common.callbacks import BaseCallback
 
 from adainf_env.fileio import atomic_torch_save
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.sb3.resume import restore_training_state, training_state
 
 if TYPE_CHECKING:

@@ -139,7 +139,7 @@ class SchedulerObsWrapper(VecEnvWrapper):
         return self.builder.fits(self._budget)
 
     def get_state(self) -> dict[str, Any]:
-        """The wrapped env's :meth:`~adainf_env.vec_env.AdaInfVecEnv.get_state` and the budgets of the current
+        """The wrapped env's :meth:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv.get_state` and the budgets of the current
         requests (the action mask's input)."""
         return {"env": self.venv.get_state(), "budget": self._budget.copy()}
 

@@ -5,7 +5,7 @@ What is captured (on-policy algorithms, at a rollout start — see :mod:`agents.
 (from which SB3 derives the learning-rate/clip-range progress once ``learn(remaining, reset_num_timesteps=False)``
 restores ``_total_timesteps``), ``_n_updates``, ``_episode_num``, ``_last_obs``/``_last_episode_starts``, the
 global torch / numpy / ``random`` RNG states (action sampling uses torch's, ``RolloutBuffer.get`` permutes minibatches
-with numpy's) and the env state (:meth:`~adainf_env.vec_env.AdaInfVecEnv.get_state` through
+with numpy's) and the env state (:meth:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv.get_state` through
 :meth:`~agents.sb3.obs.SchedulerObsWrapper.get_state`). Policy, optimiser and selection state are written by the
 selection callback beside it.
 """

@@ -1,7 +1,7 @@
 """Stable-Baselines3 schedulers [``ppo``, ``a2c``, ``dqn``, ``maskable_ppo``] — any algorithm by one argument.
 
 ``SB3Scheduler(algo="ppo" | "a2c" | "dqn" | "maskable_ppo", ...)`` trains the algorithm on an
-:class:`~adainf_env.vec_env.AdaInfVecEnv` (table mode, bandit: one request per episode, budget uniform in
+:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` (table mode, bandit: one request per episode, budget uniform in
 [cheapest plan, 1], reward ``1[correct] − λ·max(0, cost − budget)``) built over the *fit* part of the calibration
 table; the held-out part (``val_fraction``) scores the policy every ``eval_every`` rollouts/steps (mean accuracy over a
 budget grid, as for the torch learners; the untrained policy is scored as a reference) and the best-scoring parameters
@@ -61,8 +61,8 @@ from gymnasium import spaces
 
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.vec_env import make_vec_env
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.envs.plan.vec_env import make_vec_env
 from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, weights_to_arrays
 from agents.sb3.callback import SelectionCallback, StepCallback
 from agents.sb3.obs import ObsBuilder, SchedulerObsWrapper

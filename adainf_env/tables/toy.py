@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adainf_env.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
 
 __all__ = ["make_toy_table", "toy_optimal_plans"]
 

@@ -16,7 +16,7 @@ its own, so it is read only together with a ``table_meta.json`` beside it::
     }
 
 ``arrays_sha256`` (:func:`~adainf_env.fileio.sha256_arrays` of the five raw arrays) identifies a file's split by its
-content; ``content_sha256`` is the loaded :class:`~adainf_env.outcomes.OutcomeTable`'s content hash. Both are
+content; ``content_sha256`` is the loaded :class:`~adainf_env.tables.outcomes.OutcomeTable`'s content hash. Both are
 optional for a hand-written sidecar and checked when present.
 
 Without a sidecar, only the published reference tables are recognised — by their array hash, against the metadata
@@ -46,7 +46,7 @@ __all__ = [
 ]
 
 REFERENCE_META_NAME = "table_meta.json"
-SHIPPED_REFERENCE_DIR: Path = Path(__file__).resolve().parent / "reference_data"
+SHIPPED_REFERENCE_DIR: Path = Path(__file__).resolve().parents[1] / "reference_data"
 META_FORMAT_VERSION = 1
 # 2^B columns are stored per row; beyond 16 blocks the layout would not be a sensible file.
 _MAX_BLOCKS = 16

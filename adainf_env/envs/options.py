@@ -2,8 +2,8 @@
 
 :class:`AnytimeOptions` (the anytime env's) is :class:`EnvOptions` plus ``invalid_action``.
 
-:class:`EnvOptions` is what :class:`~adainf_env.env.AdaInfEnv`, :class:`~adainf_env.vec_env.AdaInfVecEnv` and
-:class:`~adainf_env.env_core.EnvConfig` take; both env constructors also accept its fields as keyword arguments
+:class:`EnvOptions` is what :class:`~adainf_env.envs.plan.env.AdaInfEnv`, :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` and
+:class:`~adainf_env.envs.core.EnvConfig` take; both env constructors also accept its fields as keyword arguments
 (``AdaInfEnv(table, mode="stream", lam=0.5)`` ≡ ``AdaInfEnv(table, options=EnvOptions(mode="stream", lam=0.5))``).
 Validation happens here, at construction: a bad value raises :class:`~adainf_env.errors.ConfigError` naming it.
 """
@@ -71,11 +71,11 @@ class EnvOptions:
       budget); normalised to a ``TokenBucket`` or ``None``.
     * ``lam`` (λ ≥ 0, overrun penalty weight), ``reward`` (``"correct"`` or ``"neg_ce"``), ``penalty``
       (``"linear"`` or ``"hard"``), ``hard_penalty`` (the reward of an overrun under ``penalty="hard"``): see
-      :func:`adainf_env.reward.step_reward`.
+      :func:`adainf_env.envs.reward.step_reward`.
     * ``cost_unit``: ``"macs"`` or ``"latency"`` (which cost the budget is a fraction of).
     * ``obs_format``: ``"dict"`` or ``"flat"`` (one Box); ``action_type``: ``"plan"`` (Discrete) or ``"mask"``
       (MultiBinary block mask); ``mask_over_budget``: ``action_masks()`` hides plans over budget.
-    * ``render_mode``: ``None``, ``"ansi"`` (a text line) or ``"rgb_array"`` (a frame, see :mod:`adainf_env.render`).
+    * ``render_mode``: ``None``, ``"ansi"`` (a text line) or ``"rgb_array"`` (a frame, see :mod:`adainf_env.envs.render`).
     """
 
     mode: Literal["bandit", "stream"] = "bandit"
@@ -140,10 +140,10 @@ class EnvOptions:
 
 @dataclasses.dataclass(frozen=True)
 class AnytimeOptions(EnvOptions):
-    """The options of :class:`~adainf_env.anytime.AnytimeEnv`: those of :class:`EnvOptions` plus
+    """The options of :class:`~adainf_env.envs.anytime.env.AnytimeEnv`: those of :class:`EnvOptions` plus
 
     * ``invalid_action``: ``"raise"`` (an action outside ``action_masks()`` raises
-      :class:`~adainf_env.env_core.ActionError`) or ``"fallback"`` (it is replaced by a valid one, see the env).
+      :class:`~adainf_env.envs.core.ActionError`) or ``"fallback"`` (it is replaced by a valid one, see the env).
 
     The anytime env's actions are always ``Discrete(4)`` (run, skip, read, stop), so ``action_type`` must stay
     ``"plan"``; it charges every block, shortcut and head separately, so ``cost_unit`` must be ``"macs"`` (a latency

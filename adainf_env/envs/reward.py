@@ -1,5 +1,5 @@
-"""The reward of one request, shared by :class:`~adainf_env.env.AdaInfEnv` and
-:class:`~adainf_env.vec_env.AdaInfVecEnv` (Python scalars for the single env, numpy arrays for the batched one).
+"""The reward of one request, shared by :class:`~adainf_env.envs.plan.env.AdaInfEnv` and
+:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` (Python scalars for the single env, numpy arrays for the batched one).
 
 With ``cost`` and ``budget`` fractions of the full model and ``overrun`` what :func:`overrun_paid` returns:
 

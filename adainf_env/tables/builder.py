@@ -23,7 +23,7 @@ together with a fingerprint of everything that determines the numbers (weights, 
 dtypes). A killed build started again with the same arguments continues after the last checkpoint and produces the
 identical table; a checkpoint with another fingerprint is refused (:class:`~adainf_env.errors.TableMismatchError`).
 
-Several processes or machines build one table in shards with :mod:`adainf_env.table_shards`, from the same pieces
+Several processes or machines build one table in shards with :mod:`adainf_env.tables.shards`, from the same pieces
 (:func:`prepare_build_inputs`, :func:`evaluate_batch`, :func:`assemble_table`) and the same batches.
 """
 
@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from adainf_env.costs import MacsProfile, measure_macs, plan_macs
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
 
 __all__ = [
     "build_table",

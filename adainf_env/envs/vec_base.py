@@ -1,7 +1,7 @@
 """What the natively batched SB3 ``VecEnv`` classes share: per-env generators, the sub-env attribute interface
 (``get_attr``/``set_attr``/``env_method``/``env_is_wrapped``), frames, and the ``make_*_vec_env`` seeding helper.
 
-:class:`~adainf_env.vec_env.AdaInfVecEnv` and :class:`~adainf_env.anytime_vec.AnytimeVecEnv` hold all their envs in
+:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` and :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` hold all their envs in
 arrays, so there are no sub-env objects: :class:`BatchedVecEnv` answers SB3's per-env queries from the batched env
 itself. A subclass sets ``_SHARED_ATTRS`` (attributes every env shares) and provides ``action_masks()``,
 ``render_one(i)``, ``cfg`` (with a mutable ``lam``) and ``num_envs``.
@@ -19,7 +19,7 @@ from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
 from adainf_env.errors import ConfigError
-from adainf_env.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable
 
 __all__ = ["BatchedVecEnv", "build_vec_env"]
 
@@ -86,7 +86,7 @@ class BatchedVecEnv(VecEnv):
         return [False] * len(self._indices(indices))
 
     def get_images(self) -> Sequence[np.ndarray | None]:
-        """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.render`)."""
+        """One frame per env of its last step (``render_mode="rgb_array"``; see :mod:`adainf_env.envs.render`)."""
         if self.render_mode != "rgb_array":
             return [None] * self.num_envs
         return [self.render_one(i) for i in range(self.num_envs)]

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from adainf_env.errors import ConfigError
-from adainf_env.outcomes import OutcomeTable, load_table
-from adainf_env.reference_meta import SHIPPED_REFERENCE_DIR
+from adainf_env.tables.outcomes import OutcomeTable, load_table
+from adainf_env.tables.reference_meta import SHIPPED_REFERENCE_DIR
 
 __all__ = ["REFERENCE_DIR", "REFERENCE_SPLITS", "reference_table_path", "load_reference_table"]
 

@@ -5,7 +5,7 @@ Layout
 Batches are fixed by the batch size alone (batch b = rows ``b·batch_size …``), exactly as :func:`build_table` cuts
 them, and batch b belongs to rank ``b mod world_size`` (strided, so ranks differ by at most one batch). Every batch is
 evaluated with the same rows, plans and code as in a one-process build, so the merged arrays are the single-process
-table's arrays: same :meth:`~adainf_env.outcomes.OutcomeTable.content_hash` (on the same kind of device and kernels).
+table's arrays: same :meth:`~adainf_env.tables.outcomes.OutcomeTable.content_hash` (on the same kind of device and kernels).
 
 Files (a directory ``OUT.shards`` beside the output ``OUT``; every file written atomically)
 -----------------------------------------------------------------------------------------
@@ -41,8 +41,8 @@ from tqdm.auto import tqdm
 from adainf_env.costs import measure_macs
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.fileio import atomic_write, atomic_write_json, safe_np_load, sha256_arrays
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.table_builder import (
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.tables.builder import (
     BuildInputs,
     assemble_table,
     build_settings,

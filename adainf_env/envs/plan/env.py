@@ -8,14 +8,14 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from adainf_env.env_core import ActionError, EnvConfig, PlanConfigViews, RequestDraws, resolve_env_inputs
+from adainf_env.envs.core import ActionError, EnvConfig, PlanConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.live import LiveRunner, LiveSource
-from adainf_env.options import RENDER_MODES, EnvOptions
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.render import render_frame, render_text
-from adainf_env.reward import overrun_paid, step_reward
+from adainf_env.envs.options import RENDER_MODES, EnvOptions
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.envs.render import render_frame, render_text
+from adainf_env.envs.reward import overrun_paid, step_reward
 
 __all__ = ["AdaInfEnv", "LiveSource", "ActionError"]
 
@@ -27,7 +27,7 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
     Each request is an input (an image) and a budget, a fraction of the full model's cost. The agent sees cheap
     features of the input (the pooled output of the always-run stem) and the budget, and picks a *plan* — which
     skippable residual blocks to execute. It is rewarded for a correct prediction and penalised for exceeding the
-    budget. Outcomes come from an :class:`~adainf_env.outcomes.OutcomeTable` (every plan evaluated on every sample
+    budget. Outcomes come from an :class:`~adainf_env.tables.outcomes.OutcomeTable` (every plan evaluated on every sample
     beforehand: thousands of times faster than running the network) or, in live mode, from running the backbone.
     This is the AdaInf problem (scheduler g(x, M) → plan) as an RL environment.
 
@@ -54,7 +54,7 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
     With ``cost`` and ``budget`` fractions of the full model (``cost_unit="macs"``: MACs, ``"latency"``: measured
     time) and ``overrun = cost − budget`` when the plan does not fit the budget by
     :func:`adainf_env.feasibility.overrun` (the rule of the action mask and the evaluation harness), else 0
-    (:func:`adainf_env.reward.step_reward`):
+    (:func:`adainf_env.envs.reward.step_reward`):
 
     * ``reward="correct"`` (default): ``1[prediction correct] − λ·overrun`` — in [−λ, 1];
     * ``reward="neg_ce"``: ``−CE(true label) − λ·overrun`` (CE in nats);
@@ -75,14 +75,14 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
 
     ## Arguments
     ``AdaInfEnv(table=None, *, table_path=None, live=None, options=None, **option_kwargs)``; the options are the
-    fields of :class:`~adainf_env.options.EnvOptions`, given as ``options=EnvOptions(...)`` and/or as keywords
+    fields of :class:`~adainf_env.envs.options.EnvOptions`, given as ``options=EnvOptions(...)`` and/or as keywords
     (keywords win): ``mode="bandit", episode_length=200, budget="uniform", bucket=None, lam=1.0, reward="correct",
     penalty="linear", hard_penalty=-1.0, cost_unit="macs", obs_format="dict", action_type="plan",
     mask_over_budget=True, render_mode=None``. An unknown keyword raises ConfigError.
 
     * ``table`` / ``table_path``: an OutcomeTable or a path for :func:`adainf_env.load_table`; ``live``: a
       :class:`LiveSource` instead. None of them: the reference calibration table shipped with the package
-      (:func:`adainf_env.reference_tables.reference_table_path`).
+      (:func:`adainf_env.tables.reference.reference_table_path`).
     * ``budget``: a budget process spec for :func:`adainf_env.budgets.make_budget_process` (``"uniform"``,
       ``"fixed:0.3"``, ``"random_walk"``, ``"step"``, ``"periodic"``, ``"trace:FILE.csv"``, a dict, or an object).
     * ``bucket``: stream mode only. ``True``, a dict or a :class:`~adainf_env.budgets.TokenBucket`: requests share a
@@ -90,12 +90,12 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
       the *average* cost to 0.2); the request's budget is what is in the bucket (at most 1).
     * ``lam`` (λ ≥ 0), ``reward``, ``penalty``, ``hard_penalty``: see Rewards.
     * ``render_mode``: None, ``"ansi"`` (a text line about the last step) or ``"rgb_array"`` (a uint8 frame of it:
-      the plan's blocks run/skipped, the cost paid against the budget, correct or not; :mod:`adainf_env.render`).
+      the plan's blocks run/skipped, the cost paid against the budget, correct or not; :mod:`adainf_env.envs.render`).
 
     Registered as ``AdaInf/Bandit-v0`` and ``AdaInf/Stream-v0``; both work with no arguments:
     ``gymnasium.make("AdaInf/Stream-v0", budget="fixed:0.2", bucket=True)``. ``gymnasium.make_vec(id, num_envs=N)``
-    gives the numpy-batched :class:`~adainf_env.gym_vector.AdaInfVectorEnv` (same-step autoreset); SB3 users can
-    take :class:`~adainf_env.vec_env.AdaInfVecEnv` directly.
+    gives the numpy-batched :class:`~adainf_env.envs.plan.gym_vector.AdaInfVectorEnv` (same-step autoreset); SB3 users can
+    take :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` directly.
     Bad arguments raise :class:`~adainf_env.errors.ConfigError`; bad tables
     :class:`~adainf_env.errors.TableFormatError`; bad actions :class:`ActionError`.
 
@@ -104,7 +104,7 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
     * v0 (unchanged dynamics): the shipped reference calibration table is the default source; the features Box
       spans the finite float32 range instead of the table's min/max (data-independent space); a plan within budget
       up to the shared feasibility tolerance pays no overrun; ``render_mode="rgb_array"``; options as one
-      :class:`~adainf_env.options.EnvOptions`; a Gymnasium ``vector_entry_point``.
+      :class:`~adainf_env.envs.options.EnvOptions`; a Gymnasium ``vector_entry_point``.
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
@@ -265,7 +265,7 @@ class AdaInfEnv(PlanConfigViews, gym.Env):
 
     def render(self):
         """``"ansi"``: a text line about the last step; ``"rgb_array"``: a uint8 [H, W, 3] frame of it (see
-        :func:`adainf_env.render.render_frame`), or of the pending request before the first step."""
+        :func:`adainf_env.envs.render.render_frame`), or of the pending request before the first step."""
         if self.render_mode is None:
             return None
         last = self._last

@@ -1,6 +1,6 @@
 """Pictures of one anytime step (``render_mode="rgb_array"`` / ``"ansi"`` of the anytime envs).
 
-The frame is :func:`adainf_env.render.render_frame`'s, read for a request in flight: the plan cells are the blocks
+The frame is :func:`adainf_env.envs.render.render_frame`'s, read for a request in flight: the plan cells are the blocks
 run so far, the cost bar is what the request has spent against its budget (red beyond it), the outcome strip turns
 green or red once the request has answered (grey before). The text line names the block, the action and the costs.
 """
@@ -11,9 +11,9 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.anytime_core import ACTION_NAMES, RequestBatch
-from adainf_env.render import render_frame
-from adainf_env.reward import overrun_paid
+from adainf_env.envs.anytime.core import ACTION_NAMES, RequestBatch
+from adainf_env.envs.render import render_frame
+from adainf_env.envs.reward import overrun_paid
 
 __all__ = ["step_record", "pending_record", "render_anytime"]
 

@@ -1,11 +1,11 @@
 """A natively batched SB3 ``VecEnv`` of N AdaInf environments.
 
-Same semantics as N independent :class:`~adainf_env.env.AdaInfEnv` seeded ``seed, seed+1, …`` (tested: identical
+Same semantics as N independent :class:`~adainf_env.envs.plan.env.AdaInfEnv` seeded ``seed, seed+1, …`` (tested: identical
 observations and rewards), but every step is a handful of numpy operations over all envs:
 
 * outcome lookups are gathers in precomputed flat ``correct``/``loss`` arrays and a ``[P]`` cost array;
 * each env keeps its own ``np.random.Generator`` (seeded exactly as the single env's ``np_random``), but randomness
-  is drawn in bulk — a permutation of the table per pass and :data:`~adainf_env.env_core.RNG_CHUNK` uniforms per
+  is drawn in bulk — a permutation of the table per pass and :data:`~adainf_env.envs.core.RNG_CHUNK` uniforms per
   refill — stored transposed (``[Ns, N]``, ``[K, N]``) so the per-step draw is a contiguous row view; refills loop
   over envs once per pass / chunk only (amortised O(1) per step);
 * all envs are reset together (SB3 resets all at ``reset()``; bandit episodes all end every step, stream episodes
@@ -16,7 +16,7 @@ observations and rewards), but every step is a handful of numpy operations over 
 * :meth:`AdaInfVecEnv.get_state` / :meth:`AdaInfVecEnv.set_state` capture and restore all of the above (plain JSON
   values and numpy arrays), so a training run resumes on the exact same requests;
 * :meth:`AdaInfVecEnv.step_arrays` is the batched step that both this SB3 ``VecEnv`` and the Gymnasium
-  ``VectorEnv`` (:mod:`adainf_env.gym_vector`) wrap.
+  ``VectorEnv`` (:mod:`adainf_env.envs.plan.gym_vector`) wrap.
 """
 
 from __future__ import annotations
@@ -29,14 +29,14 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.env_core import RNG_CHUNK, ActionError, EnvConfig, PlanConfigViews, resolve_env_inputs
+from adainf_env.envs.core import RNG_CHUNK, ActionError, EnvConfig, PlanConfigViews, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.feasibility import feasible_with_fallback
-from adainf_env.options import EnvOptions
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.render import render_frame, render_text
-from adainf_env.reward import overrun_paid, step_reward
-from adainf_env.vec_base import BatchedVecEnv, build_vec_env
+from adainf_env.envs.options import EnvOptions
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.envs.render import render_frame, render_text
+from adainf_env.envs.reward import overrun_paid, step_reward
+from adainf_env.envs.vec_base import BatchedVecEnv, build_vec_env
 
 __all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos", "ActionError"]
 
@@ -81,7 +81,7 @@ class LazyInfos(Sequence):
 class AdaInfVecEnv(PlanConfigViews, BatchedVecEnv):
     """N AdaInf envs over one outcome table, stepped together with numpy.
 
-    Arguments are those of :class:`~adainf_env.env.AdaInfEnv` (table mode only; no table → the shipped reference
+    Arguments are those of :class:`~adainf_env.envs.plan.env.AdaInfEnv` (table mode only; no table → the shipped reference
     calibration table) plus ``num_envs``: ``options=EnvOptions(...)`` and/or its fields as keywords.
     ``render_mode="rgb_array"`` gives one frame per env from ``get_images()`` (SB3's ``VecEnv.render``).
     Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.

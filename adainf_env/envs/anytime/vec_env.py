@@ -1,13 +1,13 @@
-"""A natively batched SB3 ``VecEnv`` of N :class:`~adainf_env.anytime.AnytimeEnv` (table mode).
+"""A natively batched SB3 ``VecEnv`` of N :class:`~adainf_env.envs.anytime.env.AnytimeEnv` (table mode).
 
-Every step is one :class:`~adainf_env.anytime_core.RequestBatch` step over all N envs (numpy over N). Requests take
+Every step is one :class:`~adainf_env.envs.anytime.core.RequestBatch` step over all N envs (numpy over N). Requests take
 different numbers of steps, so each env ends and restarts on its own (SB3 auto-reset, ``terminal_observation`` in its
-info). Randomness follows the single env's protocol per env (:mod:`adainf_env.env_core`): env i seeded ``s + i``
+info). Randomness follows the single env's protocol per env (:mod:`adainf_env.envs.core`): env i seeded ``s + i``
 draws exactly the rows and budgets of ``AnytimeEnv(...).reset(seed=s + i)`` followed by plain ``reset()`` calls, so the
 vec env equals N independent single envs driven with the same actions (tested).
 
 :meth:`AnytimeVecEnv.step_arrays` is the batched step that both this SB3 ``VecEnv`` and the Gymnasium ``VectorEnv``
-(:mod:`adainf_env.anytime_gym_vector`) wrap.
+(:mod:`adainf_env.envs.anytime.gym_vector`) wrap.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.anytime_core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
-from adainf_env.anytime_render import pending_record, render_anytime, step_record
-from adainf_env.env_core import AnytimeConfigViews, RequestDraws, resolve_env_inputs
+from adainf_env.envs.anytime.core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
+from adainf_env.envs.core import AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError
-from adainf_env.options import RENDER_MODES, AnytimeOptions
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.reward import overrun_paid
-from adainf_env.vec_base import BatchedVecEnv, build_vec_env
+from adainf_env.envs.options import RENDER_MODES, AnytimeOptions
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.envs.reward import overrun_paid
+from adainf_env.envs.vec_base import BatchedVecEnv, build_vec_env
 
 __all__ = ["AnytimeVecEnv", "make_anytime_vec_env", "STEP_KEYS", "READ_KEYS", "END_KEYS"]
 
@@ -41,7 +41,7 @@ _ACTION_NAMES = np.array(ACTION_NAMES, dtype=object)
 class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
     """N anytime envs over one outcome table, stepped together.
 
-    Arguments are those of :class:`~adainf_env.anytime.AnytimeEnv` (table mode; no table → the shipped reference
+    Arguments are those of :class:`~adainf_env.envs.anytime.env.AnytimeEnv` (table mode; no table → the shipped reference
     calibration table) plus ``num_envs``: ``options=AnytimeOptions(...)`` and/or its fields as keywords.
     Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
     ``action_masks()`` returns ``[N, 4]``; MaskablePPO reaches it through ``env_method("action_masks")``.

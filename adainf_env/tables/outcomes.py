@@ -27,7 +27,7 @@ array              shape        meaning
 =================  ===========  =========================================================
 
 :func:`load_table` also reads tables in the reference layout (keys ``pred loss conf stem_feat label``, one column
-per plan code), labelled by the ``table_meta.json`` beside them (:mod:`adainf_env.reference_meta`): the tables shipped
+per plan code), labelled by the ``table_meta.json`` beside them (:mod:`adainf_env.tables.reference_meta`): the tables shipped
 in ``adainf_env/reference_data`` and, recognised by content, the same tables in ``../shared/reference``.
 """
 
@@ -42,10 +42,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adainf_env import __version__
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
+from adainf_env.version import adainf_version
 from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays
-from adainf_env.reference_meta import REFERENCE_META_NAME, SHIPPED_REFERENCE_DIR, ReferenceMeta, reference_meta_for
+from adainf_env.tables.reference_meta import REFERENCE_META_NAME, SHIPPED_REFERENCE_DIR, ReferenceMeta, reference_meta_for
 
 __all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables", "masks_from_codes", "codes_from_masks"]
 
@@ -281,7 +281,7 @@ def default_meta(**kw: Any) -> dict[str, Any]:
         versions["torch"] = torch.__version__
     except ImportError:  # pragma: no cover - torch is a hard dependency, but tables are readable without it
         pass
-    versions["adainf"] = __version__
+    versions["adainf"] = adainf_version()
     return {"format_version": FORMAT_VERSION, "versions": versions, **kw}
 
 
@@ -339,7 +339,7 @@ def _from_project_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable
 
 def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable:
     """Adapt the reference layout to :class:`OutcomeTable`, labelled by its ``table_meta.json`` (see
-    :mod:`adainf_env.reference_meta`)."""
+    :mod:`adainf_env.tables.reference_meta`)."""
     # Shapes and kinds first, so that the conversions below cannot fail with a bare numpy error.
     for k in sorted(_REFERENCE_KEYS):
         if raw[k].dtype.kind not in "iuf" or (k != "label" and raw[k].ndim != 2):

@@ -10,16 +10,16 @@ import numpy as np
 
 import torch
 
-from adainf_env.anytime_core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
+from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
                                      BlockCosts, RequestBatch)
-from adainf_env.anytime_render import pending_record, render_anytime, step_record
+from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
 from adainf_env.costs import count_macs, measure_macs
-from adainf_env.env_core import ActionError, AnytimeConfigViews, RequestDraws, resolve_env_inputs
+from adainf_env.envs.core import ActionError, AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.live import LiveRunner, LiveSource
-from adainf_env.options import RENDER_MODES, AnytimeOptions
-from adainf_env.outcomes import OutcomeTable
-from adainf_env.reward import overrun_paid
+from adainf_env.envs.options import RENDER_MODES, AnytimeOptions
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.envs.reward import overrun_paid
 
 __all__ = ["AnytimeEnv", "AnytimeLiveRunner", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
 
@@ -63,7 +63,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     ## Observation Space
     ``obs_format="dict"`` (default) or ``"flat"`` (the parts concatenated in this order), float32; the bounds depend on
     the feature dimension, the options and the block costs, never on the data seen (features: the finite float32
-    range; the first three parts are the plan envs' own, :func:`adainf_env.env_core.observation_parts`):
+    range; the first three parts are the plan envs' own, :func:`adainf_env.envs.core.observation_parts`):
 
     | key | shape | meaning |
     |---|---|---|
@@ -78,7 +78,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     ## Costs
     Exact and in fractions of the full model, from the table's per-block MACs (``meta["macs"]``; reference tables:
     ``summary.json``): the stem once per request, each executed residual, each shortcut and each head evaluation once —
-    computed activations are kept, so nothing is paid twice (see :mod:`adainf_env.anytime_core`). A plan run
+    computed activations are kept, so nothing is paid twice (see :mod:`adainf_env.envs.anytime.core`). A plan run
     straight through and read once costs exactly its table cost. ``info["cost"]`` is the cost paid by this step (the
     stem is reported with the request's first step), so a request's ``info["cost"]`` sum to its total, as
     Safety-Gymnasium reports costs; ``info["total_cost"]`` is the running total.
@@ -95,11 +95,11 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     ``mask_over_budget=True``, a soft one (λ-penalised) otherwise. ``mode="stream"``: ``episode_length`` requests per
     episode, budgets from the process (``step``, ``periodic``, ``random_walk``, ``trace``…), or with ``bucket`` a shared
     token bucket refilled by the process each request, the request's budget is what is in it (≤ 1) and its total cost
-    is taken out when it ends — the same bucket as :class:`~adainf_env.env.AdaInfEnv`, so ``budget="fixed:0.2",
+    is taken out when it ends — the same bucket as :class:`~adainf_env.envs.plan.env.AdaInfEnv`, so ``budget="fixed:0.2",
     bucket=True`` constrains the *average* cost to 0.2.
 
     ## Starting State / Seeding
-    Same protocol as :class:`~adainf_env.env.AdaInfEnv` (:mod:`adainf_env.env_core`): each request draws its table row
+    Same protocol as :class:`~adainf_env.envs.plan.env.AdaInfEnv` (:mod:`adainf_env.envs.core`): each request draws its table row
     (a permutation per pass) and one uniform for its budget from ``np_random``; same seed → same episodes.
     ``reset(options={"sample": i, "budget": b})`` pins the first request.
 
@@ -110,7 +110,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
 
     ## Arguments
     ``AnytimeEnv(table=None, *, table_path=None, live=None, options=None, **option_kwargs)``; the options are the
-    fields of :class:`~adainf_env.options.AnytimeOptions` (those of :class:`~adainf_env.options.EnvOptions` plus
+    fields of :class:`~adainf_env.envs.options.AnytimeOptions` (those of :class:`~adainf_env.envs.options.EnvOptions` plus
     ``invalid_action``), given as ``options=AnytimeOptions(...)`` and/or as keywords (keywords win):
     ``mode="bandit", episode_length=200, budget="uniform", bucket=None, lam=1.0, reward="correct", penalty="linear",
     hard_penalty=-1.0, cost_unit="macs", obs_format="dict", mask_over_budget=True, invalid_action="raise",
@@ -119,24 +119,24 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     * ``table``/``table_path``: an outcome table whose plan list is closed under truncation (e.g. all 2^B plans) with
       per-block MACs; ``live``: a :class:`~adainf_env.live.LiveSource` — the real backbone is run block by block
       (activations kept, as charged; :class:`AnytimeLiveRunner`). None of them: the reference calibration table
-      shipped with the package (:func:`adainf_env.reference_tables.reference_table_path`).
+      shipped with the package (:func:`adainf_env.tables.reference.reference_table_path`).
     * ``cost_unit`` must be ``"macs"`` (latency profiles have no per-block breakdown); ``action_type`` must stay
       ``"plan"`` (the actions are always the four above).
     * ``render_mode``: None, ``"ansi"`` (a text line about the last step) or ``"rgb_array"`` (a uint8 frame of it: the
       blocks run so far, the cost spent against the budget, the answer right or wrong once given;
-      :mod:`adainf_env.anytime_render`).
+      :mod:`adainf_env.envs.anytime.render`).
 
     Bad arguments raise :class:`~adainf_env.errors.ConfigError`, bad tables
     :class:`~adainf_env.errors.TableFormatError`, bad actions :class:`ActionError`.
 
     Registered as ``AdaInf/Anytime-v0`` (works with no arguments: ``gymnasium.make("AdaInf/Anytime-v0")``).
     ``gymnasium.make_vec("AdaInf/Anytime-v0", num_envs=N)`` gives the numpy-batched
-    :class:`~adainf_env.anytime_gym_vector.AnytimeVectorEnv` (same-step autoreset); SB3 users can take
-    :class:`~adainf_env.anytime_vec.AnytimeVecEnv` directly.
+    :class:`~adainf_env.envs.anytime.gym_vector.AnytimeVectorEnv` (same-step autoreset); SB3 users can take
+    :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` directly.
 
     ## Version History
     * v0: initial version (bandit and stream modes, token bucket, table and live outcomes).
-    * v0 (unchanged dynamics): options as one :class:`~adainf_env.options.AnytimeOptions`; the shipped reference
+    * v0 (unchanged dynamics): options as one :class:`~adainf_env.envs.options.AnytimeOptions`; the shipped reference
       calibration table is the default source; the features Box spans the finite float32 range (as the plan envs);
       ``render_mode="rgb_array"``; a Gymnasium ``vector_entry_point``.
     """
@@ -186,7 +186,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
 
     @property
     def state(self) -> RequestBatch:
-        """The request in flight (a :class:`~adainf_env.anytime_core.RequestBatch` of one slot; read-only use)."""
+        """The request in flight (a :class:`~adainf_env.envs.anytime.core.RequestBatch` of one slot; read-only use)."""
         return self._batch
 
     # ------------------------------------------------------------------ randomness (same protocol as AdaInfEnv)
@@ -317,7 +317,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         return self._observe(), float(rew[0]), terminated, False, info
 
     def render(self):
-        """``"rgb_array"``: a uint8 [H, W, 3] frame of the last step (:func:`adainf_env.render.render_frame`: the
+        """``"rgb_array"``: a uint8 [H, W, 3] frame of the last step (:func:`adainf_env.envs.render.render_frame`: the
         blocks run so far, the cost spent against the budget, the answer right or wrong once the request ended);
         ``"ansi"``: a text line about it. Before the first step: the pending request."""
         if self.render_mode is None:

@@ -1,6 +1,6 @@
-"""Precomputed arrays, spaces and action parsing shared by :class:`~adainf_env.env.AdaInfEnv` and
-:class:`~adainf_env.vec_env.AdaInfVecEnv`, so both build spaces and read actions identically (their options are one
-:class:`~adainf_env.options.EnvOptions`; their reward is :func:`adainf_env.reward.step_reward`).
+"""Precomputed arrays, spaces and action parsing shared by :class:`~adainf_env.envs.plan.env.AdaInfEnv` and
+:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv`, so both build spaces and read actions identically (their options are one
+:class:`~adainf_env.envs.options.EnvOptions`; their reward is :func:`adainf_env.envs.reward.step_reward`).
 
 Randomness protocol (the contract that makes N independent envs and one vec env of N produce the same numbers):
 each env owns one ``np.random.Generator``; every request makes two draws from it, in this order —
@@ -11,7 +11,7 @@ each env owns one ``np.random.Generator``; every request makes two draws from it
    refilled with ``rng.random(RNG_CHUNK)`` when exhausted (drawing in chunks keeps per-step work tiny).
 
 Reseeding (``reset(seed=...)``) discards both buffers. :class:`RequestDraws` is this protocol for one env (the
-single envs and the anytime vec env use it; :class:`~adainf_env.vec_env.AdaInfVecEnv` stores the same draws of all
+single envs and the anytime vec env use it; :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` stores the same draws of all
 its envs transposed, see there).
 """
 
@@ -27,9 +27,9 @@ from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
-from adainf_env.options import EnvOptions
-from adainf_env.outcomes import OutcomeTable, codes_from_masks, load_table
-from adainf_env.reference_tables import reference_table_path
+from adainf_env.envs.options import EnvOptions
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks, load_table
+from adainf_env.tables.reference import reference_table_path
 
 __all__ = ["ActionError", "AnytimeConfigViews", "ConfigViews", "EnvConfig", "PlanConfigViews", "RNG_CHUNK",
            "RequestDraws", "observation_parts", "observation_space",
@@ -46,7 +46,7 @@ class RequestDraws:
     """One env's draws under the randomness protocol above: ``draw(rng)`` → (table row, index ``k`` into ``ubuf``).
 
     ``k == 0`` exactly when ``ubuf`` was just refilled (callers that precompute from the uniforms, like the bandit
-    budgets of :class:`~adainf_env.env.AdaInfEnv`, refresh then). :meth:`invalidate` discards both buffers (reseeding).
+    budgets of :class:`~adainf_env.envs.plan.env.AdaInfEnv`, refresh then). :meth:`invalidate` discards both buffers (reseeding).
     """
 
     __slots__ = ("num_samples", "perm", "pos", "ubuf", "upos")

@@ -1,5 +1,5 @@
-"""The anytime-inference kernel shared by :class:`~adainf_env.anytime.AnytimeEnv`,
-:class:`~adainf_env.anytime_vec.AnytimeVecEnv` and the anytime evaluation harness.
+"""The anytime-inference kernel shared by :class:`~adainf_env.envs.anytime.env.AnytimeEnv`,
+:class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` and the anytime evaluation harness.
 
 A request is served block by block. :class:`RequestBatch` holds N requests in flight and applies one action to each
 (numpy over N), so the single env (N = 1), the vec env and the harness share one definition of what an action does
@@ -37,12 +37,12 @@ import numpy as np
 from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, make_budget_process
-from adainf_env.env_core import ActionError, action_vector, observation_parts, parse_reset_options, space_of_parts
+from adainf_env.envs.core import ActionError, action_vector, observation_parts, parse_reset_options, space_of_parts
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
-from adainf_env.options import AnytimeOptions
-from adainf_env.outcomes import OutcomeTable, codes_from_masks
-from adainf_env.reward import overrun_paid, step_reward
+from adainf_env.envs.options import AnytimeOptions
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.envs.reward import overrun_paid, step_reward
 
 __all__ = ["RUN", "SKIP", "READ", "STOP", "NUM_ACTIONS", "ACTION_NAMES", "BlockCosts", "attach_block_macs",
            "AnytimeTable", "RequestBatch", "StepResult", "MAX_BLOCKS", "toy_anytime_table"]
@@ -137,7 +137,7 @@ class BlockCosts:
             raise TableFormatError(
                 "this outcome table has no per-block cost breakdown (meta['macs'] with stem, blocks [[residual, "
                 "shortcut], ...], fc), which the anytime env needs to charge each block and head; rebuild it with "
-                "experiments/build_table.py or attach one with adainf_env.anytime_core.attach_block_macs")
+                "experiments/build_table.py or attach one with adainf_env.envs.anytime.core.attach_block_macs")
         costs = cls.from_macs(macs, table.full_macs)
         if costs.num_blocks != table.num_blocks:
             raise TableFormatError(f"MACs breakdown has {costs.num_blocks} blocks, the table's plans have "
@@ -153,7 +153,7 @@ class BlockCosts:
 def attach_block_macs(table: OutcomeTable, *, stem: int, blocks: Any, head: int) -> OutcomeTable:
     """``table`` with a per-block MACs breakdown in its metadata (checked to add up to its per-plan MACs).
 
-    For tables built without one (e.g. :func:`adainf_env.toy.make_toy_table`)."""
+    For tables built without one (e.g. :func:`adainf_env.tables.toy.make_toy_table`)."""
     meta = dict(table.meta)
     meta["macs"] = {"stem": int(stem), "blocks": np.asarray(blocks, dtype=np.int64).tolist(), "fc": int(head)}
     out = dataclasses.replace(table, meta=meta)
@@ -163,13 +163,13 @@ def attach_block_macs(table: OutcomeTable, *, stem: int, blocks: Any, head: int)
 
 def toy_anytime_table(num_samples: int = 2000, *, num_blocks: int = 4, seed: int = 0, split: str = "calib",
                       noise: float = 0.1) -> OutcomeTable:
-    """:func:`adainf_env.toy.make_toy_table` with a per-block cost breakdown that has projection shortcuts.
+    """:func:`adainf_env.tables.toy.make_toy_table` with a per-block cost breakdown that has projection shortcuts.
 
     Block i's residual costs (i+1)·1000 MACs, every odd block has a 150·(i+1)-MAC shortcut, stem 300, head 200, so
     reads, reuse and "nothing paid twice" all matter. The toy's confidences (0.95 when the plan is right, else 0.40)
     make an early read informative: a cascade can learn to stop exactly when the cheap plan is right.
     """
-    from adainf_env.toy import make_toy_table
+    from adainf_env.tables.toy import make_toy_table
 
     t = make_toy_table(num_samples, num_blocks=num_blocks, seed=seed, split=split, noise=noise)
     res = np.arange(1, num_blocks + 1, dtype=np.int64) * 1000
@@ -436,7 +436,7 @@ READOUT = ("last_conf", "prev_conf", "agree", "reads", "read_current")
 
 @dataclasses.dataclass
 class AnytimeConfig:
-    """Validated options of the anytime envs (:class:`~adainf_env.options.AnytimeOptions`), their spaces,
+    """Validated options of the anytime envs (:class:`~adainf_env.envs.options.AnytimeOptions`), their spaces,
     observations and rewards (one definition for the single env, the vec env and the Gymnasium vector env)."""
 
     options: AnytimeOptions
