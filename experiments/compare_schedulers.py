@@ -49,7 +49,8 @@ from adainf_lab.rundir import make_run_dir, save_config
 from adainf_lab.scheduler_options import SchedulerName
 from adainf_lab.tables import load_split_tables, resolve_table_dir
 from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
-from agents.evaluation.harness import BANDIT_BUDGETS, JobResult, comparison_jobs, run_comparison_jobs, save_fitted
+from agents.evaluation.comparison import JobResult, JobStore, comparison_jobs, run_comparison_jobs, save_fitted
+from agents.evaluation.harness import BANDIT_BUDGETS
 from agents.evaluation.report import write_results, write_tensorboard
 from agents.registry import ANYTIME_BASELINES, AnytimeSchedulerName, available_schedulers
 

@@ -10,7 +10,8 @@ import pytest
 
 from adainf_env.errors import ConfigError
 from adainf_env.tables.toy import make_toy_table
-from agents.evaluation.harness import RECORD_FIELDS, evaluate_bandit, evaluate_stream, run_comparison
+from agents.evaluation.comparison import run_comparison
+from agents.evaluation.harness import RECORD_FIELDS, evaluate_bandit, evaluate_stream
 from agents.evaluation.report import markdown_tables, summarize, write_results
 from agents.registry import make_scheduler
 

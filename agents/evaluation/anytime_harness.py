@@ -17,17 +17,14 @@ import numpy as np
 
 from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket, make_budget_process
-from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import check_budgets
 from agents.baselines.anytime_policies import AnytimePolicy
-from agents.registry import ANYTIME_SCHEDULERS
 from agents.evaluation.metrics import BUDGET_GRID as BANDIT_BUDGETS
 from agents.evaluation.stream_processes import check_stream_size
 
-__all__ = ["serve_requests", "evaluate_anytime_bandit", "anytime_stream_trace", "evaluate_anytime_stream",
-           "run_anytime_comparison"]
+__all__ = ["serve_requests", "evaluate_anytime_bandit", "anytime_stream_trace", "evaluate_anytime_stream"]
 
 
 def serve_requests(policy: AnytimePolicy, table: OutcomeTable, rows: np.ndarray, budgets: np.ndarray, *,
@@ -158,27 +155,3 @@ def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process:
                   plan=res["plan"], cost=res["cost"], correct=res["correct"], given=res["given"], reads=res["reads"])
     rec["mean_process_budget"] = float(res["proc"].mean())
     return rec
-
-
-def run_anytime_comparison(names: Sequence[str], calib: OutcomeTable, test: OutcomeTable, *,
-                           seeds: Sequence[int] = (0,), bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
-                           stream_budgets: Sequence[float] = BANDIT_BUDGETS,
-                           stream_variants: Sequence[str] = ("shared", "periodic"), num_streams: int = 50,
-                           horizon: int = 200, bucket_cap: float = 1.0,
-                           policy_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = False,
-                           runner: Any = None) -> list[dict[str, Any]]:
-    """Fit each anytime policy on ``calib`` per seed, evaluate on ``test`` (bandit sweep + stream variants).
-
-    :func:`agents.evaluation.harness.run_comparison` restricted to anytime names: the same jobs, the same records
-    (with ``env="anytime"``, ``fit_s`` and the learners' ``selected_step`` / ``prior``), ``runner`` to spread them.
-    """
-    from agents.evaluation.harness import run_comparison  # the harness imports this module's evaluators
-
-    plan_names = [n for n in names if n not in ANYTIME_SCHEDULERS]
-    if plan_names:
-        raise ConfigError(f"run_anytime_comparison takes anytime policies (anytime_*); got {plan_names} "
-                          "(plan-env schedulers: agents.evaluation.harness.run_comparison)")
-    return run_comparison(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
-                          stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
-                          horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=policy_kwargs,
-                          progress=progress, runner=runner)

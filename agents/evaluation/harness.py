@@ -29,7 +29,7 @@ Learned schedulers' records also carry (:meth:`agents.base.Scheduler.provenance`
                   environment steps for stable-baselines3)
 ``prior``         whether the policy started as the look-up table (the learners' ``prior`` option)
 
-Records from :func:`run_comparison` also carry ``fit_s`` (wall seconds of the fit: the only field that differs
+Records from :func:`agents.evaluation.comparison.run_comparison` also carry ``fit_s`` (wall seconds of the fit: the only field that differs
 between two runs of the same jobs).
 
 Costs and budgets are fractions of the full model in the cost unit the scheduler was fitted with (MACs by default).
@@ -46,47 +46,27 @@ request, ``cap`` the bucket capacity (float), ``step`` (int) and ``horizon`` (in
 
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
-import tempfile
-import time
-from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import overrun, overrun_amount
-from adainf_env.fileio import atomic_write
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
-from agents.baselines.anytime_policies import make_anytime_policy
-from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.evaluation.stream_processes import SWEPT_VARIANTS, check_stream_size, stream_process_for
-from agents.progress import progress_disabled
-from agents.registry import (ANYTIME_BASELINES, BASELINES, anytime_policy_class, make_scheduler, scheduler_class,
-                             scheduler_env)
+from agents.evaluation.stream_processes import check_stream_size, stream_process_for
 
 __all__ = [
     "RECORD_FIELDS",
     "BANDIT_BUDGETS",
     "decision_record",
+    "check_budget_list",
     "evaluate_bandit",
     "evaluate_stream",
     "stream_process_for",
-    "ComparisonJob",
-    "JobResult",
-    "JobRunner",
-    "comparison_job",
-    "comparison_jobs",
-    "run_comparison",
-    "run_comparison_jobs",
-    "save_fitted",
 ]
 
 RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed", "accuracy", "mean_cost",
@@ -95,7 +75,8 @@ RECORD_FIELDS = ("scheduler", "is_bound", "setting", "variant", "budget", "seed"
 BANDIT_BUDGETS = BUDGET_GRID
 
 
-def _check_budget_list(budgets: Iterable[float], what: str) -> list[float]:
+def check_budget_list(budgets: Iterable[float], what: str) -> list[float]:
+    """``budgets`` as a non-empty list of floats in (0, 1]; :class:`ConfigError` naming ``what`` otherwise."""
     try:
         b = [float(x) for x in budgets]
     except (TypeError, ValueError):
@@ -159,7 +140,7 @@ def evaluate_bandit(scheduler: Scheduler, table: OutcomeTable, budgets: Sequence
     One record per budget (setting ``"bandit"``, variant ``"fixed"``). ``seed`` labels the record (the scheduler
     was fitted with it); the sweep itself draws nothing.
     """
-    budgets = _check_budget_list(budgets, "bandit budgets")
+    budgets = check_budget_list(budgets, "bandit budgets")
     rows = np.arange(table.num_samples) if rows is None else np.asarray(rows, dtype=np.int64)
     out = []
     for b in budgets:
@@ -223,226 +204,3 @@ def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, 
                   budget=label, seed=seed, rows=rows, plans=plans, costs=costs, given=given)
     rec["mean_process_budget"] = float(proc_b.mean())
     return rec
-
-
-# --------------------------------------------------------------------------------------------------- comparison
-@dataclasses.dataclass(frozen=True)
-class ComparisonJob:
-    """One (scheduler, seed) of a comparison: all it needs, as plain data and the two tables, so it pickles to a
-    worker process or a torchrun rank. ``env``: ``"plan"`` or ``"anytime"`` (which harness evaluates it)."""
-
-    name: str
-    env: str
-    seed: int
-    calib: OutcomeTable
-    test: OutcomeTable
-    kwargs: Mapping[str, Any]
-    bandit_budgets: tuple[float, ...]
-    stream_budgets: tuple[float, ...]
-    stream_variants: tuple[str, ...]
-    num_streams: int
-    horizon: int
-    bucket_cap: float
-    cost_unit: str = "macs"
-    save: bool = False  # return the fitted scheduler's .npz bytes (plan env; anytime policies have no saved form)
-    torch_threads: int | None = None  # set torch's intra-op threads first (worker processes: 1)
-    trace_process: str | None = None  # anytime env: also trace every request along this budget process
-    trace_shared: bool = True  # the traced process refills a token bucket (else it is each request's budget)
-
-
-@dataclasses.dataclass
-class JobResult:
-    """What :func:`comparison_job` returns: the job's records and, if asked for, the fitted scheduler's ``.npz`` and
-    the anytime policy's per-request trace (:func:`agents.evaluation.anytime_harness.anytime_stream_trace`)."""
-
-    name: str
-    seed: int
-    records: list[dict[str, Any]]
-    saved: bytes | None = None
-    trace: dict[str, np.ndarray] | None = None
-
-
-def comparison_job(job: ComparisonJob) -> JobResult:
-    """Fit ``job.name`` on the calibration table with ``job.seed`` and evaluate it on the test table: the bandit
-    sweep, then every stream variant over the average budgets (a process spec such as ``trace:PATH`` once).
-
-    Depends only on the job (every draw is seeded by it), so the records are the same in this process, in a worker
-    process or on any torchrun rank (up to ``fit_s``, the fit's wall time in seconds).
-    """
-    if job.torch_threads is not None:
-        import torch  # only to bound its thread pool; the scheduler modules import it when they need it
-
-        torch.set_num_threads(int(job.torch_threads))
-    seed = int(job.seed)
-    if job.env == "anytime":
-        sched: Any = make_anytime_policy(job.name, **dict(job.kwargs))
-        t0 = time.perf_counter()
-        sched.fit(job.calib, seed=seed)
-        bandit, stream = evaluate_anytime_bandit, evaluate_anytime_stream
-    else:
-        sched = make_scheduler(job.name, **dict(job.kwargs))
-        t0 = time.perf_counter()
-        sched.fit(job.calib, seed=seed, cost_unit=job.cost_unit)
-        bandit, stream = evaluate_bandit, evaluate_stream
-    fit_s = time.perf_counter() - t0
-    floor = float(job.calib.plan_cost(job.cost_unit).min())
-    recs = bandit(sched, job.test, job.bandit_budgets, seed=seed) if job.bandit_budgets else []
-    for variant in job.stream_variants:
-        if variant not in SWEPT_VARIANTS:
-            # a process given as a spec (e.g. "trace:PATH"): evaluated once, labelled with its realised mean
-            recs.append(stream(sched, job.test, variant, seed=seed, num_streams=job.num_streams, horizon=job.horizon))
-            continue
-        for b in job.stream_budgets:
-            recs.append(stream(sched, job.test, stream_process_for(variant, b, floor), shared=(variant == "shared"),
-                               bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
-                               horizon=job.horizon, budget_label=b, variant=variant))
-    records = [{**r, "fit_s": round(fit_s, 3)} for r in recs]
-    saved = trace = None
-    if job.save and job.env == "plan":
-        with tempfile.TemporaryDirectory() as d:  # Scheduler.save writes a file; the bytes travel back instead
-            saved = sched.save(Path(d) / "scheduler.npz").read_bytes()
-    if job.trace_process is not None and job.env == "anytime":
-        trace = anytime_stream_trace(sched, job.test, job.trace_process, shared=job.trace_shared,
-                                     bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
-                                     horizon=job.horizon)
-    return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace)
-
-
-def comparison_jobs(
-    names: Sequence[str],
-    calib: OutcomeTable,
-    test: OutcomeTable,
-    *,
-    seeds: Sequence[int] = (0,),
-    bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
-    stream_budgets: Sequence[float] = BANDIT_BUDGETS,
-    stream_variants: Sequence[str] = ("shared", "periodic"),
-    num_streams: int = 50,
-    horizon: int = 200,
-    bucket_cap: float = 1.0,
-    scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    cost_unit: str = "macs",
-    save: bool = False,
-    torch_threads: int | None = None,
-    trace_process: str | None = None,
-    trace_shared: bool = True,
-) -> list[ComparisonJob]:
-    """The checked (scheduler, seed) jobs of a comparison, seed-major (every scheduler of seed 0 first).
-
-    ``names`` may mix plan-env schedulers and anytime-env policies (``anytime_*``,
-    :data:`agents.registry.ANYTIME_SCHEDULERS`). Unknown names, kwargs for schedulers not compared, bad budgets and
-    anytime policies without a per-block cost breakdown are :class:`ConfigError` before anything is fitted.
-    ``trace_process`` (a budget-process spec, e.g. ``step:values=0.2/0.45,every=50``): the anytime jobs of the first
-    seed also return a per-request trace along it (where each request stopped, what it read), refilling a token
-    bucket (``trace_shared``) or as each request's own budget.
-    """
-    bandit_budgets = _check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
-    stream_budgets = _check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
-    if not names:
-        raise ConfigError("no schedulers to compare")
-    if len(set(names)) != len(names):
-        raise ConfigError(f"schedulers named twice: {sorted({n for n in names if list(names).count(n) > 1})}")
-    envs = {n: scheduler_env(n) for n in names}
-    for n, env in envs.items():  # unknown or unimportable names fail before any fitting
-        anytime_policy_class(n) if env == "anytime" else scheduler_class(n)
-    if any(e == "anytime" for e in envs.values()):
-        AnytimeTable.from_table(calib, cost_unit)  # the anytime env needs per-block costs (MACs)
-    kwargs = dict(scheduler_kwargs or {})
-    unknown = set(kwargs) - set(names)
-    if unknown:
-        raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
-    check_stream_size(num_streams, horizon)
-    if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
-                                      or torch_threads < 1):
-        raise ConfigError(f"torch_threads must be an integer ≥ 1 or None, got {torch_threads!r}")
-    if trace_process is not None:
-        make_budget_process(trace_process)  # a bad spec fails here, not after the fits
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("no seeds")
-    return [ComparisonJob(name=n, env=envs[n], seed=int(s), calib=calib, test=test, kwargs=dict(kwargs.get(n, {})),
-                          bandit_budgets=tuple(bandit_budgets), stream_budgets=tuple(stream_budgets),
-                          stream_variants=tuple(stream_variants), num_streams=int(num_streams), horizon=int(horizon),
-                          bucket_cap=float(bucket_cap), cost_unit=cost_unit, save=save, torch_threads=torch_threads,
-                          trace_process=trace_process if s == seeds[0] and envs[n] == "anytime" else None,
-                          trace_shared=bool(trace_shared))
-            for s in seeds for n in names]
-
-
-#: ``runner(jobs, fn)`` → ``[fn(job) for job in jobs]`` in job order, however it spreads them (e.g.
-#: ``functools.partial(adainf_lab.distributed.run_jobs, workers=N)``: worker processes and/or torchrun ranks).
-JobRunner = Callable[[Sequence[ComparisonJob], Callable[[ComparisonJob], JobResult]], list[JobResult]]
-
-
-def run_comparison(
-    names: Sequence[str],
-    calib: OutcomeTable,
-    test: OutcomeTable,
-    *,
-    seeds: Sequence[int] = (0,),
-    bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
-    stream_budgets: Sequence[float] = BANDIT_BUDGETS,
-    stream_variants: Sequence[str] = ("shared", "periodic"),
-    num_streams: int = 50,
-    horizon: int = 200,
-    bucket_cap: float = 1.0,
-    scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
-    cost_unit: str = "macs",
-    progress: bool = True,
-    runner: JobRunner | None = None,
-    save_dir: str | os.PathLike | None = None,
-    torch_threads: int | None = None,
-) -> list[dict[str, Any]]:
-    """Fit every scheduler in ``names`` on ``calib`` once per seed and evaluate it on ``test``.
-
-    The test table never trains or chooses anything (``lut_upper`` and ``oracle`` read it by definition and are
-    marked ``is_bound``). Returns all records (bandit sweep + one record per stream variant × average budget), each
-    with ``env`` (``"plan"`` or ``"anytime"``) and ``fit_s``. ``names`` may mix both envs (see
-    :func:`comparison_jobs`).
-
-    The (scheduler, seed) jobs run one after another here (with a progress bar), or through ``runner`` (see
-    :data:`JobRunner`), which may spread them over processes: the records are the same either way, up to ``fit_s``.
-    ``save_dir``: write each fitted plan-env scheduler there as ``<name>__<seed>.npz``.
-    """
-    jobs = comparison_jobs(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
-                           stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
-                           horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=scheduler_kwargs,
-                           cost_unit=cost_unit, save=save_dir is not None, torch_threads=torch_threads)
-    results = run_comparison_jobs(jobs, runner=runner, progress=progress)
-    if save_dir is not None:
-        save_fitted(results, save_dir)
-    return [rec for r in results for rec in r.records]
-
-
-def run_comparison_jobs(jobs: Sequence[ComparisonJob], *, runner: JobRunner | None = None,
-                        progress: bool = True) -> list[JobResult]:
-    """Run the jobs one after another here (progress bar) or through ``runner``; results in job order."""
-    jobs = list(jobs)
-    if runner is None:
-        results = [comparison_job(j) for j in tqdm(jobs, desc="fit+evaluate", disable=progress_disabled(progress))]
-    else:
-        # learners first: the long fits start early and the quick baselines fill the gaps at the end
-        order = sorted(range(len(jobs)), key=lambda i: jobs[i].name in BASELINES or jobs[i].name in ANYTIME_BASELINES)
-        done = list(runner([jobs[i] for i in order], comparison_job))
-        if len(done) != len(jobs):
-            raise RuntimeError("the job runner returned a different number of results than jobs")
-        results = [None] * len(jobs)
-        for i, r in zip(order, done):
-            results[i] = r
-    if len(results) != len(jobs) or any((r.name, r.seed) != (j.name, j.seed) for r, j in zip(results, jobs)):
-        raise RuntimeError("the job runner returned results out of job order")
-    return results
-
-
-def save_fitted(results: Sequence[JobResult], save_dir: str | os.PathLike) -> list[Path]:
-    """Write the fitted schedulers the jobs returned as ``save_dir/<name>__<seed>.npz`` (atomic); their paths."""
-    save_dir = Path(save_dir)
-    save_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for r in results:
-        if r.saved is not None:
-            with atomic_write(save_dir / f"{r.name}__{r.seed}.npz", "wb") as fh:
-                fh.write(r.saved)
-            paths.append(save_dir / f"{r.name}__{r.seed}.npz")
-    return paths
-
