@@ -185,3 +185,22 @@ def test_bad_envs_are_config_errors():
         LagrangianCostWrapper(Image(), target=0.3)
     with pytest.raises(ConfigError, match="SAME_STEP"):
         LagrangianVectorWrapper(SyncVectorEnv([ValueEnv]), target=0.3)
+
+
+def test_unconstrained_envs_keep_their_reward_and_do_not_move_the_multiplier():
+    venv = DummyVecEnv([ValueEnv for _ in range(4)])
+    ref = DummyVecEnv([ValueEnv for _ in range(4)])
+    venv.seed(5)
+    ref.seed(5)
+    w = LagrangianVecEnvWrapper(venv, target=[None, None, 0.3, 0.3], update_every=10)
+    obs, ref_obs = w.reset(), ref.reset()
+    for _ in range(300):
+        a = best_response(obs)
+        obs, rew, _, _ = w.step(a)
+        _, ref_rew, _, _ = ref.step(a)
+        assert np.array_equal(rew[:2], ref_rew[:2].astype(np.float32))  # unconstrained: the env's reward
+        assert np.all(obs[:2, 1:] == 0.0)  # target and λ observed as 0
+    # only the constrained envs' 600 units fed the one multiplier: 60 updates of 10
+    assert len(w.multipliers.history) == 60 and w.multipliers.targets.tolist() == [0.3]
+    with pytest.raises(ConfigError, match="at least one env needs a target"):
+        LagrangianVecEnvWrapper(DummyVecEnv([ValueEnv] * 2), target=[None, None])

@@ -84,13 +84,18 @@ def _number(v: Any, name: str, *, lo: float, hi: float = math.inf, lo_open: bool
     return float(v)
 
 
-def _targets(target: Any, who: str) -> np.ndarray:
-    """``target`` (a number or a non-empty sequence of numbers > 0) → float64 array."""
+def _targets(target: Any, who: str, *, allow_none: bool = False) -> np.ndarray:
+    """``target`` (a number or a non-empty sequence of numbers > 0; with ``allow_none`` entries may be None:
+    unconstrained, NaN in the array) → float64 array."""
     vals = [target] if isinstance(target, (int, float, np.integer, np.floating)) and not isinstance(target, bool) \
         else target
     if isinstance(vals, (str, bytes)) or not isinstance(vals, (Sequence, np.ndarray)) or len(vals) == 0:
         raise ConfigError(f"{who}: target must be a number > 0 or a non-empty sequence of them, got {target!r}")
-    return np.array([_number(v, f"{who}: target", lo=0.0, lo_open=True) for v in vals], dtype=np.float64)
+    out = np.array([np.nan if (v is None and allow_none) else _number(v, f"{who}: target", lo=0.0, lo_open=True)
+                    for v in vals], dtype=np.float64)
+    if np.isnan(out).all():
+        raise ConfigError(f"{who}: at least one env needs a target (None marks an unconstrained env), got {target!r}")
+    return out
 
 
 class LagrangeMultipliers:
@@ -119,7 +124,8 @@ class LagrangeMultipliers:
         if self.pid_ema == 1.0:
             raise ConfigError(f"{who}: pid_ema must be < 1 (1 would never move the averages), got {pid_ema!r}")
         self.controller, self.update_every = controller, int(update_every)
-        self.targets = np.unique(np.asarray(targets, dtype=np.float64))
+        t = np.asarray(targets, dtype=np.float64)
+        self.targets = np.unique(t[np.isfinite(t)])
         k = self.targets.size
         self.lam = np.full(k, lam_init)
         self._sum, self._cnt = np.zeros(k), np.zeros(k, dtype=np.int64)
@@ -132,20 +138,28 @@ class LagrangeMultipliers:
         self.history: list[tuple[float, float, float]] = []
 
     def index(self, target: np.ndarray | float) -> np.ndarray:
-        """Index of each target in :attr:`targets` (every target given must be one of them)."""
+        """Index of each target in :attr:`targets` (every target given must be one of them; −1 for NaN:
+        unconstrained)."""
         t = np.atleast_1d(np.asarray(target, dtype=np.float64))
-        i = np.clip(np.searchsorted(self.targets, t), 0, self.targets.size - 1)
+        free = np.isnan(t)
+        i = np.clip(np.searchsorted(self.targets, np.where(free, self.targets[0], t)), 0, self.targets.size - 1)
+        if free.any():
+            return np.where(free, -1, self.index(np.where(free, self.targets[0], t)))
         if not np.allclose(self.targets[i], t, rtol=0, atol=1e-12):
             raise ConfigError(f"target(s) {t[~np.isclose(self.targets[i], t)].tolist()} not among "
                               f"{self.targets.tolist()}")
         return i
 
     def lam_at(self, target: np.ndarray | float) -> np.ndarray:
-        """λ for average budget(s) ``target``: the target's own, interpolated between targets, clamped at the ends."""
-        return np.interp(np.asarray(target, dtype=np.float64), self.targets, self.lam)
+        """λ for average budget(s) ``target``: the target's own, interpolated between targets, clamped at the ends;
+        0 for NaN (an unconstrained env)."""
+        t = np.asarray(target, dtype=np.float64)
+        return np.where(np.isnan(t), 0.0, np.interp(np.nan_to_num(t), self.targets, self.lam))
 
     def add(self, idx: np.ndarray, unit_cost: np.ndarray) -> None:
         """Record finished units (target indices ``idx``, their costs); update every target that has enough."""
+        keep = np.asarray(idx) >= 0  # unconstrained envs' units price nothing
+        idx, unit_cost = np.asarray(idx)[keep], np.asarray(unit_cost)[keep]
         if self.frozen or len(idx) == 0:
             return
         np.add.at(self._sum, idx, unit_cost)
@@ -184,7 +198,7 @@ class _Shaper:
         self.unit, self.normalize, self.observe_lambda = unit, bool(normalize), bool(observe_lambda)
         self.multipliers = LagrangeMultipliers(targets, who=who, **controller)
         extra = 2 if self.observe_lambda else 1
-        hi = np.array([max(1.0, float(targets.max())), self.multipliers.lam_max][:extra], dtype=np.float32)
+        hi = np.array([max(1.0, float(np.nanmax(targets))), self.multipliers.lam_max][:extra], dtype=np.float32)
         part = spaces.Box(low=np.zeros(extra, np.float32), high=hi, dtype=np.float32)
         if isinstance(obs_space, spaces.Dict):
             if CONSTRAINT_KEY in obs_space.spaces:
@@ -205,8 +219,8 @@ class _Shaper:
         self.multipliers.frozen = bool(frozen)
 
     def _constraint(self, target: np.ndarray) -> np.ndarray:
-        """[N, 1 or 2] float32: target (and λ) per env."""
-        cols = [target] + ([self.multipliers.lam_at(target)] if self.observe_lambda else [])
+        """[N, 1 or 2] float32: target (and λ) per env; zeros for an unconstrained env."""
+        cols = [np.nan_to_num(target)] + ([self.multipliers.lam_at(target)] if self.observe_lambda else [])
         return np.stack(cols, axis=-1).astype(np.float32)
 
     def _augment(self, obs: Any, target: np.ndarray) -> Any:
@@ -308,7 +322,7 @@ class LagrangianCostWrapper(_Shaper, gym.Wrapper):
 
 
 def _per_env_targets(target: Any, n: int, who: str) -> np.ndarray:
-    t = _targets(target, who)
+    t = _targets(target, who, allow_none=True)
     if t.size == 1:
         return np.full(n, t[0])
     if t.size != n:
@@ -317,8 +331,10 @@ def _per_env_targets(target: Any, n: int, who: str) -> np.ndarray:
 
 
 class LagrangianVecEnvWrapper(_Shaper, VecEnvWrapper):
-    """An SB3 ``VecEnv`` under average-cost constraints (one target per env, or one for all); options as
-    :class:`LagrangianCostWrapper` without ``pin_budget`` (give each env's budget process its target yourself)."""
+    """An SB3 ``VecEnv`` under average-cost constraints (one target per env, or one for all; ``None`` for an
+    unconstrained env: reward as the env gives it, target and λ observed as 0 — e.g. envs with per-request hard budgets
+    trained alongside); options as :class:`LagrangianCostWrapper` without ``pin_budget`` (give each env's budget
+    process its target yourself)."""
 
     def __init__(self, venv: VecEnv, *, target: float | Sequence[float],
                  unit: Literal["request", "episode"] = "request", controller: Literal["dual", "pid"] = "dual",
@@ -364,7 +380,7 @@ class LagrangianVecEnvWrapper(_Shaper, VecEnvWrapper):
 
 class LagrangianVectorWrapper(_Shaper, VectorWrapper):
     """A Gymnasium ``VectorEnv`` (same-step autoreset) under average-cost constraints (one target per env, or one for
-    all); options as :class:`LagrangianVecEnvWrapper`."""
+    all; ``None``: unconstrained, as :class:`LagrangianVecEnvWrapper`); options as :class:`LagrangianVecEnvWrapper`."""
 
     def __init__(self, env: gym.vector.VectorEnv, *, target: float | Sequence[float],
                  unit: Literal["request", "episode"] = "request", controller: Literal["dual", "pid"] = "dual",
