@@ -20,7 +20,8 @@ from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 
 __all__ = ["EnvOptions", "AnytimeOptions", "make_bucket", "MODES", "REWARDS", "PENALTIES", "OBS_FORMATS",
-           "ACTION_TYPES", "COST_UNITS", "RENDER_MODES", "INVALID_ACTIONS"]
+           "ACTION_TYPES", "COST_UNITS", "RENDER_MODES", "INVALID_ACTIONS", "ACTION_MODES", "MENU_MIN_SIZES",
+           "check_menu_sizes"]
 
 MODES = ("bandit", "stream")
 REWARDS = ("correct", "neg_ce")
@@ -30,6 +31,9 @@ ACTION_TYPES = ("plan", "mask")
 COST_UNITS = ("macs", "latency")
 RENDER_MODES = ("ansi", "rgb_array")
 INVALID_ACTIONS = ("raise", "fallback")
+ACTION_MODES = ("block", "stage")
+#: The stage menu's sizes and their least values (:class:`~adainf_env.envs.anytime.stages.StageTree`).
+MENU_MIN_SIZES = {"first_pool": 2, "ext_pool": 1, "max_stages": 1}
 
 
 def make_bucket(bucket: Any) -> TokenBucket | None:
@@ -46,6 +50,17 @@ def make_bucket(bucket: Any) -> TokenBucket | None:
             raise ConfigError(f"bucket: unknown key(s) {sorted(extra)}; expected rate, cap, initial")
         return TokenBucket(**bucket)
     raise ConfigError(f"bucket must be None, True, a dict(rate=, cap=, initial=) or a TokenBucket, got {bucket!r}")
+
+
+def check_menu_sizes(sizes: Mapping[str, Any]) -> None:
+    """Refuse (:class:`ConfigError`, naming the value) stage-menu sizes that are unknown or below
+    :data:`MENU_MIN_SIZES`."""
+    extra = set(sizes) - set(MENU_MIN_SIZES)
+    if extra:
+        raise ConfigError(f"stage_menu: unknown key(s) {sorted(extra)}; expected {sorted(MENU_MIN_SIZES)}")
+    for k, v in sizes.items():
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < MENU_MIN_SIZES[k]:
+            raise ConfigError(f"stage_menu: {k} must be an integer ≥ {MENU_MIN_SIZES[k]}, got {v!r}")
 
 
 def _finite_number(v: Any, name: str) -> float:
@@ -144,6 +159,12 @@ class AnytimeOptions(EnvOptions):
 
     * ``invalid_action``: ``"raise"`` (an action outside ``action_masks()`` raises
       :class:`~adainf_env.envs.core.ActionError`) or ``"fallback"`` (it is replaced by a valid one, see the env).
+    * ``action_mode``: ``"block"`` (default: run, skip, read, stop) or ``"stage"`` (stop, or run to one of a fixed
+      menu of Pareto extensions and read it; :mod:`adainf_env.envs.anytime.stages`).
+    * ``stage_menu`` (stage mode only): ``None`` (the menu built from the served table with
+      :data:`~adainf_env.envs.anytime.stages.MENU_DEFAULTS`), a dict of its sizes (``first_pool`` ≥ 2,
+      ``ext_pool`` ≥ 1, ``max_stages`` ≥ 1), or a :class:`~adainf_env.envs.anytime.stages.StageTree` built
+      elsewhere (e.g. from the calibration table, for an env serving test rows).
 
     The anytime env's actions are always ``Discrete(4)`` (run, skip, read, stop), so ``action_type`` must stay
     ``"plan"``; it charges every block, shortcut and head separately, so ``cost_unit`` must be ``"macs"`` (a latency
@@ -151,10 +172,23 @@ class AnytimeOptions(EnvOptions):
     """
 
     invalid_action: Literal["raise", "fallback"] = "raise"
+    action_mode: Literal["block", "stage"] = "block"
+    stage_menu: Any = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _choice(self.invalid_action, "invalid_action", INVALID_ACTIONS)
+        _choice(self.action_mode, "action_mode", ACTION_MODES)
+        menu = self.stage_menu
+        if menu is not None and self.action_mode != "stage":
+            raise ConfigError(f"stage_menu={menu!r} needs action_mode='stage' (got {self.action_mode!r})")
+        if isinstance(menu, Mapping):
+            check_menu_sizes(menu)
+        elif menu is not None:
+            from adainf_env.envs.anytime.stages import StageTree  # above this module (it needs the kernel)
+
+            if not isinstance(menu, StageTree):
+                raise ConfigError(f"stage_menu must be None, a dict of menu sizes or a StageTree, got {menu!r}")
         if self.action_type != "plan":
             raise ConfigError("the anytime env's actions are Discrete(4) (run, skip, read, stop): action_type must "
                               f"stay 'plan', got {self.action_type!r}")
