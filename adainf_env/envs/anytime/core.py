@@ -28,6 +28,7 @@ The stem is paid when the request starts.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -236,6 +237,16 @@ class AnytimeTable:
             correct=np.ascontiguousarray(table.correct), loss=np.ascontiguousarray(table.loss, dtype=np.float64),
             label=np.asarray(table.label, dtype=np.int64))
 
+    @functools.cached_property
+    def kernel(self) -> "KernelTables":
+        """The step tables of these block costs (:class:`KernelTables`)."""
+        return KernelTables.build(self.costs)
+
+    @functools.cached_property
+    def every_code_is_plan(self) -> bool:
+        """Every plan code is in the plan list (the complete plan space): RUN needs no plan-list check."""
+        return bool((self.code_to_plan >= 0).all())
+
     def read_table(self, idx: np.ndarray, rows: np.ndarray, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reader over the table: (prediction, confidence) of plan ``plans`` on table rows ``rows``."""
         return self.pred[rows, plans], self.conf[rows, plans]
@@ -243,6 +254,87 @@ class AnytimeTable:
 
 # A reader maps (batch indices, table rows, plan indices) → (predicted class [k], confidence [k]).
 Reader = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
+
+
+NOOP = NUM_ACTIONS  # the kernel's pseudo-action of a slot that does not act this step (tables have NUM_ACTIONS + 1 columns)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class KernelTables:
+    """What one step does, precomputed for every kernel state and action (so a step is a few gathers).
+
+    The state of a request that matters for costs is ``(pos, fresh)``: the chain extent ``m`` of the module docstring
+    is always ``pos`` while the current plan has not been read and ``B`` once it has (a read computes the chain to the
+    end, a RUN starts a new path at ``pos``, a SKIP moves both along). State index ``s = 2·pos + fresh`` for
+    ``pos`` in ``0 … B``; a step of state ``s`` with action ``a`` (``NOOP`` = 4 for a slot that does not act) reads
+    entry ``k = s·5 + a``. Every float is computed with the operations, in the order, of the block-by-block formulas
+    (``(shortcut + residual) + read``), so a precomputed cost is bit for bit what those formulas give.
+    """
+
+    num_blocks: int
+    cost: np.ndarray  # [S·5] float64: paid by the action (its block, and the read it makes or ends with)
+    advance: np.ndarray  # [S·5] int64: 1 where the action passes block pos (RUN, SKIP)
+    code_bit: np.ndarray  # [S·5] int64: the bit RUN sets in the plan code (1 << pos), else 0
+    ends: np.ndarray  # [S·5] bool: the request ends (STOP, or its last block decided)
+    reads: np.ndarray  # [S·5] bool: the head is evaluated (READ, or the final read of an ending unread plan)
+    next_fresh: np.ndarray  # [S·5] bool: the plan after the step has not been read
+    allowed: np.ndarray  # [S·5] bool: the action is structurally valid (RUN also needs the plan list and budget)
+    read_cost: np.ndarray  # [S] float64: cost of reading the current plan now (0 once read)
+    run_cost: np.ndarray  # [S] float64: RUN now then a read right after (inf at pos = B)
+
+    @classmethod
+    def build(cls, costs: BlockCosts) -> "KernelTables":
+        b = costs.num_blocks
+        res, sc, suffix, head = costs.residual, costs.shortcut, costs.shortcut_suffix, costs.head
+        s_count = 2 * (b + 1)
+        k_count = s_count * (NUM_ACTIONS + 1)
+        cost = np.zeros(k_count)
+        advance = np.zeros(k_count, dtype=np.int64)
+        code_bit = np.zeros(k_count, dtype=np.int64)
+        ends = np.zeros(k_count, dtype=bool)
+        reads = np.zeros(k_count, dtype=bool)
+        next_fresh = np.zeros(k_count, dtype=bool)
+        allowed = np.zeros(k_count, dtype=bool)
+        read_cost = np.zeros(s_count)
+        run_cost = np.full(s_count, np.inf)
+        zero = np.float64(0.0)
+        for p in range(b + 1):
+            for f in (0, 1):
+                s = 2 * p + f
+                chain = p if f else b
+                read_cost[s] = suffix[chain] + head if f else 0.0
+                if p < b:
+                    sc_due = sc[p] * (p >= chain)
+                    run_cost[s] = res[p] + sc_due + suffix[min(p + 1, b)] + head
+                for a in range(NUM_ACTIONS + 1):
+                    k = s * (NUM_ACTIONS + 1) + a
+                    next_fresh[k] = bool(f)
+                    if a == NOOP:
+                        continue
+                    inside = p < b
+                    allowed[k] = a == STOP or (a == READ and bool(f)) or (a in (RUN, SKIP) and inside)
+                    if not allowed[k]:
+                        continue
+                    passing = a in (RUN, SKIP)
+                    paid = (np.float64(sc[p]) * (p >= chain) if passing else zero) + (res[p] if a == RUN else zero)
+                    new_chain = p + 1 if a == RUN else (max(chain, p + 1) if a == SKIP else chain)
+                    fresh = bool(f) or a == RUN
+                    new_pos = p + 1 if passing else p
+                    end = a == STOP or (passing and new_pos >= b)
+                    read = a == READ or (end and fresh)
+                    if read:
+                        paid = paid + (suffix[new_chain] + head)
+                    cost[k] = paid
+                    advance[k] = int(passing)
+                    code_bit[k] = (1 << p) if a == RUN else 0
+                    ends[k] = end
+                    reads[k] = read
+                    next_fresh[k] = fresh and not read
+        out = cls(num_blocks=b, cost=cost, advance=advance, code_bit=code_bit, ends=ends, reads=reads,
+                  next_fresh=next_fresh, allowed=allowed, read_cost=read_cost, run_cost=run_cost)
+        for v in dataclasses.astuple(out)[1:]:
+            v.setflags(write=False)
+        return out
 
 
 @dataclasses.dataclass
@@ -258,9 +350,12 @@ class RequestBatch:
     """N requests in flight over an :class:`AnytimeTable` (see the module docstring for the semantics).
 
     State arrays (length N, read-only outside): ``row``, ``budget``, ``pos`` (next block to decide), ``code``
-    (executed blocks as a bit code), ``chain`` (m), ``fresh`` (the current plan has not been read), ``spent``,
-    ``reads``, ``last_conf``/``prev_conf``, ``last_pred``/``prev_pred`` (−1 before a read), ``answer`` (plan index of
-    the last read, −1 before one), ``active``.
+    (executed blocks as a bit code), ``fresh`` (the current plan has not been read), ``spent``, ``reads``,
+    ``last_conf``/``prev_conf``, ``last_pred``/``prev_pred`` (−1 before a read), ``answer`` (plan index of the last
+    read, −1 before one), ``active``; ``chain`` (m) is derived from ``pos`` and ``fresh``.
+
+    A step is a handful of numpy gathers in :class:`KernelTables` over all N slots (no per-slot Python), so the single
+    env (N = 1), the vec envs and the harness pay the same few operations whatever N is.
     """
 
     def __init__(self, n: int, table: AnytimeTable, *, mask_over_budget: bool = True) -> None:
@@ -269,16 +364,14 @@ class RequestBatch:
         self.costs = table.costs
         self.B = table.num_blocks
         self.mask_over_budget = bool(mask_over_budget)
-        self._res = np.concatenate([self.costs.residual, [0.0]])  # padded so pos = B indexes safely
-        self._sc = np.concatenate([self.costs.shortcut, [0.0]])
-        self._suffix = self.costs.shortcut_suffix
-        self._bit = np.concatenate([1 << np.arange(self.B, dtype=np.int64), [0]])
+        self.kt = table.kernel
+        self._every_plan = table.every_code_is_plan
+        self._slots = np.arange(self.n)
         z = np.zeros(self.n)
         self.row = np.zeros(self.n, dtype=np.int64)
         self.budget = z.copy()
         self.pos = np.zeros(self.n, dtype=np.int64)
         self.code = np.zeros(self.n, dtype=np.int64)
-        self.chain = np.zeros(self.n, dtype=np.int64)
         self.fresh = np.ones(self.n, dtype=bool)
         self.spent = z.copy()
         self.reads = np.zeros(self.n, dtype=np.int64)
@@ -301,7 +394,6 @@ class RequestBatch:
         self.budget[idx] = budgets
         self.pos[idx] = 0
         self.code[idx] = 0
-        self.chain[idx] = 0
         self.fresh[idx] = True
         self.spent[idx] = self.costs.stem
         self.reads[idx] = 0
@@ -315,15 +407,23 @@ class RequestBatch:
         self.charged[idx] = 0.0
 
     # ------------------------------------------------------------------ derived quantities
+    @property
+    def chain(self) -> np.ndarray:
+        """[N] chain extent m: shortcuts of blocks ``pos ≤ j < m`` on the current path are computed (``pos`` while
+        the current plan is unread, ``B`` once read)."""
+        return np.where(self.fresh, self.pos, self.B)
+
+    def state_index(self) -> np.ndarray:
+        """[N] each slot's :class:`KernelTables` state ``2·pos + fresh``."""
+        return self.pos * 2 + self.fresh
+
     def read_cost(self) -> np.ndarray:
         """[N] cost of reading the current plan now (0 if it has been read)."""
-        return np.where(self.fresh, self._suffix[self.chain] + self.costs.head, 0.0)
+        return self.kt.read_cost[self.state_index()]
 
     def run_cost(self) -> np.ndarray:
         """[N] cost of RUN now followed by the cheapest way to answer (a read right after); inf at the last position."""
-        p = self.pos
-        c = self._res[p] + self._sc[p] * (p >= self.chain) + self._suffix[np.minimum(p + 1, self.B)] + self.costs.head
-        return np.where(p < self.B, c, np.inf)
+        return self.kt.run_cost[self.state_index()]
 
     def cost_to_read(self, target: np.ndarray) -> np.ndarray:
         """[N] cost of reaching plan code ``target`` [N] from the current state (deciding blocks ``pos`` … up to its
@@ -336,32 +436,39 @@ class RequestBatch:
         ok = (target & below) == self.code
         hi = np.where(target > 0, np.floor(np.log2(np.maximum(target, 1))).astype(np.int64) + 1, 0)
         cost = np.zeros(self.n)
-        chain = self.chain.copy()
+        chain = self.chain
         code = self.code.copy()
+        res, sc = self.costs.residual, self.costs.shortcut
         for j in range(self.B):
             passing = (j >= self.pos) & (j < hi)
             run = passing & (((target >> j) & 1) == 1)
-            cost += np.where(passing, self._sc[j] * (j >= chain), 0.0) + np.where(run, self._res[j], 0.0)
+            cost += np.where(passing, sc[j] * (j >= chain), 0.0) + np.where(run, res[j], 0.0)
             chain = np.where(run, j + 1, np.where(passing, np.maximum(chain, j + 1), chain))
             code = np.where(run, code | (1 << j), code)
         fresh = self.fresh | (code != self.code)
-        cost += np.where(fresh, self._suffix[chain] + self.costs.head, 0.0)
+        cost += np.where(fresh, self.costs.shortcut_suffix[chain] + self.costs.head, 0.0)
         return np.where(ok, cost, np.inf)
 
     def agree(self) -> np.ndarray:
         """[N] bool: at least two reads and the last two predicted the same class."""
         return (self.reads >= 2) & (self.last_pred == self.prev_pred)
 
+    def _run_ok(self, s: np.ndarray) -> np.ndarray:
+        """[N] bool: RUN is allowed in each slot (an active slot is always before its last block)."""
+        run = self.active.copy()
+        if not self._every_plan:
+            nxt = self.code | (1 << np.minimum(self.pos, self.B - 1))
+            run &= self.table.code_to_plan[np.where(run, nxt, 0)] >= 0
+        if self.mask_over_budget:
+            run &= self.spent + self.kt.run_cost[s] <= self.budget + COST_TOL
+        return run
+
     def masks(self) -> np.ndarray:
         """[N, 4] valid actions of each slot (rows of inactive slots are all False)."""
-        m = np.zeros((self.n, NUM_ACTIONS), dtype=bool)
-        inside = self.active & (self.pos < self.B)
-        nxt = self.code | self._bit[self.pos]
-        run = inside & (self.table.code_to_plan[np.where(inside, nxt, 0)] >= 0)
-        if self.mask_over_budget:
-            run &= self.spent + self.run_cost() <= self.budget + COST_TOL
-        m[:, RUN] = run
-        m[:, SKIP] = inside
+        s = self.state_index()
+        m = np.empty((self.n, NUM_ACTIONS), dtype=bool)
+        m[:, RUN] = self._run_ok(s)
+        m[:, SKIP] = self.active
         m[:, READ] = self.active & self.fresh
         m[:, STOP] = self.active
         return m
@@ -373,13 +480,19 @@ class RequestBatch:
         (answer with what was read); an out-of-range action becomes STOP.
         """
         a = _as_actions(actions, self.n).copy()
-        valid = self.masks()
-        inrange = (a >= 0) & (a < NUM_ACTIONS)
-        ok = inrange & valid[np.arange(self.n), np.clip(a, 0, NUM_ACTIONS - 1)]
-        bad = self.active & ~ok
+        bad = self.active & ~self._valid(a, self.state_index())
         if bad.any():
-            a[bad] = np.where((a[bad] == RUN) & valid[bad, SKIP], SKIP, STOP)
+            a[bad] = np.where(a[bad] == RUN, SKIP, STOP)  # SKIP is valid wherever a slot is active
         return a, bad
+
+    def _valid(self, a: np.ndarray, s: np.ndarray) -> np.ndarray:
+        """[N] bool: action ``a`` is valid in each active slot (out-of-range actions are not)."""
+        inrange = (a >= 0) & (a < NUM_ACTIONS)
+        ok = self.kt.allowed[s * (NUM_ACTIONS + 1) + np.where(inrange, a, NOOP)] & self.active
+        run = a == RUN
+        if run.any():
+            ok &= ~run | self._run_ok(s)
+        return ok
 
     # ------------------------------------------------------------------ the step
     def step(self, actions: np.ndarray, reader: Reader, *, only: np.ndarray | None = None) -> StepResult:
@@ -389,32 +502,28 @@ class RequestBatch:
         """
         act = self.active if only is None else (np.asarray(only, dtype=bool) & self.active)
         a = _as_actions(actions, self.n)
-        valid = self.masks()
-        ok = valid[np.arange(self.n), np.clip(a, 0, NUM_ACTIONS - 1)] & (a >= 0) & (a < NUM_ACTIONS)
-        bad = act & ~ok
+        s = self.state_index()
+        bad = act & ~self._valid(a, s)
         if bad.any():
             i = int(np.argmax(bad))
+            valid = self.masks()
             allowed = [ACTION_NAMES[k] for k in np.flatnonzero(valid[i])]
             what = ACTION_NAMES[a[i]] if 0 <= a[i] < NUM_ACTIONS else repr(int(a[i]))
             raise ActionError(f"action {what} ({int(a[i])}) is not allowed here (slot {i}, block {int(self.pos[i])} "
                               f"of {self.B}, spent {self.spent[i]:.4f} of budget {self.budget[i]:.4f}); allowed: "
                               f"{allowed} — see action_masks()")
-        cost = np.zeros(self.n)
-        p = self.pos
-        run = act & (a == RUN)
-        skip = act & (a == SKIP)
-        passing = run | skip
-        # pass block p: its shortcut unless a read already computed it, its residual when run
-        sc_due = self._sc[p] * (p >= self.chain)
-        cost += np.where(passing, sc_due, 0.0) + np.where(run, self._res[p], 0.0)
-        self.code = np.where(run, self.code | self._bit[p], self.code)
-        self.chain = np.where(run, p + 1, np.where(skip, np.maximum(self.chain, p + 1), self.chain))
-        self.fresh = self.fresh | run
-        self.pos = np.where(passing, p + 1, p)
-        ended = act & ((a == STOP) | (passing & (self.pos >= self.B)))
-        reading = (act & (a == READ)) | (ended & self.fresh)
+        return self._apply(s * (NUM_ACTIONS + 1) + np.where(act, a, NOOP), reader)
+
+    def _apply(self, k: np.ndarray, reader: Reader) -> StepResult:
+        """The step of validated kernel entries ``k`` [N] (``NOOP`` where a slot does not act)."""
+        kt = self.kt
+        cost = kt.cost[k]
+        self.code = self.code | kt.code_bit[k]  # new arrays, as callers may hold the previous step's
+        self.pos = self.pos + kt.advance[k]
+        ended = kt.ends[k]
+        reading = kt.reads[k]
+        self.fresh = kt.next_fresh[k]
         if reading.any():
-            cost += np.where(reading, self._suffix[self.chain] + self.costs.head, 0.0)
             idx = np.flatnonzero(reading)
             plans = self.table.code_to_plan[self.code[idx]]
             pred, conf = reader(idx, self.row[idx], plans)
@@ -424,8 +533,6 @@ class RequestBatch:
             self.last_conf[idx] = conf
             self.answer[idx] = plans
             self.reads[idx] += 1
-            self.chain[idx] = self.B
-            self.fresh[idx] = False
         self.spent += cost
         self.active = self.active & ~ended
         return StepResult(cost=cost, ended=ended, read=reading)
@@ -551,4 +658,4 @@ def _as_actions(actions: Any, n: int) -> np.ndarray:
                          dtype_msg="actions must be integers (run=0, skip=1, read=2, stop=3), got dtype {dtype}")
 
 
-__all__ += ["Reader", "AnytimeConfig", "READOUT"]
+__all__ += ["Reader", "AnytimeConfig", "READOUT", "KernelTables", "NOOP"]
