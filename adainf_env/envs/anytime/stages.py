@@ -203,15 +203,16 @@ def stage_menu(action_mode: str, stage_menu_option: Any, at: AnytimeTable, table
         StageTree | None:
     """The menu an anytime env with options ``action_mode`` / ``stage_menu`` uses: None in block mode; in stage mode
     the given :class:`StageTree` (checked against ``at``), or one built from ``table`` (the outcome table the env
-    serves) with :data:`MENU_DEFAULTS` updated by a ``stage_menu`` dict."""
+    serves) with :data:`MENU_DEFAULTS` updated by a ``stage_menu`` dict. ``table`` None (a live source) →
+    :class:`ConfigError` in stage mode."""
     if action_mode != "stage":
         return None
+    if table is None:
+        raise ConfigError("action_mode='stage' is for outcome tables; a live source steps block by block: use "
+                          "action_mode='block'")
     if isinstance(stage_menu_option, StageTree):
         stage_menu_option.check_fits(at)
         return stage_menu_option
-    if table is None:
-        raise ConfigError("action_mode='stage' with a live source needs stage_menu=StageTree(...) built from a "
-                          "calibration table; and live stage stepping is not supported: use action_mode='block'")
     sizes = dict(MENU_DEFAULTS)
     if isinstance(stage_menu_option, Mapping):
         sizes.update(stage_menu_option)
