@@ -11,7 +11,9 @@ Conventions (every script in ``experiments/`` and ``benchmarks/bench_executor.py
   :class:`~adainf_env.errors.ConfigError` raised by the script's ``main(argv)`` before any work starts
   (``parse_config(..., raise_errors=True)``); as a command (``run_script(main)``) that — and any other
   :class:`~adainf_env.errors.AdaInfError` the script raises later (missing file, table mismatch, …) — becomes
-  **exit status 2 with one line** ``error: …`` on stderr and no traceback.
+  **exit status 2 with one line** ``error: …`` on stderr and no traceback;
+* Ctrl-C (``KeyboardInterrupt``) ends a command with **one line** on stderr and exit status 130: what the run
+  directory keeps and the command that resumes it (``--out DIR --resume``), or that nothing was saved yet.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import io
+import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TypeVar
@@ -28,7 +32,11 @@ import tyro
 
 from adainf_env.errors import AdaInfError, ConfigError
 
-__all__ = ["parse_config", "config_to_dict", "run_script", "exit_with_error"]
+__all__ = ["parse_config", "config_to_dict", "run_script", "exit_with_error", "note_run_dir", "resume_command",
+           "interrupt_line"]
+
+#: The run directory the running command opened (:func:`note_run_dir`), for the Ctrl-C line.
+_ACTIVE: dict[str, Any] = {"run_dir": None, "script": None, "argv": None}
 
 T = TypeVar("T")
 
@@ -83,12 +91,68 @@ def parse_config(cls: type[T], argv: Sequence[str] | None = None, *, description
     exit_with_error(error)
 
 
+def note_run_dir(run_dir: str | Path) -> None:
+    """Record the run directory the running command works in (:func:`adainf_lab.rundir.open_run_dir` calls this)."""
+    _ACTIVE["run_dir"] = Path(run_dir)
+
+
+def resume_command(run_dir: str | Path, argv: Sequence[str], script: str) -> str:
+    """The command line that continues the run in ``run_dir``: ``argv`` with ``--out run_dir --resume`` (any
+    ``--out``/``--resume``/``--overwrite`` given before replaced)."""
+    args, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--out", "--resume", "--overwrite", "--no-resume", "--no-overwrite") or a.startswith(
+                ("--out=", "--resume=", "--overwrite=")):
+            skip = a == "--out"
+            continue
+        args.append(a)
+    return shlex.join(["python", script, *args, "--out", str(run_dir), "--resume"])
+
+
+def _kept(run_dir: Path) -> str:
+    """What a run directory holds, in a few words: its entries, finished jobs and checkpoints counted."""
+    try:
+        entries = sorted(run_dir.iterdir())
+    except OSError:
+        return "nothing readable"
+    names = [p.name + ("/" if p.is_dir() else "") for p in entries if not p.name.startswith(".")]
+    jobs = run_dir / "jobs"
+    if jobs.is_dir():
+        n = sum(1 for p in jobs.glob("*.json") if not p.name.startswith("."))
+        names = [f"jobs/ ({n} finished job{'s' if n != 1 else ''})" if x == "jobs/" else x for x in names]
+    ckpts = sorted(str(p.relative_to(run_dir)) for p in run_dir.glob("checkpoints/**/*.pt"))
+    if ckpts:
+        names = [f"checkpoints/ ({', '.join(ckpts)})" if x == "checkpoints/" else x for x in names]
+    return ", ".join(names) or "nothing yet"
+
+
+def interrupt_line(argv: Sequence[str], script: str) -> str:
+    """The one line a Ctrl-C ends a command with (see the module docstring)."""
+    run_dir = _ACTIVE["run_dir"]
+    if run_dir is None:
+        return "interrupted before a run directory was made: nothing was saved"
+    return (f"interrupted: {run_dir} keeps {_kept(run_dir)}; resume with: "
+            f"{resume_command(run_dir, argv, script)}")
+
+
 def run_script(main: Callable[..., Any], argv: Sequence[str] | None = None) -> Any:
-    """Run a script's ``main(argv)``; bad input (:class:`AdaInfError`) → one ``error:`` line and exit status 2."""
+    """Run a script's ``main(argv)``; bad input (:class:`AdaInfError`) → one ``error:`` line and exit status 2;
+    Ctrl-C → one line (what was saved, the command that resumes) and exit status 130."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _ACTIVE["run_dir"] = None
     try:
         return main(None if argv is None else list(argv))
     except AdaInfError as e:
         exit_with_error(e)
+    except KeyboardInterrupt:
+        script = sys.argv[0] if argv is None else getattr(sys.modules.get(main.__module__), "__file__", "") or ""
+        with contextlib.suppress(ValueError):
+            script = os.path.relpath(script)
+        print(interrupt_line(args, script).replace("\n", " "), file=sys.stderr, flush=True)
+        sys.exit(130)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

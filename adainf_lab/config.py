@@ -3,7 +3,8 @@
 Every field is a command-line option of the scripts built on it (``experiments/ppo_resnet18.py``,
 ``train_scheduler.py``, ``shifting_budgets.py``, ``resnet32_cifar100.py``, ``clip_vitb.py``; see
 :mod:`adainf_lab.cli`). Validation runs in ``__post_init__``, so a bad value — including a ``--checkpoint``,
-``--data`` or ``--table-dir`` that does not exist — stops the script before any work and before a run directory is
+``--data`` or ``--table-dir`` that does not exist, a negative seed, a λ that is not a finite number ≥ 0, or an ``--out``
+that would lose a run (:mod:`adainf_lab.rundir`) — stops the script before any work and before a run directory is
 made.
 """
 
@@ -17,12 +18,13 @@ from typing import Any, Literal
 import numpy as np
 
 from adainf_env.errors import ConfigError
+from adainf_lab.rundir import check_run_flags
 from adainf_lab.scheduler_options import SchedulerName, SchedulerOptions
 from adainf_lab.tables import resolve_table_dir
 from agents.base import check_budgets
 from agents.evaluation.harness import BANDIT_BUDGETS
 
-__all__ = ["PipelineConfig", "DEMO", "demo_settings", "as_run", "show_progress"]
+__all__ = ["PipelineConfig", "DEMO", "demo_settings", "as_run", "show_progress", "check_seed"]
 
 #: The demo at ``demo_scale = 1``: a narrow ResNet18 (width 8 = 1/64 of the MACs of the reference width 64; the same
 #: 8 skippable blocks and 256 plans), trained with stochastic depth for 6 epochs on the sample's train images not held
@@ -59,6 +61,13 @@ def _h(text: str, **kw: Any) -> Any:
     return dataclasses.field(metadata={"help": text}, **kw)
 
 
+def check_seed(seed: int, what: str = "--seed") -> int:
+    """A seed numpy and torch accept: an integer in [0, 2**32 − 1] (numpy refuses negative seeds with a traceback)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2 ** 32:
+        raise ConfigError(f"{what} must be an integer in [0, 2**32 − 1], got {seed!r}")
+    return int(seed)
+
+
 def _check_positive(cfg: Any, names: tuple[str, ...]) -> None:
     for k in names:
         v = getattr(cfg, k)
@@ -81,7 +90,11 @@ class PipelineConfig:
                            "search $ADAINF_DATA, ./data, ~/data, the cache; if none, run the demo", default=None)
     download: bool = _h("let torchvision download the dataset (needs network)", default=False)
     checkpoint: Path | None = _h("backbone checkpoint (state dict) instead of training one", default=None)
-    out: Path | None = _h("run directory (None: a new runs/<backbone>__<algo>__<seed>__<time>)", default=None)
+    out: Path | None = _h("run directory (None: a new runs/<backbone>__<algo>__<seed>__<time>); an existing one "
+                          "needs --resume or --overwrite", default=None)
+    resume: bool = _h("continue the run in --out (same arguments; refused otherwise) from what it keeps", default=False)
+    overwrite: bool = _h("replace the run in --out: the old directory is moved aside whole to <out>.replaced-<time>",
+                         default=False)
     runs_root: Path = _h("parent of new run directories", default=Path("runs"))
     table_cache: Path | None = _h("outcome-table cache (None: $ADAINF_CACHE/tables or ~/.cache/adainf/tables)",
                                   default=None)
@@ -112,8 +125,9 @@ class PipelineConfig:
         if not self.budgets:
             raise ConfigError("--budgets is empty")
         check_budgets(np.asarray(self.budgets, dtype=np.float64))
-        if self.lam < 0:
-            raise ConfigError(f"--lam must be ≥ 0, got {self.lam}")
+        if not (0 <= self.lam < float("inf")):
+            raise ConfigError(f"--lam must be a finite number ≥ 0, got {self.lam}")
+        check_seed(self.seed)
         _check_positive(self, ("timesteps", "epochs", "calib_limit", "test_limit", "train_epochs", "width",
                                "num_calib"))
         if not 0 < self.final_survival <= 1:
@@ -132,8 +146,7 @@ class PipelineConfig:
         if self.data is not None and not self.download and not Path(self.data).expanduser().exists():
             raise ConfigError(f"--data {self.data}: no such file or directory (give an image-folder archive, a "
                               f"torchvision root, or add --download)")
-        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
-            raise ConfigError(f"--out {self.out} exists and is not a directory")
+        check_run_flags(self.out, resume=self.resume, overwrite=self.overwrite)
 
 
 def as_run(cfg: PipelineConfig, mode_kind: str) -> PipelineConfig:

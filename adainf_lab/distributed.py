@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import multiprocessing
 import os
+import signal
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 import torch
@@ -129,7 +130,9 @@ def split_jobs(num_jobs: int, rank: int, world_size: int) -> list[int]:
 
 
 def _limit_threads(threads: int) -> None:
-    """Pool initializer: share the cores between workers instead of every worker using all of them."""
+    """Pool initializer: share the cores between workers instead of every worker using all of them. Workers ignore
+    Ctrl-C: the parent gets it, ends the pool and says what was saved (no traceback from every worker)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch.set_num_threads(threads)
 

@@ -56,11 +56,12 @@ from adainf_env.feasibility import lut_choice
 from adainf_env.fileio import atomic_torch_save, atomic_write_json, safe_torch_load, save_figure, sha256_file
 from adainf_env.tables.outcomes import OutcomeTable, find_split_tables, load_table, save_table
 from adainf_env.tables.builder import all_plans, build_table
+from adainf_lab.config import check_seed
 from adainf_lab.data import evenly_spaced
-from adainf_lab.rundir import make_run_dir, save_config
+from adainf_lab.rundir import check_run_flags, open_run_dir
 from adainf_lab.tables import resolve_table_dir
 from agents.evaluation.harness import BANDIT_BUDGETS, decision_record, evaluate_bandit
-from agents.evaluation.report import summarize, write_results
+from agents.evaluation.report import scheduler_color, summarize, write_results
 from agents.learners.hinge_live import LiveHingeTrainer, merge_lora
 
 __all__ = ["FinetuneConfig", "PRESETS", "resolved_sizes", "run_finetune", "train_live", "combine_runs",
@@ -151,7 +152,11 @@ class FinetuneConfig:
     baselines: tuple[str, ...] = _opt("table schedulers on the original backbone", default=BASELINES)
     checkpoint_every: int = _opt("save the resumable training state every N steps", default=50)
     device: str = _opt("torch device (auto = cuda if available)", default="auto")
-    out: Path | None = _opt("run directory (reused: training resumes from its checkpoint)", default=None)
+    out: Path | None = _opt("run directory; an existing one needs --resume (training continues from its checkpoint; "
+                            "same arguments) or --overwrite (moved aside whole)", default=None)
+    resume: bool = _opt("continue the run in --out (same arguments, else refused)", default=False)
+    overwrite: bool = _opt("replace the run in --out: the old directory is moved aside to <out>.replaced-<time>",
+                           default=False)
     runs_root: Path = _opt("parent of new run directories", default=Path("runs"))
     combine: tuple[Path, ...] = _opt("instead of training: combine these run directories into --out (one figure, "
                                      "mean ± std over seeds)", default=())
@@ -163,6 +168,10 @@ class FinetuneConfig:
             return
         if self.data is None or self.checkpoint is None:
             raise ConfigError("--data (CIFAR-10 archive) and --checkpoint (backbone state dict) are required")
+        check_seed(self.seed)
+        if not 0 <= self.lam < float("inf"):
+            raise ConfigError(f"--lam must be a finite number ≥ 0, got {self.lam}")
+        check_run_flags(self.out, resume=self.resume, overwrite=self.overwrite)
         for k in ("fit_images", "epochs", "batch_size", "calib_images", "select_images", "test_images",
                   "eval_batch"):
             v = getattr(self, k)
@@ -401,7 +410,6 @@ def run_finetune(cfg: FinetuneConfig, *, log: Callable[[str], None] = say,
     device = _device(cfg.device)
     mode = cfg.finetune
     name = f"hinge_live_{mode}"
-    run_dir = make_run_dir(backbone=cfg.backbone, algo=name, seed=cfg.seed, out=cfg.out, root=cfg.runs_root)
     stages = _Stages()
     torch.manual_seed(cfg.seed)
     train = load_images(cfg.data, "cifar10", "train")
@@ -418,10 +426,12 @@ def run_finetune(cfg: FinetuneConfig, *, log: Callable[[str], None] = say,
     note = ("fit images are train images NOT in --calib-indices: with the reference checkpoint these are the images "
             "the backbone itself was trained on" if cfg.calib_indices else
             "fit/calib: a seeded split of the train images (seed 0)")
+    run_dir = open_run_dir(cfg, backbone=cfg.backbone, algo=name, seed=cfg.seed, out=cfg.out, root=cfg.runs_root,
+                           resume=cfg.resume, overwrite=cfg.overwrite, log=log,
+                           extra={"resolved_sizes": sizes, "device": str(device), "split_note": note,
+                                  "num_fit_pool": int(len(splits["fit"]))}).path
     log(f"[data] {cfg.data}: fit {len(fit_idx)} / calib {len(calib_idx)} (select {len(select_pos)}) / test "
-        f"{len(test_idx)} images; {note} ({stages.lap('data')})")
-    save_config(run_dir, cfg, extra={"resolved_sizes": sizes, "device": str(device), "split_note": note,
-                                     "num_fit_pool": int(len(splits["fit"]))})
+        f"{len(test_idx)} images; {note} ({stages.lap('data')}); run directory {run_dir}")
     writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
     try:
         summary = _run(cfg, sizes, device, run_dir, train, test, fit_idx, calib_idx, splits["calib"], select_pos,
@@ -632,8 +642,7 @@ def plot_finetune(records: Sequence[dict[str, Any]], path: Path, *, title: str =
     names = list(dict.fromkeys(s["scheduler"] for s in summary))
     order = [n for n in FIGURE_LABELS if n in names] + [n for n in names if n not in FIGURE_LABELS]
     fig, ax = plt.subplots(figsize=(8.5, 5.2))
-    cmap = plt.get_cmap("tab10")
-    for i, n in enumerate(order):
+    for n in order:
         rows = sorted((s for s in summary if s["scheduler"] == n), key=lambda s: s["budget"])
         b = np.array([s["budget"] for s in rows])
         m = 100 * np.array([s["accuracy_mean"] for s in rows])
@@ -641,10 +650,10 @@ def plot_finetune(records: Sequence[dict[str, Any]], path: Path, *, title: str =
         bound = rows[0]["is_bound"]
         live = n.startswith("hinge_live")
         ax.plot(b, m, ls="--" if bound else (":" if n.startswith("lut_refit") else "-"), marker="o" if live else ".",
-                lw=2.6 if live else 1.6, color="0.45" if bound else cmap(i % 10),
+                lw=2.6 if live else 1.6, color="0.45" if bound else scheduler_color(n),
                 label=FIGURE_LABELS.get(n, n) + (f" (n={rows[0]['n_seeds']})" if rows[0]["n_seeds"] > 1 else ""))
         if (sd > 0).any():
-            ax.fill_between(b, m - sd, m + sd, alpha=0.15, color="0.45" if bound else cmap(i % 10))
+            ax.fill_between(b, m - sd, m + sd, alpha=0.15, color="0.45" if bound else scheduler_color(n))
     ax.set_xlabel("budget (fraction of the full model's MACs), hard per request", fontsize=12)
     ax.set_ylabel("test accuracy (%)", fontsize=12)
     ax.set_title(title, fontsize=11)

@@ -36,22 +36,24 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from adainf_env.data import class_names, demo_archive_path, load_images, make_splits
-from adainf_env.errors import ConfigError
-from adainf_env.fileio import atomic_write_json
+from adainf_env.errors import AdaInfError, ConfigError
+from adainf_env.fileio import atomic_write_json, safe_torch_load
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_lab.backbone import obtain_backbone
 from adainf_lab.cli import config_to_dict, parse_config
 from adainf_lab.config import PipelineConfig, as_run, demo_settings, show_progress
 from adainf_lab.data import DataChoice, evenly_spaced, resolve_data
 from adainf_lab.report import TrainingMonitor, format_comparison, log_hparams, log_test_records, plot_run
-from adainf_lab.rundir import make_run_dir, save_config
-from adainf_lab.scheduler_options import SB3_ALGOS, accepts
+from adainf_lab.rundir import open_run_dir
+from adainf_lab.scheduler_options import accepts
 from adainf_lab.tables import cached_table, default_table_cache, export_split_tables, load_split_tables
 from agents.evaluation.harness import evaluate_bandit
 from agents.evaluation.report import write_results
-from agents.registry import make_scheduler, scheduler_class
+from agents.learners.base import CHECKPOINT_NAME
+from agents.registry import make_scheduler, scheduler_class, uses_sb3
 
-__all__ = ["Mode", "PreparedRun", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler",
+__all__ = ["Mode", "PreparedRun", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler", "options_used",
+           "checkpoint_step",
            "evaluate_against_references", "run_pipeline", "pipeline_main", "class_names_for", "say"]
 
 
@@ -122,11 +124,14 @@ def class_names_for(dataset: str, source: Any) -> list[str]:
 
 
 def obtain_tables(cfg: PipelineConfig, mode: Mode, run_dir: Path, *, log: Callable[[str], None] = say,
-                  plan_masks: np.ndarray | None = None) -> tuple[OutcomeTable, OutcomeTable, dict[str, Any]]:
-    """``(calib, test, provenance)`` for the run: from ``table_dir``, or data → backbone → cached tables (also
-    exported to ``run_dir/tables``). ``cfg`` is the configuration as it runs (:func:`adainf_lab.config.as_run`)."""
+                  plan_masks: np.ndarray | None = None,
+                  tables: tuple[OutcomeTable, OutcomeTable] | None = None
+                  ) -> tuple[OutcomeTable, OutcomeTable, dict[str, Any]]:
+    """``(calib, test, provenance)`` for the run: from ``table_dir`` (``tables``: already loaded from it), or data →
+    backbone → cached tables (also exported to ``run_dir/tables``). ``cfg`` is the configuration as it runs
+    (:func:`adainf_lab.config.as_run`)."""
     if mode.kind == "tables":
-        calib, test = load_split_tables(cfg.table_dir)
+        calib, test = tables if tables is not None else load_split_tables(cfg.table_dir)
         return calib, test, {"tables": str(cfg.table_dir), "backbone": calib.meta.get("backbone"),
                              "checkpoint_sha256": calib.meta.get("checkpoint_sha256")}
     choice = mode.data
@@ -179,12 +184,37 @@ def _scheduler_kwargs(cfg: PipelineConfig, run_dir: Path) -> dict[str, Any]:
     settings: dict[str, Any] = {"total_timesteps": cfg.timesteps, "epochs": cfg.epochs, "lam": cfg.lam,
                                 "tensorboard_log": str(run_dir / "tensorboard"),
                                 "checkpoint_dir": str(run_dir / "checkpoints" / cfg.algo)}
-    if cfg.algo not in SB3_ALGOS:  # SB3's own bar needs `rich`; the torch learners use tqdm
+    if not uses_sb3(cfg.algo):  # SB3's own bar needs `rich`; the torch learners use tqdm
         settings["progress"] = show_progress(cfg.progress)
     for k, v in settings.items():
         if v is not None and accepts(cls, k):
             kw.setdefault(k, v)
     return kw
+
+
+def options_used(kw: dict[str, Any]) -> str:
+    """The scheduler's options as the log states them: ``key=value`` of what was passed (paths left out), or that
+    the scheduler's own defaults are used."""
+    shown = {k: v for k, v in kw.items() if k not in ("tensorboard_log", "checkpoint_dir", "progress")}
+    if not shown:
+        return "the scheduler's default options"
+    return "options " + ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a learner's resumable checkpoint was written at (epochs for the torch learners, env steps
+    for stable-baselines3), or None when there is none. Read with ``weights_only=True``; an unreadable checkpoint is
+    left to the learner, which refuses it with the reason."""
+    if not path.is_file():
+        return None
+    try:
+        saved = safe_torch_load(path)
+    except AdaInfError:
+        return None
+    for key in ("epoch", "timesteps", "step"):
+        if isinstance(saved, dict) and isinstance(saved.get(key), (int, np.integer)):
+            return int(saved[key])
+    return None
 
 
 def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, writer: Any, *,
@@ -202,9 +232,11 @@ def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, write
         fit_kw["callback"] = lambda step, metrics: monitor.log(step, sched, extra=metrics)
     if "checkpoint_dir" in fit_params:
         fit_kw["checkpoint_dir"] = ckpt_dir
-    what = f"{kw['total_timesteps']} env steps" if "total_timesteps" in kw else "default settings"
-    log(f"[{cfg.algo}] training on the calibration table ({calib.num_samples} samples, {calib.num_plans} plans, "
-        f"{what})")
+    log(f"[{cfg.algo}] training on the calibration table ({calib.num_samples} samples, {calib.num_plans} plans; "
+        f"{options_used(kw)})")
+    step = checkpoint_step(ckpt_dir / CHECKPOINT_NAME)
+    if step is not None:
+        log(f"[{cfg.algo}] resuming from step {step} ({ckpt_dir / CHECKPOINT_NAME})")
     t0, clock = time.perf_counter(), _Clock()
     threads = torch.get_num_threads()
     # Table learners run small MLPs on small batches: extra intra-op threads only add synchronisation (on a loaded
@@ -260,9 +292,12 @@ def _demo_banner(mode: Mode, cfg: PipelineConfig, full_cmd: str, demo_descriptio
 def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True, script: str = "ppo_resnet18.py",
                 full_command: str | None = None, log: Callable[[str], None] = say,
                 extra_config: dict[str, Any] | None = None, plan_masks: np.ndarray | None = None,
-                demo_description: str | None = None) -> PreparedRun:
-    """Resolve the mode, create the run directory (config.json of the configuration as it runs + git revision),
-    print the demo banner, and get the calibration and test tables."""
+                demo_description: str | None = None,
+                check: Callable[[PipelineConfig, OutcomeTable | None, OutcomeTable | None], None] | None = None
+                ) -> PreparedRun:
+    """Resolve the mode, validate (prebuilt tables are loaded and checked, ``check(cfg, calib, test)`` runs — tables
+    None when they are still to be built — and the run-directory rule applied), then open the run directory (a new
+    run's config.json: the configuration as it runs + git revision), print the demo banner, and get the tables."""
     mode = resolve_mode(cfg, allow_demo=allow_demo)
     cfg = as_run(cfg, mode.kind)
     backbone_label = cfg.backbone if mode.kind != "demo" else f"{cfg.backbone}-demo"
@@ -270,16 +305,21 @@ def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True
                                 f"(a torchvision root, or an image-folder archive such as cifar10-jpg.tgz; "
                                 f"add --download to fetch it), or start from tables: "
                                 f"python experiments/{script} --table-dir reference")
-    run_dir = make_run_dir(backbone=backbone_label, algo=algo_label, seed=cfg.seed, out=cfg.out, root=cfg.runs_root)
+    tables = load_split_tables(cfg.table_dir) if mode.kind == "tables" else None
+    if check is not None:
+        check(cfg, *(tables or (None, None)))
+    extra = {"mode": mode.kind, "mode_reason": mode.reason,
+             "demo_settings": demo_settings(cfg.demo_scale) if mode.kind == "demo" else None,
+             **dict(extra_config or {})}
+    opened = open_run_dir(cfg, backbone=backbone_label, algo=algo_label, seed=cfg.seed, out=cfg.out,
+                          root=cfg.runs_root, resume=cfg.resume, overwrite=cfg.overwrite, extra=extra, log=log)
+    run_dir = opened.path
     if mode.kind == "demo":
         log(_demo_banner(mode, cfg, full_cmd, demo_description))
     else:
         log(f"[run] mode: {mode.kind} ({mode.reason})")
-    log(f"[run] run directory: {run_dir}")
-    save_config(run_dir, cfg, extra={"mode": mode.kind, "mode_reason": mode.reason,
-                                     "demo_settings": demo_settings(cfg.demo_scale) if mode.kind == "demo" else None,
-                                     **dict(extra_config or {})})
-    calib, test, prov = obtain_tables(cfg, mode, run_dir, log=log, plan_masks=plan_masks)
+    log(f"[run] run directory: {run_dir}{' (resumed: same arguments)' if opened.resumed else ''}")
+    calib, test, prov = obtain_tables(cfg, mode, run_dir, log=log, plan_masks=plan_masks, tables=tables)
     return PreparedRun(mode, cfg, run_dir, calib, test, prov, full_cmd)
 
 

@@ -30,7 +30,7 @@ from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.feasibility import overrun as is_overrun
 from agents.base import Scheduler
 from agents.evaluation.metrics import plan_entropy
-from agents.evaluation.report import scheduler_style
+from agents.evaluation.report import overrun_label, scheduler_style
 
 __all__ = ["TrainingMonitor", "plan_entropy", "decision_metrics", "log_test_records", "log_hparams",
            "plot_run", "format_comparison"]
@@ -159,7 +159,8 @@ def plot_run(records: Sequence[Mapping[str, Any]], path: str | Path, *, title: s
         bound = rs[0]["is_bound"]
         x = [r["budget"] for r in rs]
         style: dict[str, Any] = dict(color=colors[n], marker="o", ms=4, linestyle="--" if bound else "-",
-                                     label=f"{n} (bound)" if bound else n)
+                                     label=overrun_label(f"{n} (bound)" if bound else n,
+                                                         max(r["overrun_rate"] for r in rs)))
         if n == learned:
             style.update(marker="x", ms=7, lw=1.4, zorder=4)
         elif not bound and learned is not None:

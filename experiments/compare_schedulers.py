@@ -8,6 +8,11 @@ Both environments are compared in the same settings: the plan env (``--scheduler
 anytime env (``--anytime-schedulers``, names ``anytime_*``: blocks run one by one, the network's answer read on the
 way; ``--no-anytime`` leaves them out). Every record says which (``env``: ``plan`` | ``anytime``).
 
+Runs are never lost: an existing ``--out`` is refused unless ``--resume`` (same arguments: the jobs already kept in
+``<run>/jobs`` are read back, only the missing ones run, and ``results.json`` equals an uninterrupted run's up to
+``fit_s``) or ``--overwrite`` (the old directory moved aside whole); Ctrl-C ends with one line naming the finished
+jobs kept and the command that resumes (:mod:`adainf_lab.rundir`).
+
 The (scheduler, seed) jobs are independent and seeded by themselves, so ``--workers N`` (N local worker processes,
 each with one torch thread: the networks are small, and N workers on N cores must not oversubscribe them) and
 torchrun ranks (rank r runs jobs r, r+W, …; only rank 0 writes the run directory) give the same records as one
@@ -43,9 +48,9 @@ from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.fileio import atomic_write
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_lab.cli import parse_config, run_script
-from adainf_lab.config import show_progress
+from adainf_lab.config import check_seed, show_progress
 from adainf_lab.distributed import DistEnv, run_jobs
-from adainf_lab.rundir import make_run_dir, save_config
+from adainf_lab.rundir import check_run_flags, open_run_dir
 from adainf_lab.scheduler_options import SchedulerName
 from adainf_lab.tables import load_split_tables, resolve_table_dir
 from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
@@ -63,7 +68,12 @@ class CompareConfig:
 
     table_dir: Path = dataclasses.field(metadata={
         "help": "directory with table_calib.npz and table_test.npz, or 'reference' (the tables shipped in the package)"})
-    out: Path | None = dataclasses.field(default=None, metadata={"help": "run directory (default: new one in --runs-root)"})
+    out: Path | None = dataclasses.field(default=None, metadata={
+        "help": "run directory (default: new one in --runs-root); an existing one needs --resume or --overwrite"})
+    resume: bool = dataclasses.field(default=False, metadata={
+        "help": "continue the comparison in --out (same arguments, else refused): run only the jobs not kept there"})
+    overwrite: bool = dataclasses.field(default=False, metadata={
+        "help": "replace the run in --out: the old directory is moved aside whole to <out>.replaced-<time>"})
     runs_root: Path = dataclasses.field(default=Path("runs"), metadata={"help": "parent of new run directories"})
     seeds: int = dataclasses.field(default=3, metadata={"help": "number of seeds (seed-offset … seed-offset+seeds−1)"})
     seed_offset: int = dataclasses.field(default=0, metadata={"help": "first seed"})
@@ -103,6 +113,9 @@ class CompareConfig:
     def __post_init__(self) -> None:
         if self.seeds < 1:
             raise ConfigError(f"--seeds must be ≥ 1, got {self.seeds}")
+        check_seed(self.seed_offset, "--seed-offset")
+        check_seed(self.seed_offset + self.seeds - 1, "--seed-offset + --seeds − 1 (the last seed)")
+        check_run_flags(self.out, resume=self.resume, overwrite=self.overwrite)
         if self.workers < 1:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.anytime_schedulers and not self.anytime:
@@ -120,6 +133,16 @@ class CompareConfig:
         if not isinstance(kw, dict) or not all(isinstance(v, dict) for v in kw.values()):
             raise ConfigError("--scheduler-kwargs must be a JSON object {name: {kwarg: value}}")
         self.table_dir = resolve_table_dir(self.table_dir)
+
+
+def _check_same_tables(run_dir: Path, calib: OutcomeTable, test: OutcomeTable) -> None:
+    """A resumed comparison must read the tables its kept jobs were computed on (same content hashes)."""
+    saved = json.loads((run_dir / "config.json").read_text()).get("tables", {})
+    for name, table in (("calib", calib), ("test", test)):
+        h = saved.get(f"{name}_sha256")
+        if h is not None and h != table.content_hash():
+            raise ConfigError(f"--resume: the {name} table in --table-dir has changed since {run_dir} was made "
+                              f"(content hash {table.content_hash()[:12]}…, was {h[:12]}…); use another --out")
 
 
 def _anytime_names(cfg: CompareConfig, calib: OutcomeTable) -> tuple[list[str], dict[str, str]]:
@@ -183,17 +206,26 @@ def main(argv: list[str] | None = None) -> dict:
         trace_process=cfg.behaviour_budget if anytime_names else None, trace_shared=cfg.behaviour_shared)
     run_dir = None
     if dist.is_main:
-        run_dir = make_run_dir(backbone=calib.meta.get("backbone", "table"), algo="compare", seed=cfg.seed_offset,
-                               out=cfg.out, root=cfg.runs_root)
-        save_config(run_dir, cfg, extra={"schedulers": names, "anytime_schedulers": anytime_names,
-                                         "unavailable": skipped, "seeds_used": seeds,
-                                         "jobs": {"count": len(jobs), "workers": cfg.workers,
-                                                  "world_size": dist.world_size},
-                                         "tables": {"calib": calib.meta.get("source_path", str(cfg.table_dir)),
-                                                    "test": test.meta.get("source_path", str(cfg.table_dir))}})
+        opened = open_run_dir(cfg, backbone=calib.meta.get("backbone", "table"), algo="compare", seed=cfg.seed_offset,
+                              out=cfg.out, root=cfg.runs_root, resume=cfg.resume, overwrite=cfg.overwrite, log=print,
+                              extra={"schedulers": names, "anytime_schedulers": anytime_names,
+                                     "unavailable": skipped, "seeds_used": seeds,
+                                     "jobs": {"count": len(jobs), "workers": cfg.workers,
+                                              "world_size": dist.world_size},
+                                     "tables": {"calib": calib.meta.get("source_path", str(cfg.table_dir)),
+                                                "test": test.meta.get("source_path", str(cfg.table_dir)),
+                                                "calib_sha256": calib.content_hash(),
+                                                "test_sha256": test.content_hash()}})
+        run_dir = opened.path
+        if opened.resumed:
+            _check_same_tables(run_dir, calib, test)
+    # finished jobs are kept in <run>/jobs, each by the process that ran it (rank 0's worker processes; the jobs of
+    # other torchrun ranks once gathered), and skipped when the run is resumed
+    store = JobStore(run_dir / "jobs") if run_dir is not None else None
     t0 = time.perf_counter()
     runner = functools.partial(run_jobs, workers=cfg.workers) if parallel else None
-    results = run_comparison_jobs(jobs, runner=runner, progress=show_progress(cfg.progress))
+    results = run_comparison_jobs(jobs, runner=runner, progress=show_progress(cfg.progress), store=store,
+                                  log=print if dist.is_main else None)
     wall_s = time.perf_counter() - t0
     if not dist.is_main:
         return {"run_dir": None, "rank": dist.rank}

@@ -1,4 +1,4 @@
-"""Schedulers in stream mode under shifting budgets: drift, step, periodic and trace budget processes.
+"""Schedulers in stream mode under shifting budgets: random_walk, step, periodic and trace budget processes.
 
     python experiments/shifting_budgets.py --table-dir reference
     python experiments/shifting_budgets.py --table-dir reference --trace my_budgets.csv --shared
@@ -22,6 +22,7 @@ from typing import Any, Literal
 import numpy as np
 from torch.utils.tensorboard import SummaryWriter
 
+from adainf_env.budgets import load_trace
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json
 from adainf_lab.cli import parse_config, run_script
@@ -34,17 +35,19 @@ from agents.registry import make_scheduler
 
 __all__ = ["ShiftingBudgetsConfig", "main"]
 
-Process = Literal["drift", "step", "periodic", "trace"]
+#: The budget processes, by the names of :data:`adainf_env.budgets.BUDGET_PROCESSES` (``random_walk`` is the slow drift).
+Process = Literal["random_walk", "step", "periodic", "trace"]
 
 
 @dataclasses.dataclass
 class ShiftingBudgetsConfig(PipelineConfig):
-    """Stream mode under drift / step / periodic / trace budgets: budget vs chosen cost over time, rolling accuracy."""
+    """Stream mode under random_walk / step / periodic / trace budgets: budget vs chosen cost over time, rolling
+    accuracy."""
 
     algo: SchedulerName = dataclasses.field(default="hinge", metadata={"help": "learned scheduler to follow the budgets"})
     references: tuple[SchedulerName, ...] = dataclasses.field(default=("lut", "hull_mix", "oracle"),
                                                               metadata={"help": "reference schedulers (oracle is a bound)"})
-    processes: tuple[Process, ...] = dataclasses.field(default=("drift", "step", "periodic", "trace"),
+    processes: tuple[Process, ...] = dataclasses.field(default=("random_walk", "step", "periodic", "trace"),
                                                        metadata={"help": "budget processes"})
     trace: Path | None = dataclasses.field(default=None, metadata={
         "help": "CSV budget trace for the 'trace' process (None: a synthetic diurnal trace, labelled so)"})
@@ -60,8 +63,10 @@ class ShiftingBudgetsConfig(PipelineConfig):
             raise ConfigError("--processes is empty")
         if self.num_streams < 1 or self.horizon < 2 or self.window < 1:
             raise ConfigError("--num-streams ≥ 1, --horizon ≥ 2 and --window ≥ 1 are required")
-        if self.trace is not None and not Path(self.trace).is_file():
-            raise ConfigError(f"--trace {self.trace}: no such file")
+        if self.trace is not None:
+            if "trace" not in self.processes:
+                raise ConfigError(f"--trace {self.trace} is given but --processes leaves out 'trace'")
+            load_trace(self.trace)  # the whole CSV is checked now, before any training (ConfigError naming the line)
 
 
 def budget_processes(cfg: ShiftingBudgetsConfig, run_dir: Path) -> tuple[dict[str, Any], str | None]:

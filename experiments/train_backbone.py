@@ -6,8 +6,9 @@
 Trains on the *fit* split only (train minus the calibration split: seeded, or the reference calib indices), reports
 held-out accuracy on the calibration split per epoch and test accuracy at the end. Writes to ``--out``:
 ``checkpoint.pt`` (state dict, loadable with ``adainf_env.load_backbone(name, checkpoint=...)``), ``resume.pt``
-(every epoch), ``metrics.json``, ``config.json`` (config + git revision). Re-running with the same ``--out``
-resumes from the last finished epoch. GPU when present.
+(every epoch), ``metrics.json``, ``config.json`` (config + git revision). Re-running with the same arguments and
+``--out DIR --resume`` resumes from the last finished epoch (other arguments are refused before anything is written);
+an existing ``--out`` without ``--resume`` or ``--overwrite`` is refused (:mod:`adainf_lab.rundir`). GPU when present.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from adainf_env.data import load_images, make_splits
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write_json, sha256_arrays
 from adainf_lab.cli import parse_config, run_script
-from adainf_lab.config import show_progress
+from adainf_lab.config import check_seed, show_progress
 from adainf_lab.data import evenly_spaced
-from adainf_lab.rundir import make_run_dir, save_config
+from adainf_lab.rundir import check_run_flags, open_run_dir
 
 __all__ = ["Config", "main"]
 
@@ -35,7 +36,11 @@ __all__ = ["Config", "main"]
 class Config:
     """Train a skippable CIFAR ResNet with stochastic depth."""
 
-    out: Path = field(metadata={"help": "run directory (re-use it to resume)"})
+    out: Path = field(metadata={"help": "run directory; an existing one needs --resume (continue it, same arguments) "
+                                        "or --overwrite (move it aside whole)"})
+    resume: bool = field(default=False, metadata={"help": "continue the training in --out from its last epoch"})
+    overwrite: bool = field(default=False, metadata={
+        "help": "replace the run in --out: the old directory is moved aside whole to <out>.replaced-<time>"})
     backbone: Literal["resnet18_cifar", "resnet32_cifar"] = field(default="resnet18_cifar",
                                                                    metadata={"help": "architecture"})
     dataset: Literal["cifar10", "cifar100"] = field(default="cifar10", metadata={"help": "dataset"})
@@ -64,11 +69,12 @@ class Config:
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be ≥ 1, got {v}")
+        check_seed(self.seed)
+        check_run_flags(self.out, resume=self.resume, overwrite=self.overwrite)
 
 
 def main(argv: list[str] | None = None) -> dict:
     cfg = parse_config(Config, argv, raise_errors=True)
-    out = make_run_dir(backbone=cfg.backbone, algo="train", seed=cfg.seed, out=cfg.out)
     images, labels = load_images(cfg.data, dataset=cfg.dataset, split="train", download=cfg.download)
     splits = make_splits(len(images), seed=cfg.seed, num_calib=cfg.num_calib,
                          reference_calib_indices=cfg.calib_indices)
@@ -79,8 +85,10 @@ def main(argv: list[str] | None = None) -> dict:
                              batch_size=cfg.batch_size, lr=cfg.lr, momentum=cfg.momentum,
                              weight_decay=cfg.weight_decay, seed=cfg.seed)
     fingerprint = sha256_arrays({"x": fit_x, "y": fit_y})
-    save_config(out, cfg, extra={"data_fingerprint": fingerprint, "num_fit": int(len(fit)),
-                                 "num_calib": int(len(calib))})
+    out = open_run_dir(cfg, backbone=cfg.backbone, algo="train", seed=cfg.seed, out=cfg.out, resume=cfg.resume,
+                       overwrite=cfg.overwrite, log=print,
+                       extra={"data_fingerprint": fingerprint, "num_fit": int(len(fit)),
+                              "num_calib": int(len(calib))}).path
     metrics = train_backbone(settings, fit_images=fit_x, fit_labels=fit_y, eval_images=images[calib],
                              eval_labels=labels[calib], out=out, data_fingerprint=fingerprint, device=cfg.device,
                              stop_after_epochs=cfg.stop_after_epochs,
@@ -96,7 +104,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"done: held-out (calib) acc {metrics['final_eval_acc']:.4f}, test acc {metrics['test_acc']:.4f} "
               f"→ {out / 'checkpoint.pt'}")
     else:
-        print(f"stopped after epoch {metrics['epochs_done']}/{cfg.epochs}; re-run with --out {out} to resume")
+        print(f"stopped after epoch {metrics['epochs_done']}/{cfg.epochs}; resume with the same arguments and "
+              f"--out {out} --resume")
     return metrics
 
 

@@ -171,7 +171,7 @@ def test_aiq_refuses_different_grids_and_named_processes_share_one_figure(tmp_pa
         aiq_summary(recs)
     assert aiq_summary(recs[:2])[0]["aiq_mean"] == pytest.approx(0.6)
     procs = [{**base, "setting": "stream", "variant": v, "seed": 0, "budget": 0.5, "accuracy": a, "process_spec": v}
-             for v, a in (("drift", 0.6), ("step", 0.7), ("periodic", 0.65))]
+             for v, a in (("random_walk", 0.6), ("step", 0.7), ("periodic", 0.65))]
     paths = plot_summary(summarize(procs), tmp_path)
     assert [p.name for p in paths] == ["accuracy_by_process_stream.png"]
 

@@ -121,7 +121,7 @@ def test_shifting_budgets(toy_table_dir, tmp_path):
     shifting_budgets.main(["--table-dir", str(toy_table_dir), "--out", str(out), "--epochs", "2", "--horizon", "60",
                            "--num-streams", "3", "--window", "10", "--no-progress"])
     records = check_run_dir(out, schedulers={"hinge", "lut", "hull_mix", "oracle"}, setting="stream")
-    assert {r["variant"] for r in records} == {"drift", "step", "periodic", "trace"}
+    assert {r["variant"] for r in records} == {"random_walk", "step", "periodic", "trace"}
     assert all(r["num_requests"] == 180 for r in records)
     assert (out / "stream_traces.png").is_file() and (out / "synthetic_trace.csv").is_file()
     traces = np.load(out / "traces.npz", allow_pickle=False)

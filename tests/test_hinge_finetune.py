@@ -105,7 +105,7 @@ def test_resume_after_kill_equals_uninterrupted(tiny_inputs, tmp_path):
     with pytest.raises(Killed):
         run_finetune(cfg, on_step=kill)
     assert not (tmp_path / "run" / "results.json").exists()
-    again = run_finetune(cfg)
+    again = run_finetune(parse_config(FinetuneConfig, _argv(tiny_inputs, tmp_path / "run", "full", *extra, "--resume")))
     assert again["steps"] == ref["steps"] == 8 and again["selected_step"] == ref["selected_step"]
     a = torch.load(tmp_path / "ref" / "backbone_finetuned.pt", weights_only=True)
     b = torch.load(tmp_path / "run" / "backbone_finetuned.pt", weights_only=True)
@@ -114,12 +114,12 @@ def test_resume_after_kill_equals_uninterrupted(tiny_inputs, tmp_path):
     ra = {(r["scheduler"], r["budget"]): r["accuracy"] for r in json.loads((tmp_path / "ref" / "results.json").read_text())}
     rb = {(r["scheduler"], r["budget"]): r["accuracy"] for r in json.loads((tmp_path / "run" / "results.json").read_text())}
     assert ra == pytest.approx(rb)
-    # a different configuration in the same run directory is refused, not silently mixed
-    from adainf_env.errors import CheckpointError
+    # a different configuration in the same run directory is refused before anything is written, not silently mixed
+    from adainf_env.errors import ConfigError
 
-    with pytest.raises(CheckpointError):
+    with pytest.raises(ConfigError, match="other arguments"):
         run_finetune(parse_config(FinetuneConfig, _argv(tiny_inputs, tmp_path / "run", "full", *extra,
-                                                        "--lam", "3")))
+                                                        "--lam", "3", "--resume"), raise_errors=True))
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import torch
 
 from adainf_env import load_backbone
 from adainf_env.data import demo_archive_path
-from adainf_env.errors import CheckpointError, ConfigError
+from adainf_env.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -54,7 +55,7 @@ def test_killed_after_epoch_one_then_resumed_matches_uninterrupted(run, tmp_path
     part = run(tmp_path / "resumed", "--stop-after-epochs", "1")
     assert not part["complete"] and part["epochs_done"] == 1
     assert not (tmp_path / "resumed" / "checkpoint.pt").exists() and (tmp_path / "resumed" / "resume.pt").exists()
-    resumed = run(tmp_path / "resumed")
+    resumed = run(tmp_path / "resumed", "--resume")
     assert resumed["complete"] and full["complete"]
     assert _drop_time(resumed["history"]) == _drop_time(full["history"])
     assert resumed["test_acc"] == full["test_acc"]
@@ -72,8 +73,16 @@ def test_killed_after_epoch_one_then_resumed_matches_uninterrupted(run, tmp_path
 
 def test_resume_with_other_settings_is_refused(run, tmp_path: Path) -> None:
     run(tmp_path / "r", "--stop-after-epochs", "1")
-    with pytest.raises(CheckpointError, match="different settings"):
-        run(tmp_path / "r", "--lr", "0.05")
+    before = {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")}
+    with pytest.raises(ConfigError, match=r"other arguments \(--lr: 0.1 → 0.05\)"):
+        run(tmp_path / "r", "--lr", "0.05", "--resume")
+    with pytest.raises(ConfigError, match="existing run directory"):
+        run(tmp_path / "r")
+    assert {p: p.stat().st_mtime_ns for p in (tmp_path / "r").rglob("*")} == before  # nothing written
+    run(tmp_path / "r", "--lr", "0.05", "--overwrite", "--stop-after-epochs", "1")  # the old run moved aside whole
+    (old,) = tmp_path.glob("r.replaced-*")
+    assert {p.relative_to(old) for p in old.rglob("*")} == {p.relative_to(tmp_path / "r") for p in before}
+    assert json.loads((tmp_path / "r" / "config.json").read_text())["config"]["lr"] == 0.05
 
 
 def test_bad_config_rejected(run, tmp_path: Path) -> None:

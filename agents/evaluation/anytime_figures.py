@@ -21,7 +21,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from adainf_env.fileio import save_figure
-from agents.evaluation.report import scheduler_style
+from agents.evaluation.report import overrun_label, scheduler_style
 from agents.registry import ANYTIME_BASELINES, ANYTIME_SCHEDULERS
 
 __all__ = ["PLAN_REFERENCES", "FIGURE_SETTINGS", "CEILINGS", "best_anytime", "plot_anytime_vs_plan", "plot_stopping_behaviour"]
@@ -97,9 +97,7 @@ def plot_anytime_vs_plan(summary: Sequence[Mapping[str, Any]], out_path: str | o
                 continue
             x, y, worst = _curve(rows, n)
             anytime = n in ANYTIME_SCHEDULERS
-            label = n if anytime else f"{n} (plan env)"
-            if worst > 0.02:  # meets its budget only on average: say so
-                label += f" [overruns ≤{100 * worst:.0f}%]"
+            label = overrun_label(n if anytime else f"{n} (plan env)", worst)
             st = style[n]
             ax.plot(x, y, color=st["color"], marker=st["marker"], lw=1.8 if anytime else 1.2,
                     ls="-" if anytime else "--", ms=5 if anytime else 4.5,

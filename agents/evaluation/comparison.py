@@ -267,6 +267,8 @@ def run_comparison_jobs(jobs: Sequence[ComparisonJob], *, runner: JobRunner | No
             raise RuntimeError("the job runner returned a different number of results than jobs")
         for i, r in zip(order, done):
             results[i] = r
+            if store is not None and not store.has(jobs[i]):  # run where the store is not at hand (another rank)
+                store.save(jobs[i], r)
     if any(r is None or (r.name, r.seed) != (j.name, j.seed) for r, j in zip(results, jobs)):
         raise RuntimeError("the job runner returned results out of job order")
     return results  # type: ignore[return-value]
@@ -297,6 +299,11 @@ class JobStore:
 
     def _stem(self, job: ComparisonJob) -> Path:
         return Path(self.directory) / f"{job.name}__{int(job.seed)}"
+
+    def has(self, job: ComparisonJob) -> bool:
+        """Whether ``job``'s record file is there (see :meth:`load` for whether it is complete and fits)."""
+        stem = self._stem(job)
+        return stem.with_name(stem.name + ".json").is_file()
 
     def save(self, job: ComparisonJob, result: JobResult) -> Path:
         """Keep ``result`` of ``job``: the side files first, the ``.json`` last (atomic writes)."""

@@ -7,6 +7,7 @@ import csv
 import io
 import json
 import os
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -17,7 +18,7 @@ from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json, save_figure
 from agents.evaluation.intervals import bootstrap_ci
 
-__all__ = ["METRICS", "scheduler_style", "summarize", "aiq_summary", "aiq_markdown", "markdown_tables", "plot_summary", "write_results",
+__all__ = ["METRICS", "OVERRUN_MARK", "scheduler_color", "scheduler_style", "overrun_label", "summarize", "aiq_summary", "aiq_markdown", "markdown_tables", "plot_summary", "write_results",
            "write_tensorboard"]
 
 #: Record metrics summarised as mean ± std over seeds.
@@ -103,17 +104,25 @@ def aiq_markdown(rows: Sequence[Mapping[str, Any]]) -> str:
                     key=lambda r: -r["aiq_mean"])
         lo, hi = rs[0]["budget_lo"], rs[0]["budget_hi"]
         lines = [f"**{setting} / {variant} — AIQ**: accuracy % averaged over budgets {lo:g}…{hi:g} (trapezoid), "
-                 "mean±std over seeds; overrun: mean share of requests over their budget (an AIQ with overruns does "
+                 f"{_over_seeds(rs)}; overrun: mean share of requests over their budget (an AIQ with overruns does "
                  "not meet the budget)", "", "| scheduler | env | AIQ % | overrun % | seeds |", "|---|---|---|---|---|"]
         lines += [f"| {r['scheduler']}{' (bound)' if r['is_bound'] else ''} | {r.get('env', 'plan')} | "
-                  f"{_pm(r['aiq_mean'], r['aiq_std'], 100, 2)} | {100 * r.get('overrun_rate_mean', 0.0):.1f} | "
+                  f"{_pm(r['aiq_mean'], r['aiq_std'], 100, 2, r['n_seeds'])} | {100 * r.get('overrun_rate_mean', 0.0):.1f} | "
                   f"{r['n_seeds']} |" for r in rs]
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n" if blocks else ""
 
 
-def _pm(mean: float, std: float, scale: float, digits: int) -> str:
+def _pm(mean: float, std: float, scale: float, digits: int, n: int) -> str:
+    """``mean±std`` (scaled) over ``n`` seeds; the mean alone for one seed (a spread of one value says nothing)."""
+    if n <= 1:
+        return f"{mean * scale:.{digits}f}"
     return f"{mean * scale:.{digits}f}±{std * scale:.{digits}f}"
+
+
+def _over_seeds(rows: Sequence[Mapping[str, Any]]) -> str:
+    """How a table's cells summarise seeds: "mean±std over seeds", or "one seed" when no row has more."""
+    return "mean±std over seeds" if any(r["n_seeds"] > 1 for r in rows) else "one seed"
 
 
 def markdown_tables(summary: Sequence[Mapping[str, Any]]) -> str:
@@ -126,7 +135,7 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]]) -> str:
         budgets = sorted({s["budget"] for s in rows})
         names = list(dict.fromkeys(s["scheduler"] for s in rows))
         what = "average budget" if setting == "stream" else "budget"
-        lines = [f"**{setting} / {variant}** — accuracy % / mean cost / overrun rate %, mean±std over seeds; "
+        lines = [f"**{setting} / {variant}** — accuracy % / mean cost / overrun rate %, {_over_seeds(rows)}; "
                  f"columns: {what}", "",
                  "| scheduler | " + " | ".join(f"{b:g}" for b in budgets) + " |",
                  "|---|" + "---|" * len(budgets)]
@@ -138,26 +147,52 @@ def markdown_tables(summary: Sequence[Mapping[str, Any]]) -> str:
                     cells.append("–")
                     continue
                 s = m[0]
-                cells.append(f"{_pm(s['accuracy_mean'], s['accuracy_std'], 100, 2)} / "
-                             f"{_pm(s['mean_cost_mean'], s['mean_cost_std'], 1, 3)} / "
-                             f"{_pm(s['overrun_rate_mean'], s['overrun_rate_std'], 100, 1)}")
+                k = s["n_seeds"]
+                cells.append(f"{_pm(s['accuracy_mean'], s['accuracy_std'], 100, 2, k)} / "
+                             f"{_pm(s['mean_cost_mean'], s['mean_cost_std'], 1, 3, k)} / "
+                             f"{_pm(s['overrun_rate_mean'], s['overrun_rate_std'], 100, 1, k)}")
             label = f"{n} (bound)" if any(s["is_bound"] for s in rows if s["scheduler"] == n) else n
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
 
 
-#: Scheduler → colour: a qualitative palette in a fixed order so a scheduler keeps its colour in every panel and
-#: figure; neighbours in the list are far apart in hue (no two near-identical blues).
+#: The one palette: a qualitative set of distinct colours. A scheduler's colour depends on its name only
+#: (:func:`scheduler_color`), so it is the same in every panel and every figure of every run.
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#bcbd22",
-            "#7f7f7f", "#000000", "#393b79", "#637939", "#ad494a")
+            "#7f7f7f", "#000000", "#393b79", "#637939", "#ad494a", "#8c6d31", "#7b4173", "#3182bd", "#e6550d",
+            "#31a354", "#756bb1", "#636363", "#843c39", "#d6616b", "#6baed6", "#fd8d3c", "#74c476", "#9e9ac8",
+            "#bd9e39", "#e7969c", "#5254a3")
 _MARKERS = "osD^v<>PX*hp"
+#: Overrun rate (share of requests over their budget) from which a drawn scheduler is marked as overrunning.
+OVERRUN_MARK = 0.02
+
+
+def _name_index(name: str) -> int:
+    """The name's place in the registry (plan-env names, then anytime names), or a stable hash past them."""
+    from agents.registry import known_schedulers  # light: the registry imports learners lazily
+
+    known = list(dict.fromkeys(known_schedulers("plan") + known_schedulers("anytime")))
+    if name in known:
+        return known.index(name)
+    return len(known) + zlib.crc32(name.encode()) % len(_PALETTE)
+
+
+def scheduler_color(name: str) -> str:
+    """The colour of scheduler ``name`` in every figure (one map keyed by name)."""
+    return _PALETTE[_name_index(name) % len(_PALETTE)]
 
 
 def scheduler_style(names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """``{name: {color, marker}}``: one distinct colour and marker per scheduler, in the order given."""
-    return {n: {"color": _PALETTE[i % len(_PALETTE)], "marker": _MARKERS[i % len(_MARKERS)]}
-            for i, n in enumerate(names)}
+    """``{name: {color, marker}}``: each scheduler's own colour (:func:`scheduler_color`) and marker, whatever else
+    is drawn beside it."""
+    return {n: {"color": scheduler_color(n), "marker": _MARKERS[_name_index(n) % len(_MARKERS)]} for n in names}
+
+
+def overrun_label(label: str, rate: float) -> str:
+    """``label`` marked ``[overruns X %]`` when the scheduler exceeds its budget on ≥ :data:`OVERRUN_MARK` of the
+    requests (it meets the budget only on average): every figure drawing a scheduler labels it so."""
+    return f"{label} [overruns {100 * rate:.0f} %]" if rate >= OVERRUN_MARK else label
 
 
 def _panels(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[str]]]:
@@ -199,10 +234,7 @@ def _line_figure(rows: Sequence[Mapping[str, Any]], setting: str, variant: str, 
             rs = sorted((s for s in rows if s["scheduler"] == n), key=lambda s: s["budget"])
             x = np.array([s[xkey] for s in rs])
             y = np.array([100 * s["accuracy_mean"] for s in rs])
-            label = n
-            worst = max(s.get("overrun_rate_mean", 0.0) for s in rs)
-            if worst > 0.02:  # meets its budget only on average: say so in the legend
-                label += f" [overruns ≤{100 * worst:.0f}%]"
+            label = overrun_label(n, max(s.get("overrun_rate_mean", 0.0) for s in rs))
             ax.plot(x, y, lw=1.5, ms=4.5, label=label, **style[n])
             if n_seeds > 1 and all("accuracy_ci_lo" in s for s in rs):
                 ax.fill_between(x, [100 * s["accuracy_ci_lo"] for s in rs], [100 * s["accuracy_ci_hi"] for s in rs],
@@ -223,7 +255,8 @@ def _line_figure(rows: Sequence[Mapping[str, Any]], setting: str, variant: str, 
 
 def _process_figure(rows: Sequence[Mapping[str, Any]], setting: str, style: dict[str, dict[str, Any]]) -> Any:
     """Named budget processes (one operating point each): one panel per process, accuracy per scheduler as a
-    horizontal bar with its mean cost written beside it; bounds hatched."""
+    horizontal bar with its mean cost written beside it; bounds hatched ``//``; a scheduler that overruns its budgets
+    cross-hatched ``xx`` and labelled "overruns X %" (its accuracy is bought with compute it was not given)."""
     import matplotlib.pyplot as plt
 
     procs = list(dict.fromkeys(s["variant"] for s in rows))
@@ -240,10 +273,13 @@ def _process_figure(rows: Sequence[Mapping[str, Any]], setting: str, style: dict
             err = None
             if s["n_seeds"] > 1 and "accuracy_ci_lo" in s:
                 err = [[100 * (s["accuracy_mean"] - s["accuracy_ci_lo"])], [100 * (s["accuracy_ci_hi"] - s["accuracy_mean"])]]
+            over = s.get("overrun_rate_mean", 0.0)
+            hatch = "//" if s["is_bound"] else ("xx" if over >= OVERRUN_MARK else None)
             ax.barh(i, 100 * s["accuracy_mean"], xerr=err, color=style[n]["color"], alpha=0.45 if s["is_bound"] else 0.85,
-                    hatch="//" if s["is_bound"] else None, edgecolor="0.3", lw=0.5)
-            ax.text(100 * s["accuracy_mean"] + 0.3, i, f"cost {s['mean_cost_mean']:.2f}", va="center", fontsize=7)
-        ax.set_xlim(max(0.0, min(accs) - 5), max(accs) + 6)
+                    hatch=hatch, edgecolor="0.3", lw=0.5)
+            ax.text(100 * s["accuracy_mean"] + 0.3, i, overrun_label(f"cost {s['mean_cost_mean']:.2f}", over),
+                    va="center", fontsize=7, color="#b00000" if over >= OVERRUN_MARK else "black")
+        ax.set_xlim(max(0.0, min(accs) - 5), max(accs) + 14)
         ax.set_title(p, fontsize=10)
         ax.set_xlabel("accuracy (%)")
         ax.grid(alpha=0.3, axis="x")
@@ -290,8 +326,8 @@ def plot_summary(summary: Sequence[Mapping[str, Any]], out_dir: str | os.PathLik
 def write_results(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLike, *,
                   plots: bool = True) -> dict[str, Any]:
     """Write ``results.json`` (the records), ``results.csv`` (same, ``plan_hist`` as a JSON string),
-    ``summary.json``/``summary.csv`` (mean ± std), ``aiq.json`` (:func:`aiq_summary`), ``summary.md`` (markdown
-    tables, AIQ tables last) and the PNGs into ``out_dir``. All atomic. Returns ``{"summary": [...], "aiq": [...],
+    ``summary.json``/``summary.csv`` (mean ± std), ``aiq.json`` (:func:`aiq_summary`; not written when no scheduler
+    has a curve over two budgets or more), ``summary.md`` (markdown tables, AIQ tables last; one seed: means only) and the PNGs into ``out_dir``. All atomic. Returns ``{"summary": [...], "aiq": [...],
     "markdown": str, "files": {name: Path}}``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -304,8 +340,9 @@ def write_results(records: Sequence[Mapping[str, Any]], out_dir: str | os.PathLi
     files["results.json"] = out_dir / "results.json"
     atomic_write_json(out_dir / "summary.json", summary)
     files["summary.json"] = out_dir / "summary.json"
-    atomic_write_json(out_dir / "aiq.json", aiq)
-    files["aiq.json"] = out_dir / "aiq.json"
+    if aiq:  # no curve over ≥ 2 budgets (e.g. only named budget processes): no AIQ, no file
+        atomic_write_json(out_dir / "aiq.json", aiq)
+        files["aiq.json"] = out_dir / "aiq.json"
     for fname, rows in (("results.csv", records), ("summary.csv", summary)):
         cols = list(dict.fromkeys(k for r in rows for k in r))
         buf = io.StringIO()

@@ -7,7 +7,7 @@ the figure shows *how* a scheduler follows the budget, not only its averages.
 
 Budget processes (``adainf_env.budgets`` specs; phases fixed so the streams are aligned and the plot is readable):
 
-* ``drift``     random walk σ = 0.03 in [0.25, 0.9] starting at 0.6 (slow drift of the available compute);
+* ``random_walk``  random walk σ = 0.03 in [0.25, 0.9] starting at 0.6 (slow drift of the available compute);
 * ``step``      0.8 → 0.3 → 0.6 → 0.4, switching every 150 requests (abrupt load changes);
 * ``periodic``  sine between 0.25 and 0.85 with period 300 requests;
 * ``trace``     replay of a CSV trace (``--trace PATH``); without one, a synthetic diurnal-like trace (seeded, written
@@ -22,16 +22,18 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from adainf_env.feasibility import overrun
 from adainf_env.fileio import atomic_write, save_figure
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler
 from agents.evaluation.harness import evaluate_stream
+from agents.evaluation.report import overrun_label, scheduler_color
 from agents.progress import progress_disabled
 
 __all__ = ["DEFAULT_PROCESSES", "TraceRecorder", "synthetic_trace", "run_stream_traces", "plot_stream_traces"]
 
 DEFAULT_PROCESSES: dict[str, str] = {
-    "drift": "random_walk:sigma=0.03,low=0.25,high=0.9,start=0.6",
+    "random_walk": "random_walk:sigma=0.03,low=0.25,high=0.9,start=0.6",
     "step": "step:values=0.8/0.3/0.6/0.4,every=150",
     "periodic": "periodic:period=300,low=0.25,high=0.85,phase=0",
 }
@@ -106,7 +108,8 @@ def plot_stream_traces(traces: Mapping[str, Mapping[str, Mapping[str, np.ndarray
                        title: str = "", learned: str | None = None) -> Path:
     """One row per budget process: left, the budget given to stream 0 and each scheduler's chosen cost on stream 0
     (trailing mean over ``window // 5`` requests); right, rolling accuracy (trailing ``window`` requests, mean over
-    streams). Bounds dashed and labelled "(bound)"; the ``learned`` scheduler is drawn last and thin over wide
+    streams). Each scheduler in its own colour (:func:`agents.evaluation.report.scheduler_color`), labelled
+    "overruns X %" when it exceeds the budget it was given; bounds dashed and labelled "(bound)"; the ``learned`` scheduler is drawn last and thin over wide
     translucent reference lines, so it stays visible where it coincides with a reference."""
     import matplotlib
 
@@ -120,13 +123,13 @@ def plot_stream_traces(traces: Mapping[str, Mapping[str, Mapping[str, np.ndarray
         first = next(iter(traces[p].values()))
         t = np.arange(first["budget"].shape[1])
         ax_c.plot(t, first["budget"][0], color="k", lw=1.6, label="budget (stream 0)")
-        colors = {s: f"C{j}" for j, s in enumerate(traces[p])}
         order = [s for s in traces[p] if s != learned] + ([learned] if learned in traces[p] else [])
         for s in order:
             tr = traces[p][s]
             bound = s in bounds
-            st: dict[str, Any] = dict(color=colors[s], lw=1.1, ls="--" if bound else "-",
-                                      label=f"{s} (bound)" if bound else s)
+            rate = float(overrun(tr["cost"], tr["budget"]).mean())
+            st: dict[str, Any] = dict(color=scheduler_color(s), lw=1.1, ls="--" if bound else "-",
+                                      label=overrun_label(f"{s} (bound)" if bound else s, rate))
             if learned is not None and s != learned and not bound:
                 st.update(lw=3.2, alpha=0.45)
             ax_c.plot(t, _rolling(tr["cost"][0], max(1, window // 5)), **st)
