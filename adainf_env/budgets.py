@@ -391,6 +391,13 @@ def _parse_scalar(s: str) -> Any:
     return s
 
 
+def _check_process_name(name: Any, spec: Any) -> None:
+    """:class:`ConfigError` naming an unknown process (and the spec it came from) with the known names."""
+    if not isinstance(name, str) or name not in BUDGET_PROCESSES:
+        raise ConfigError(f"unknown budget process {name!r} in spec {spec!r}; known processes: "
+                          f"{', '.join(sorted(BUDGET_PROCESSES))}")
+
+
 def make_budget_process(spec: "str | Mapping[str, Any] | BudgetProcess") -> BudgetProcess:
     """Build a budget process from a spec.
 
@@ -403,6 +410,7 @@ def make_budget_process(spec: "str | Mapping[str, Any] | BudgetProcess") -> Budg
         return spec
     if isinstance(spec, str):
         name, _, rest = spec.partition(":")
+        _check_process_name(name.strip(), spec)
         kwargs: dict[str, Any] = {}
         if rest:
             if "=" not in rest:
@@ -421,8 +429,7 @@ def make_budget_process(spec: "str | Mapping[str, Any] | BudgetProcess") -> Budg
         raise ConfigError(f"budget process spec must be a name, a dict or a BudgetProcess, got {type(spec).__name__}")
     kwargs = dict(spec)
     name = kwargs.pop("name", None)
-    if name not in BUDGET_PROCESSES:
-        raise ConfigError(f"unknown budget process {name!r}; expected one of {sorted(BUDGET_PROCESSES)}")
+    _check_process_name(name, spec)
     if name == "trace":
         path = kwargs.pop("path", None)
         if "values" in kwargs:

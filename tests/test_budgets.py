@@ -185,3 +185,14 @@ def test_trace_spec_with_key_value_path(tmp_path):
     csv.write_text("budget\n0.3\n0.6\n0.9\n")
     proc = make_budget_process(f"trace:path={csv},start=zero")
     assert proc.__class__.__name__ == "TraceBudget"
+
+
+@pytest.mark.parametrize("spec", ["fixd:0.3", "fixd", "drift:0.02", "rand_walk:sigma=0.1", {"name": "fixd", "value": 0.3}])
+def test_unknown_process_is_named_with_the_known_ones(spec):
+    """A misspelt process name is reported as unknown (not as a bad positional argument), with every known name."""
+    from adainf_env.budgets import BUDGET_PROCESSES
+
+    with pytest.raises(ConfigError, match="unknown budget process") as e:
+        make_budget_process(spec)
+    name = spec.partition(":")[0] if isinstance(spec, str) else spec["name"]
+    assert repr(name) in str(e.value) and all(k in str(e.value) for k in BUDGET_PROCESSES)

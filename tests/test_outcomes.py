@@ -362,3 +362,50 @@ def test_repr_is_one_line_without_arrays(tmp_path):
     assert "array(" not in text and "[" not in text
     fresh = _table(n=5)  # never saved: the hash is computed, not read from metadata
     assert fresh.content_hash()[:12] in repr(fresh)
+
+
+def _set(key, fn):
+    def mutate(a, m):
+        a[key] = fn(a[key].copy())
+    return mutate
+
+
+@pytest.mark.parametrize("name, mutate, match", [
+    ("neg_label", _set("label", lambda x: np.where(np.arange(x.size) == 0, -1, x)), "label contains a negative"),
+    ("neg_pred", _set("pred", lambda x: x.astype(np.int64) - 1), "pred contains a negative"),
+    ("big_pred", _set("pred", lambda x: np.full_like(x, 7)), r"class ≥ num_classes=4 \(largest: pred 7"),
+    ("float_index", _set("sample_index", lambda x: x.astype(np.float64) + 0.5), "sample_index must be an integer"),
+    ("dup_index", _set("sample_index", lambda x: np.zeros_like(x)), "sample_index has 5 duplicate"),
+    ("neg_index", _set("sample_index", lambda x: x - 3), "sample_index contains a negative"),
+    ("float_macs", _set("plan_macs", lambda x: x.astype(np.float64)), "plan_macs must be an integer"),
+    ("macs_lots", lambda a, m: m.__setitem__("full_macs", "lots"), "'full_macs' must be an integer > 0.*'lots'"),
+    ("macs_bool", lambda a, m: m.__setitem__("full_macs", True), "'full_macs' must be an integer"),
+    ("classes_ten", lambda a, m: m.__setitem__("num_classes", "ten"), "'num_classes' must be an integer.*'ten'"),
+    ("classes_zero", lambda a, m: m.__setitem__("num_classes", 0), "'num_classes' must be an integer ≥ 1"),
+    ("class_names", lambda a, m: m.__setitem__("classes", [1, 2, 3, 4]), "'classes' must be a list of 4"),
+    ("backbone_num", lambda a, m: m.__setitem__("backbone", 18), "'backbone' must be str, got 18"),
+    ("split_list", lambda a, m: m.__setitem__("split", ["calib"]), "'split' must be str"),
+])
+def test_values_and_typed_metadata_are_validated(tmp_path, name, mutate, match):
+    """Values, not only shapes: class indices in range, sample_index integral, non-negative and unique, metadata
+    fields typed — each a TableFormatError naming the file and the field, never a raw numpy/TypeError."""
+    path = _resave(tmp_path, f"{name}.npz", mutate)
+    with pytest.raises(TableFormatError, match=match) as e:
+        load_table(path)
+    assert str(path) in str(e.value)
+
+
+def test_metadata_that_is_not_an_object_is_refused_under_python_O(tmp_path):
+    """A JSON list as metadata: TableFormatError also when asserts are stripped (python -O)."""
+    import subprocess
+    import sys
+
+    path = _resave(tmp_path, "list.npz", lambda a, m: None)
+    arrays = _raw(path)
+    arrays["meta_json"] = np.array(json.dumps([1, 2]))
+    _write_raw(path, arrays)
+    code = ("import sys; from adainf_env import load_table; from adainf_env.errors import TableFormatError\n"
+            f"try:\n    load_table({str(path)!r})\nexcept TableFormatError as e:\n    print('OK', e); sys.exit(0)\n"
+            "sys.exit(1)")
+    out = subprocess.run([sys.executable, "-O", "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "meta_json is not a JSON object" in out.stdout, out.stderr[-500:]

@@ -218,17 +218,30 @@ class OutcomeTable:
             raise TableFormatError("loss (cross-entropy) must be non-negative")
         if len(np.unique(self.plan_masks, axis=0)) != p:
             raise TableFormatError("plan_masks has duplicate plans")
-        if "full_macs" not in self.meta:
-            raise TableFormatError("metadata lacks 'full_macs'")
+        _check_meta(self.meta)
+        if not np.issubdtype(self.plan_macs.dtype, np.integer):
+            raise TableFormatError(f"plan_macs must be an integer array (MACs per plan), got {self.plan_macs.dtype}")
         if (self.plan_macs <= 0).any() or (self.plan_macs > self.meta["full_macs"]).any():
             raise TableFormatError("plan_macs must lie in (0, full_macs]")
         if self.plan_latency is not None:
             lat = np.asarray(self.plan_latency)
             if lat.shape != (p,) or not np.isfinite(lat).all() or (lat <= 0).any():
                 raise TableFormatError("plan_latency must be a positive finite [P] array")
+        for k in ("pred", "label"):  # class indices: ≥ 0, and < num_classes when the metadata says how many
+            a = getattr(self, k)
+            if int(a.min()) < 0:
+                raise TableFormatError(f"{k} contains a negative class index ({int(a.min())})")
         nc = self.meta.get("num_classes")
         if nc is not None and (int(self.pred.max()) >= nc or int(self.label.max()) >= nc):
-            raise TableFormatError(f"pred/label contain a class ≥ num_classes={nc}")
+            raise TableFormatError(f"pred/label contain a class ≥ num_classes={nc} "
+                                   f"(largest: pred {int(self.pred.max())}, label {int(self.label.max())})")
+        if not np.issubdtype(self.sample_index.dtype, np.integer):
+            raise TableFormatError(f"sample_index must be an integer array, got {self.sample_index.dtype}")
+        if int(self.sample_index.min()) < 0:
+            raise TableFormatError(f"sample_index contains a negative index ({int(self.sample_index.min())})")
+        if len(np.unique(self.sample_index)) != n:
+            raise TableFormatError(f"sample_index has {n - len(np.unique(self.sample_index))} duplicate(s): each row "
+                                   "must be a distinct sample of its split")
 
     def check_compatible(
         self,
@@ -254,6 +267,41 @@ class OutcomeTable:
                 raise TableMismatchError(
                     f"plan space differs: table has plan_masks {self.plan_masks.shape}, expected {plan_masks.shape}"
                 )
+
+
+#: Metadata fields and the types they must have when present (``full_macs`` is required).
+_META_TYPES: dict[str, tuple[type, ...]] = {"backbone": (str,), "dataset": (str,), "split": (str,),
+                                            "plan_space": (str,), "checkpoint_sha256": (str, type(None)),
+                                            "content_sha256": (str,), "source": (str,), "source_path": (str,)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _check_meta(meta: Any) -> None:
+    """Table metadata: a dict; ``full_macs`` an integer > 0; ``num_classes`` (if present) an integer ≥ 1;
+    ``classes`` a list of ``num_classes`` strings; the descriptive fields strings. :class:`TableFormatError` names the
+    field and its value."""
+    if not isinstance(meta, dict):
+        raise TableFormatError(f"metadata must be a dict, got {type(meta).__name__}")
+    if "full_macs" not in meta:
+        raise TableFormatError("metadata lacks 'full_macs'")
+    if not _is_int(meta["full_macs"]) or meta["full_macs"] <= 0:
+        raise TableFormatError(f"metadata field 'full_macs' must be an integer > 0 (MACs of the full model), got "
+                               f"{meta['full_macs']!r}")
+    nc = meta.get("num_classes")
+    if nc is not None and (not _is_int(nc) or nc < 1):
+        raise TableFormatError(f"metadata field 'num_classes' must be an integer ≥ 1, got {nc!r}")
+    classes = meta.get("classes")
+    if classes is not None and (not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+                                or (nc is not None and len(classes) != nc)):
+        raise TableFormatError(f"metadata field 'classes' must be a list of {nc if nc is not None else 'the'} class "
+                               f"name strings, got {str(classes)[:80]!r}")
+    for k, types in _META_TYPES.items():
+        if k in meta and not isinstance(meta[k], types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise TableFormatError(f"metadata field {k!r} must be {want}, got {meta[k]!r}")
 
 
 # ---------------------------------------------------------------------- save / load
@@ -322,9 +370,10 @@ def _from_project_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTable
         raise TableFormatError(f"{path}: missing arrays {missing}")
     try:
         meta = json.loads(str(raw["meta_json"]))
-        assert isinstance(meta, dict)
-    except (ValueError, AssertionError):
-        raise TableFormatError(f"{path}: meta_json is not a JSON object") from None
+    except ValueError:
+        meta = None
+    if not isinstance(meta, dict):  # an isinstance check, not an assert: asserts vanish under python -O
+        raise TableFormatError(f"{path}: meta_json is not a JSON object")
     if meta.get("format_version") != FORMAT_VERSION:
         raise TableFormatError(f"{path}: format_version {meta.get('format_version')!r}, expected {FORMAT_VERSION}")
     arrays = {k: raw[k] for k in _ARRAY_KEYS}
