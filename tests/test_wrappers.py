@@ -204,3 +204,27 @@ def test_unconstrained_envs_keep_their_reward_and_do_not_move_the_multiplier():
     assert len(w.multipliers.history) == 60 and w.multipliers.targets.tolist() == [0.3]
     with pytest.raises(ConfigError, match="at least one env needs a target"):
         LagrangianVecEnvWrapper(DummyVecEnv([ValueEnv] * 2), target=[None, None])
+
+
+def test_unit_episodes_end_the_learners_episode_at_each_request_while_the_stream_goes_on():
+    table = toy_anytime_table(300, seed=2)
+    kw = dict(mode="stream", bucket=True, budget="fixed:0.4", episode_length=50, obs_format="flat",
+              invalid_action="fallback")
+    raw, ref = AnytimeVecEnv(table, 3, **kw), AnytimeVecEnv(table, 3, **kw)
+    raw.seed(1)
+    ref.seed(1)
+    w = LagrangianVecEnvWrapper(raw, target=0.4, unit_episodes=True)
+    obs, ref_obs = w.reset(), ref.reset()
+    rng = np.random.default_rng(3)
+    ended = 0
+    for _ in range(100):
+        a = rng.integers(0, 4, size=3)
+        obs, _, dones, infos = w.step(a)
+        ref_obs, _, ref_dones, ref_infos = ref.step(a)
+        rd = np.array([i["request_done"] for i in ref_infos])
+        assert np.array_equal(dones, rd | ref_dones) and not ref_dones.any()  # the stream itself goes on
+        assert np.array_equal(obs[:, :-2], ref_obs)  # same env state: the bucket was not reset
+        for k in np.flatnonzero(dones):
+            assert infos[k]["TimeLimit.truncated"] is False and infos[k]["terminal_observation"].shape == obs[k].shape
+        ended += int(dones.sum())
+    assert ended > 10

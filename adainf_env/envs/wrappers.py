@@ -334,14 +334,23 @@ class LagrangianVecEnvWrapper(_Shaper, VecEnvWrapper):
     """An SB3 ``VecEnv`` under average-cost constraints (one target per env, or one for all; ``None`` for an
     unconstrained env: reward as the env gives it, target and λ observed as 0 — e.g. envs with per-request hard budgets
     trained alongside); options as :class:`LagrangianCostWrapper` without ``pin_budget`` (give each env's budget
-    process its target yourself)."""
+    process its target yourself).
+
+    ``unit_episodes=True``: the learner's episodes are the units — ``dones`` is True at each unit's end (not a
+    truncation: nothing is bootstrapped across it) while the env's stream, and its token bucket, go on. With the
+    multiplier pricing the average, each request is then its own episode of return ``r − λ·c`` (undiscounted inside
+    the request whatever γ), the per-request objective the Lagrangian relaxation decomposes into; the bucket's state
+    stays in the observation."""
 
     def __init__(self, venv: VecEnv, *, target: float | Sequence[float],
                  unit: Literal["request", "episode"] = "request", controller: Literal["dual", "pid"] = "dual",
                  lam_init: float = 1.0, lam_lr: float = 0.05, lam_max: float = 20.0, update_every: int = 64,
                  pid_kp: float = 0.5, pid_ki: float = 0.05, pid_kd: float = 0.5, pid_ema: float = 0.9,
-                 normalize: bool = True, observe_lambda: bool = True) -> None:
+                 normalize: bool = True, observe_lambda: bool = True, unit_episodes: bool = False) -> None:
         who = type(self).__name__
+        if not isinstance(unit_episodes, (bool, np.bool_)):
+            raise ConfigError(f"{who}: unit_episodes must be True or False, got {unit_episodes!r}")
+        self.unit_episodes = bool(unit_episodes)
         self._target = _per_env_targets(target, venv.num_envs, who)
         self._setup(venv.observation_space, self._target, unit=unit, normalize=normalize,
                     observe_lambda=observe_lambda, who=who, controller=controller, lam_init=lam_init, lam_lr=lam_lr,
@@ -366,7 +375,9 @@ class LagrangianVecEnvWrapper(_Shaper, VecEnvWrapper):
         cost = np.array([_cost_of(i, self._who) for i in infos])
         shaped, lam = self._shape(np.asarray(rew, dtype=np.float64), cost, self._target)
         rd = np.array([bool(i["request_done"]) for i in infos]) if infos and "request_done" in infos[0] else None
-        self._account(self._acc, cost, self._unit_end(rd, np.asarray(dones, dtype=bool)), self._tidx)
+        unit_end = self._unit_end(rd, np.asarray(dones, dtype=bool))
+        self._account(self._acc, cost, unit_end, self._tidx)
+        obs = self._augment(obs, self._target)
         c = self._constraint(self._target)
         for k, i in enumerate(infos):
             i["cost_target"] = float(self._target[k])
@@ -375,7 +386,13 @@ class LagrangianVecEnvWrapper(_Shaper, VecEnvWrapper):
                 t = i["terminal_observation"]
                 i["terminal_observation"] = ({**t, CONSTRAINT_KEY: c[k]} if self._dict_obs else
                                              np.concatenate([np.asarray(t, dtype=np.float32).reshape(-1), c[k]]))
-        return self._augment(obs, self._target), shaped.astype(np.float32), dones, infos
+        if self.unit_episodes:  # the learner's episode ends with the unit (the env's stream goes on)
+            for k in np.flatnonzero(unit_end & ~np.asarray(dones, dtype=bool)):
+                infos[k]["TimeLimit.truncated"] = False
+                infos[k]["terminal_observation"] = obs[k].copy() if not self._dict_obs else \
+                    {key: v[k].copy() for key, v in obs.items()}
+            dones = np.asarray(dones, dtype=bool) | unit_end
+        return obs, shaped.astype(np.float32), dones, infos
 
 
 class LagrangianVectorWrapper(_Shaper, VectorWrapper):
