@@ -21,9 +21,43 @@ from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 from adainf_env.errors import ConfigError
 from adainf_env.tables.outcomes import OutcomeTable
 
-__all__ = ["BatchedVecEnv", "build_vec_env"]
+__all__ = ["BatchedVecEnv", "LazyInfos", "build_vec_env"]
 
 V = TypeVar("V", bound=VecEnv)
+
+
+class LazyInfos(Sequence):
+    """A list-like of N info dicts built on first access (and cached, so callers may mutate them)."""
+
+    __slots__ = ("_n", "_build", "_cache")
+
+    def __init__(self, n: int, build: Callable[[int], dict]) -> None:
+        self._n = n
+        self._build = build
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(self._n))]
+        i = int(i)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(i)
+        d = self._cache.get(i)
+        if d is None:
+            d = self._cache[i] = self._build(i)
+        return d
+
+    def __iter__(self):
+        for i in range(self._n):
+            yield self[i]
+
+    def __repr__(self) -> str:
+        return f"LazyInfos(n={self._n})"
 
 
 class BatchedVecEnv(VecEnv):

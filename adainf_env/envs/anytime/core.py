@@ -596,30 +596,53 @@ class AnytimeConfig:
                    action_space=spaces.Discrete(NUM_ACTIONS))
 
     # ------------------------------------------------------------------ observations
-    def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None) -> Any:
-        """Batched observation [N, ...] of every slot (``bucket_state`` [N, 3] when a bucket is on)."""
-        n, b = batch.n, batch.B
+    @functools.cached_property
+    def _obs_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """float32 per kernel state ``s``: [cost of answering now, cost of RUN then answering (0 at the end)] and
+        the one-hot of the position; per plan code its decision bits (None above 12 blocks: computed per step)."""
+        kt, b = self.table.kernel, self.table.num_blocks
+        s = np.arange(2 * (b + 1))
+        pos = s // 2
+        costs = np.stack([kt.read_cost, np.where(pos < b, kt.run_cost, 0.0)], axis=1).astype(np.float32)
+        onehot = np.zeros((len(s), b + 1), dtype=np.float32)
+        onehot[s, np.minimum(pos, b)] = 1.0
+        bits = None
+        if b <= 12:
+            bits = ((np.arange(1 << b)[:, None] >> np.arange(b)) & 1).astype(np.float32)
+        return costs, onehot, bits
+
+    def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None, idx: np.ndarray | None = None) -> Any:
+        """Batched observation [N, ...] of every slot, or [k, ...] of the slots ``idx`` (``bucket_state``: [N, 3]
+        or [k, 3] when a bucket is on)."""
+        b = batch.B
+        row, pos, fresh, code = batch.row, batch.pos, batch.fresh, batch.code
+        spent, budget, reads = batch.spent, batch.budget, batch.reads
+        last_conf, prev_conf, last_pred, prev_pred = batch.last_conf, batch.prev_conf, batch.last_pred, batch.prev_pred
+        if idx is not None:
+            row, pos, fresh, code, spent, budget, reads = (x[idx] for x in (row, pos, fresh, code, spent, budget, reads))
+            last_conf, prev_conf, last_pred, prev_pred = (x[idx] for x in (last_conf, prev_conf, last_pred, prev_pred))
+        n = len(row)
+        cost_tab, onehot, bits = self._obs_tables
+        s = pos * 2 + fresh
+        c = np.empty((n, 3), dtype=np.float32)
+        c[:, 0] = spent
+        c[:, 1:] = cost_tab[s]
+        r = np.empty((n, len(READOUT)), dtype=np.float32)
+        r[:, 0] = last_conf
+        r[:, 1] = prev_conf
+        r[:, 2] = (reads >= 2) & (last_pred == prev_pred)  # RequestBatch.agree
+        r[:, 3] = reads / (b + 1)
+        r[:, 4] = ~fresh
         parts: dict[str, np.ndarray] = {
-            "features": self.features.take(batch.row, axis=0),
-            "budget": batch.budget.astype(np.float32)[:, None],
+            "features": self.features.take(row, axis=0),
+            "budget": budget.astype(np.float32)[:, None],
         }
         if self.bucket is not None:
             parts["bucket"] = np.asarray(bucket_state, dtype=np.float32)
-        c = np.empty((n, 3), dtype=np.float32)
-        c[:, 0] = batch.spent
-        c[:, 1] = batch.read_cost()
-        c[:, 2] = np.where(batch.pos < b, batch.run_cost(), 0.0)
         parts["costs"] = c
-        pos = np.zeros((n, b + 1), dtype=np.float32)
-        pos[np.arange(n), np.minimum(batch.pos, b)] = 1.0
-        parts["position"] = pos
-        parts["decisions"] = ((batch.code[:, None] >> np.arange(b)) & 1).astype(np.float32)
-        r = np.empty((n, len(READOUT)), dtype=np.float32)
-        r[:, 0] = batch.last_conf
-        r[:, 1] = batch.prev_conf
-        r[:, 2] = batch.agree()
-        r[:, 3] = batch.reads / (b + 1)
-        r[:, 4] = ~batch.fresh
+        parts["position"] = onehot[s]
+        parts["decisions"] = bits[code] if bits is not None else ((code[:, None] >> np.arange(b)) & 1).astype(
+            np.float32)
         parts["readout"] = r
         if self.obs_format == "dict":
             return parts
@@ -627,8 +650,9 @@ class AnytimeConfig:
 
     # ------------------------------------------------------------------ rewards
     def rewards(self, batch: RequestBatch, res: StepResult, correct: np.ndarray, loss: np.ndarray | None,
-                acted: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(reward [N], cost reported this step [N]) for the acting slots; updates the batch's bookkeeping.
+                acted: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(reward [N], cost reported this step [N]) for the acting slots (``acted``; None: every slot); updates the
+        batch's bookkeeping.
 
         Linear penalty: each step is charged λ × the overrun it adds (so a request's rewards sum to
         base − λ·max(0, total cost − budget)); ``base`` (1[correct] or −cross-entropy) arrives when it ends. Hard
@@ -642,6 +666,11 @@ class AnytimeConfig:
             rew = np.where(ended, step_reward(correct, ce, over, **kw), 0.0)
         else:  # the overrun this step adds (what was charged before is not charged again)
             rew = step_reward(correct & ended, ce, over - batch.charged, **kw)
+        if acted is None:
+            batch.charged = over
+            reported = res.cost + batch.unreported
+            batch.unreported = np.zeros(batch.n)
+            return rew, reported
         rew = np.where(acted, rew, 0.0)
         batch.charged = np.where(acted, over, batch.charged)
         reported = np.where(acted, res.cost + batch.unreported, 0.0)

@@ -79,28 +79,36 @@ class AnytimeVectorEnv(CoreVectorEnv):
 
     def step(self, actions: Any):
         obs, rewards, dones, data, terminal = self.core.step_arrays(actions)
-        alive = ~dones
         read, ended = data["read"], data["request_done"]
         infos: dict[str, Any] = {}
-        if dones.any():
+        if terminal is not None:
+            alive = ~dones
             final: dict[str, Any] = {}
             self._put(final, data, dones, read, ended)
-            per_env = self._split_obs(terminal, dones)
-            infos.update(final_obs=per_env, _final_obs=dones.copy(), final_info=final, _final_info=dones.copy())
-        self._put(infos, data, alive, read, ended)
-        if dones.any():  # the reset envs report their new request, the others their served one
+            infos.update(final_obs=self._split_obs(terminal, dones), _final_obs=dones.copy(), final_info=final,
+                         _final_info=dones.copy())
+            self._put(infos, data, alive, read, ended)
+            # the reset envs report their new request, the others their served one
             sample, budget = self.core.current_requests()
             infos["sample"] = np.where(dones, sample, data["sample"])
             infos["budget"] = np.where(dones, budget, data["budget"])
             infos["_sample"] = self._every.copy()
             infos["_budget"] = self._every.copy()
+        else:
+            self._put(infos, data, None, read, ended)
         return obs, rewards, dones, self._no_trunc.copy(), infos
 
-    @staticmethod
-    def _put(target: dict[str, Any], data: dict[str, np.ndarray], who: np.ndarray, read: np.ndarray,
+    def _put(self, target: dict[str, Any], data: dict[str, np.ndarray], who: np.ndarray | None, read: np.ndarray,
              ended: np.ndarray) -> None:
-        """Add the step info of the envs ``who`` to ``target`` (keys with no env to report are left out)."""
-        for keys, cond in ((STEP_KEYS, who), (READ_KEYS, who & read), (END_KEYS, who & ended)):
+        """Add the step info of the envs ``who`` (None: every env) to ``target`` (keys with no env to report are
+        left out). Where every env reports a key its array is the step's own (no masked copy)."""
+        for keys, cond in ((STEP_KEYS, who), (READ_KEYS, read if who is None else who & read),
+                           (END_KEYS, ended if who is None else who & ended)):
+            if cond is None:
+                for k in keys:
+                    target[k] = data[k]
+                    target["_" + k] = self._every.copy()
+                continue
             if not cond.any():
                 continue
             for k in keys:
@@ -108,8 +116,15 @@ class AnytimeVectorEnv(CoreVectorEnv):
                 target["_" + k] = cond.copy()
 
     def _split_obs(self, batched: Any, which: np.ndarray) -> np.ndarray:
+        """Object array [N]: env i's observation (row j of ``batched``, batched over the envs ``which``) where
+        ``which``, else None."""
         out = np.full(self.num_envs, None, dtype=object)
-        for i in np.flatnonzero(which):
-            out[i] = ({k: v[i].copy() for k, v in batched.items()} if isinstance(batched, dict)
-                      else batched[i].copy())
+        idx = np.flatnonzero(which).tolist()
+        if isinstance(batched, dict):
+            keys = list(batched)
+            rows = [dict(zip(keys, r)) for r in zip(*(list(v) for v in batched.values()))]  # views of this step's own arrays
+        else:
+            rows = list(batched)
+        for i, r in zip(idx, rows):
+            out[i] = r
         return out

@@ -19,14 +19,15 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.envs.anytime.core import ACTION_NAMES, AnytimeConfig, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
+                                          RequestBatch, _as_actions)
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
-from adainf_env.envs.core import AnytimeConfigViews, RequestDraws, resolve_env_inputs
+from adainf_env.envs.core import RNG_CHUNK, AnytimeConfigViews, resolve_env_inputs
 from adainf_env.errors import AdaInfError
 from adainf_env.envs.options import RENDER_MODES, AnytimeOptions
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.reward import overrun_paid
-from adainf_env.envs.vec_base import BatchedVecEnv, build_vec_env
+from adainf_env.envs.vec_base import BatchedVecEnv, LazyInfos, build_vec_env
 
 __all__ = ["AnytimeVecEnv", "make_anytime_vec_env", "STEP_KEYS", "READ_KEYS", "END_KEYS"]
 
@@ -74,74 +75,113 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
         self._ns = c.num_samples
         self._batch = RequestBatch(n, c.table, mask_over_budget=opts.mask_over_budget)
         self._rngs: list[np.random.Generator | None] = [None] * n
-        self._draws = [RequestDraws(self._ns) for _ in range(n)]
+        # Each env's draws (the protocol of adainf_env.envs.core.RequestDraws), held for all envs in arrays: row i of
+        # _perm / _ubuf is env i's permutation / uniform buffer, _ppos / _upos its positions (exhausted → refilled
+        # from its own generator when it next draws).
+        self._perm = np.zeros((n, self._ns), dtype=np.uint16 if self._ns <= 1 << 16 else np.int64)
+        self._ppos = np.full(n, self._ns, dtype=np.int64)
+        self._ubuf = np.zeros((n, RNG_CHUNK))
+        self._upos = np.full(n, RNG_CHUNK, dtype=np.int64)
         self._t = np.zeros(n, dtype=np.int64)
         self._proc_b = np.zeros(n)
         self._aux = np.zeros(n)
         self._level = np.zeros(n)
         self._refill = np.zeros(n)
         self._pin_b = np.full(n, np.nan)
+        self._every = np.arange(n)
+        self._no_replace = np.zeros(n, dtype=bool)
+        self._no_replace.flags.writeable = False
+        self._fallback = opts.invalid_action == "fallback"
+        self._ce = opts.reward == "neg_ce"
         self._started = False
         self._actions: np.ndarray | None = None
         self._records: list[dict[str, Any] | None] = [None] * n  # each env's last step, for render_one()
 
     # ------------------------------------------------------------------ randomness (see env_core)
-    def _draw(self, i: int) -> tuple[int, float]:
-        s, k = self._draws[i].draw(self._rng(i))
-        return s, float(self._draws[i].ubuf[k])
+    def _draw(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The next request of each env ``idx``: (table rows, uniforms for the budget process). Refills (a new
+        permutation, then new uniforms, as the protocol orders them) loop over the few envs whose buffer ran out."""
+        pp, up = self._ppos[idx], self._upos[idx]
+        need_p, need_u = pp >= self._ns, up >= RNG_CHUNK
+        if need_p.any() or need_u.any():
+            for j in np.flatnonzero(need_p | need_u).tolist():
+                i = int(idx[j])
+                r = self._rng(i)
+                if need_p[j]:
+                    self._perm[i] = r.permutation(self._ns)
+                    pp[j] = 0
+                if need_u[j]:
+                    r.random(RNG_CHUNK, out=self._ubuf[i])
+                    up[j] = 0
+        s = self._perm[idx, pp].astype(np.int64)
+        u = self._ubuf[idx, up]
+        self._ppos[idx] = pp + 1
+        self._upos[idx] = up + 1
+        return s, u
 
     # ------------------------------------------------------------------ episodes and requests
-    def _new_episode(self, i: int, pin_s: int | None = None, pin_b: float | None = None) -> int:
-        s, u = self._draw(i)
-        s = s if pin_s is None else pin_s
-        b0, aux = self.cfg.process.start(np.array([u]))
-        self._proc_b[i] = b0[0] if pin_b is None else pin_b
-        self._pin_b[i] = np.nan if pin_b is None else pin_b
-        self._aux[i] = aux[0]
-        self._t[i] = 0
-        if self.cfg.bucket is not None:
-            self._level[i] = self.cfg.bucket.initial
-        self._begin(i, s)
+    def _restart(self, idx: np.ndarray, new_episode: np.ndarray, pin_s: np.ndarray | None = None,
+                 pin_b: np.ndarray | None = None) -> np.ndarray:
+        """Envs ``idx`` take their next request: a new episode where ``new_episode``, else the episode's next
+        request (``pin_s`` / ``pin_b``: reset options of new episodes, −1 / NaN where none). Returns the rows."""
+        c = self.cfg
+        s, u = self._draw(idx)
+        if pin_s is not None:
+            s = np.where(pin_s >= 0, pin_s, s)
+        ep, nxt = idx[new_episode], idx[~new_episode]
+        if ep.size:
+            b0, aux = c.process.start(u[new_episode])
+            pb = np.full(ep.size, np.nan) if pin_b is None else pin_b[new_episode]
+            self._proc_b[ep] = np.where(np.isnan(pb), b0, pb)
+            self._pin_b[ep] = pb
+            self._aux[ep] = aux
+            self._t[ep] = 0
+            if c.bucket is not None:
+                self._level[ep] = c.bucket.initial
+        if nxt.size:
+            free = np.isnan(self._pin_b[nxt])  # a pinned budget holds for the whole episode
+            if free.any():
+                f = nxt[free]
+                self._proc_b[f] = c.process.next(self._t[f], self._proc_b[f], self._aux[f], u[~new_episode][free])
+        bucket = c.bucket
+        if bucket is None:
+            budget = self._proc_b[idx]
+        else:
+            self._refill[idx] = self._proc_b[idx] if bucket.rate is None else bucket.rate
+            self._level[idx] = bucket.refill(self._level[idx], self._proc_b[idx])
+            budget = bucket.available(self._level[idx])
+        self._batch.start(idx, s, budget)
         return s
 
-    def _next_request(self, i: int) -> None:
-        s, u = self._draw(i)
-        if np.isnan(self._pin_b[i]):
-            self._proc_b[i] = self.cfg.process.next(self._t[i:i + 1], self._proc_b[i:i + 1], self._aux[i:i + 1],
-                                                    np.array([u]))[0]
-        self._begin(i, s)
+    def _bucket_state(self, idx: np.ndarray | None = None) -> np.ndarray | None:
+        if self.cfg.bucket is None:
+            return None
+        T = self.cfg.episode_length
+        level, refill, t = (self._level, self._refill, self._t) if idx is None else \
+            (self._level[idx], self._refill[idx], self._t[idx])
+        return np.stack([level, refill, (T - t) / T], axis=1)
 
-    def _begin(self, i: int, s: int) -> None:
-        bucket = self.cfg.bucket
-        if bucket is None:
-            budget = self._proc_b[i]
-        else:
-            self._refill[i] = self._proc_b[i] if bucket.rate is None else bucket.rate
-            self._level[i] = bucket.refill(self._level[i:i + 1], self._proc_b[i:i + 1])[0]
-            budget = float(bucket.available(self._level[i:i + 1])[0])
-        self._batch.start(np.array([i]), np.array([s]), np.array([budget]))
-
-    def _observe(self):
-        bs = None
-        if self.cfg.bucket is not None:
-            T = self.cfg.episode_length
-            bs = np.stack([self._level, self._refill, (T - self._t) / T], axis=1)
-        return self.cfg.observe(self._batch, bs)
+    def _observe(self, idx: np.ndarray | None = None):
+        return self.cfg.observe(self._batch, self._bucket_state(idx), idx)
 
     # ------------------------------------------------------------------ VecEnv API
     def reset(self) -> VecEnvObs:
-        seeds = self._seeds
-        for i, sd in enumerate(seeds):
+        n = self.num_envs
+        for i, sd in enumerate(self._seeds):
             if sd is not None:
                 self._rngs[i] = seeding.np_random(int(sd))[0]
-                self._draws[i].invalidate()
+                self._ppos[i] = self._ns
+                self._upos[i] = RNG_CHUNK
         pins = [self.cfg.parse_options(o) if o else (None, None) for o in self._options]
         self._reset_seeds()
         self._reset_options()
-        rows = [self._new_episode(i, *pins[i]) for i in range(self.num_envs)]
+        pin_s = np.array([-1 if p is None else p for p, _ in pins], dtype=np.int64)
+        pin_b = np.array([np.nan if b is None else b for _, b in pins], dtype=np.float64)
+        rows = self._restart(self._every, np.ones(n, dtype=bool), pin_s, pin_b)
         self._started = True
-        self._records = [None] * self.num_envs
-        self.reset_infos = [{"sample": rows[i], "budget": float(self._batch.budget[i])} for i in range(self.num_envs)]
+        self._records = [None] * n
+        budget = self._batch.budget.tolist()
+        self.reset_infos = [{"sample": r, "budget": b} for r, b in zip(rows.tolist(), budget)]
         return self._observe()
 
     def step_async(self, actions: np.ndarray) -> None:
@@ -152,21 +192,8 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
             raise AdaInfError("step_wait() called without step_async()")
         actions, self._actions = self._actions, None
         obs, rew, dones, data, terminal = self.step_arrays(actions)
-        read, ended = data["read"], data["request_done"]
-        dict_obs = self.cfg.obs_format == "dict"
-        infos = []
-        for i in range(self.num_envs):
-            d: dict[str, Any] = {k: data[k][i].item() if k != "action" else data[k][i] for k in STEP_KEYS}
-            if read[i]:
-                d.update((k, data[k][i].item()) for k in READ_KEYS)
-            if ended[i]:
-                d.update((k, data[k][i].item()) for k in END_KEYS)
-            if dones[i]:
-                d["TimeLimit.truncated"] = False
-                d["terminal_observation"] = ({k: v[i].copy() for k, v in terminal.items()} if dict_obs
-                                             else terminal[i].copy())
-            infos.append(d)
-        return obs, rew, dones, infos
+        infos = LazyInfos(self.num_envs, _InfoBuilder(data, dones, terminal, self.cfg.obs_format == "dict"))
+        return obs, rew, dones, infos  # type: ignore[return-value]
 
     def step_arrays(self, actions: Any) -> tuple[Any, np.ndarray, np.ndarray, dict[str, np.ndarray], Any]:
         """One step of every env, as arrays: ``(obs, rewards [N] float32, dones [N], data, terminal_obs)``.
@@ -175,56 +202,69 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
         array [N] (``action``: an object array of names); a :data:`READ_KEYS` entry means something only where
         ``data["read"]``, an :data:`END_KEYS` entry only where ``data["request_done"]``. Envs whose episode ended
         (``dones``) are already reset: ``obs`` holds their next episode's first observation and ``terminal_obs``
-        (the batched observation after this step, ``None`` when no env is done) the ended one's last. The SB3 and
-        Gymnasium vector interfaces both wrap this.
+        the ended ones' last (batched over ``np.flatnonzero(dones)`` only, in that order; ``None`` when no env is
+        done). The arrays are this step's own (nothing later writes to them). The SB3 and Gymnasium vector
+        interfaces both wrap this.
         """
         if not self._started:
             raise AdaInfError("AnytimeVecEnv.step() called before reset()")
         c = self.cfg
         batch = self._batch
-        n = self.num_envs
-        replaced = np.zeros(n, dtype=bool)
-        if c.invalid_action == "fallback":
-            actions, replaced = batch.substitute_invalid(actions)
-        pos0 = batch.pos.copy()
-        spent0 = batch.spent.copy()
-        res = batch.step(actions, c.table.read_table)
-        a = np.asarray(actions).reshape(n).astype(np.int64)
+        a = _as_actions(actions, self.num_envs)
+        s = batch.state_index()
+        ok = batch._valid(a, s)
+        replaced = self._no_replace
+        if not ok.all():
+            if not self._fallback:
+                batch.step(a, c.table.read_table)  # raises the ActionError naming the slot
+            replaced = ~ok
+            a = np.where(replaced, np.where(a == RUN, SKIP, STOP), a)  # RequestBatch.substitute_invalid's rule
+        pos0 = batch.pos
+        spent0 = batch.spent.copy() if self.render_mode is not None else None
+        res = batch._apply(s * (NUM_ACTIONS + 1) + a, c.table.read_table)  # every env is active
         ended = res.ended
         rows = batch.row.copy()
         plans = batch.answer.copy()
-        correct = np.where(ended, c.table.correct[rows, np.maximum(plans, 0)], False)
-        loss = np.where(ended, c.table.loss[rows, np.maximum(plans, 0)], 0.0) if c.reward == "neg_ce" else None
-        rew, reported = c.rewards(batch, res, correct, loss, np.ones(n, dtype=bool))
+        any_end = ended.any()
+        if any_end:
+            flat = rows * c.table.correct.shape[1] + np.maximum(plans, 0)
+            correct = ended & c.table.correct.reshape(-1)[flat]
+            loss = np.where(ended, c.table.loss.reshape(-1)[flat], 0.0) if self._ce else None
+        else:
+            correct = np.zeros(self.num_envs, dtype=bool)
+            loss = np.zeros(self.num_envs) if self._ce else None
+        rew, reported = c.rewards(batch, res, correct, loss, None)
         total = batch.spent.copy()
         budgets = batch.budget.copy()
+        pred = batch.last_pred.copy()
         data = {"cost": reported, "total_cost": total, "budget": budgets, "overrun": overrun_paid(total, budgets),
-                "sample": rows, "action": _ACTION_NAMES[a], "position": pos0, "read": res.read.copy(),
-                "request_done": ended.copy(), "invalid_action": replaced,
-                "read_plan": plans, "read_pred": batch.last_pred.copy(), "read_conf": batch.last_conf.copy(),
-                "plan": plans, "pred": batch.last_pred.copy(), "correct": correct.astype(bool),
-                "num_reads": batch.reads.copy()}
+                "sample": rows, "action": _ACTION_NAMES[a], "position": pos0, "read": res.read,
+                "request_done": ended, "invalid_action": replaced,
+                "read_plan": plans, "read_pred": pred, "read_conf": batch.last_conf.copy(),
+                "plan": plans, "pred": pred, "correct": correct, "num_reads": batch.reads.copy()}
         if self.render_mode is not None:
-            for i in range(n):
+            for i in range(self.num_envs):
                 self._records[i] = step_record(batch, i, action=int(a[i]), position=int(pos0[i]),
                                                cost=float(total[i] - spent0[i]), reward=float(rew[i]),
                                                correct=bool(correct[i]) if ended[i] else None)
-        dones = np.zeros(n, dtype=bool)
-        if ended.any():
+        terminal = None
+        if any_end:
             idx = np.flatnonzero(ended)
             if c.mode == "bandit":
-                dones[idx] = True
+                dones = ended.copy()
+                new_ep = np.ones(idx.size, dtype=bool)
             else:
                 if c.bucket is not None:
                     self._level[idx] = c.bucket.spend(self._level[idx], total[idx])
                 self._t[idx] += 1
-                dones[idx] = self._t[idx] >= c.episode_length
-        terminal = self._observe() if dones.any() else None
-        for i in np.flatnonzero(ended):
-            if dones[i]:
-                self._new_episode(int(i))
-            else:
-                self._next_request(int(i))
+                new_ep = self._t[idx] >= c.episode_length
+                dones = np.zeros(self.num_envs, dtype=bool)
+                dones[idx[new_ep]] = True
+            if new_ep.any():
+                terminal = self._observe(idx[new_ep])
+            self._restart(idx, new_ep)
+        else:
+            dones = ended.copy()
         return self._observe(), rew.astype(np.float32), dones, data, terminal
 
     def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
@@ -253,6 +293,34 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
         if rec is None and self._started:
             rec = pending_record(self._batch, i)
         return render_anytime(self.render_mode, rec, self.table.plan_masks)
+
+
+class _InfoBuilder:
+    """Env i's SB3 info dict from one step's arrays (kept by reference; built only when a caller reads it)."""
+
+    __slots__ = ("data", "dones", "terminal", "dict_obs", "_row")
+
+    def __init__(self, data: dict[str, np.ndarray], dones: np.ndarray, terminal: Any, dict_obs: bool) -> None:
+        self.data = data
+        self.dones = dones
+        self.terminal = terminal
+        self.dict_obs = dict_obs
+        self._row: dict[int, int] | None = None
+
+    def __call__(self, i: int) -> dict[str, Any]:
+        data = self.data
+        d: dict[str, Any] = {k: data[k][i].item() if k != "action" else data[k][i] for k in STEP_KEYS}
+        if data["read"][i]:
+            d.update((k, data[k][i].item()) for k in READ_KEYS)
+        if data["request_done"][i]:
+            d.update((k, data[k][i].item()) for k in END_KEYS)
+        if self.dones[i]:
+            if self._row is None:  # terminal observations are batched over the done envs only
+                self._row = {e: j for j, e in enumerate(np.flatnonzero(self.dones).tolist())}
+            j, t = self._row[i], self.terminal
+            d["TimeLimit.truncated"] = False
+            d["terminal_observation"] = {k: v[j].copy() for k, v in t.items()} if self.dict_obs else t[j].copy()
+        return d
 
 
 def make_anytime_vec_env(table_path_or_table: "str | os.PathLike | OutcomeTable", num_envs: int, *,

@@ -22,8 +22,8 @@ observations and rewards), but every step is a handful of numpy operations over 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from gymnasium.utils import seeding
@@ -36,46 +36,12 @@ from adainf_env.envs.options import EnvOptions
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.render import render_frame, render_text
 from adainf_env.envs.reward import overrun_paid, step_reward
-from adainf_env.envs.vec_base import BatchedVecEnv, build_vec_env
+from adainf_env.envs.vec_base import BatchedVecEnv, LazyInfos, build_vec_env
 
 __all__ = ["AdaInfVecEnv", "make_vec_env", "LazyInfos", "ActionError"]
 
 
 _REFILL_BLOCK = 128  # envs per transposed block write at a refill (a 512 B contiguous run per destination row)
-
-
-class LazyInfos(Sequence):
-    """A list-like of N info dicts built on first access (and cached, so callers may mutate them)."""
-
-    __slots__ = ("_n", "_build", "_cache")
-
-    def __init__(self, n: int, build: Callable[[int], dict]) -> None:
-        self._n = n
-        self._build = build
-        self._cache: dict[int, dict] = {}
-
-    def __len__(self) -> int:
-        return self._n
-
-    def __getitem__(self, i):  # type: ignore[override]
-        if isinstance(i, slice):
-            return [self[j] for j in range(*i.indices(self._n))]
-        i = int(i)
-        if i < 0:
-            i += self._n
-        if not 0 <= i < self._n:
-            raise IndexError(i)
-        d = self._cache.get(i)
-        if d is None:
-            d = self._cache[i] = self._build(i)
-        return d
-
-    def __iter__(self):
-        for i in range(self._n):
-            yield self[i]
-
-    def __repr__(self) -> str:
-        return f"LazyInfos(n={self._n})"
 
 
 class AdaInfVecEnv(PlanConfigViews, BatchedVecEnv):
