@@ -4,12 +4,16 @@ of the same RUN/SKIP/READ/STOP actions (costs, rewards, outcomes) in bandit, str
 
 from __future__ import annotations
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch, toy_anytime_table
+from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch, toy_anytime_table
+from adainf_env.envs.anytime.env import AnytimeEnv
 from adainf_env.envs.anytime.stages import STAGE_STOP, StageBatch, StageTree, script_costs, top_block
+from adainf_env.envs.anytime.vec_env import AnytimeVecEnv, make_anytime_vec_env
 from adainf_env.envs.core import ActionError
+from adainf_env.envs.registration import ANYTIME_ID
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
 
@@ -107,3 +111,218 @@ def test_stage_batch_errors(toy, menu):
         StageBatch(2, AnytimeTable.from_table(other), menu)
     with pytest.raises(ConfigError, match="first_pool"):
         StageTree(at, toy, first_pool=1, ext_pool=4, max_stages=3)
+
+
+# ---------------------------------------------------------------------- the env's action_mode="stage"
+def _block_actions(menu: StageTree, node: int, pos: int, k: int, num_blocks: int) -> list[int]:
+    """The block actions of stage action ``k`` at menu node ``node`` with block ``pos`` next (read off the menu here,
+    independently of StageBatch): RUN/SKIP by the target's bits up to its top block, then READ unless passing the
+    last block ended the request."""
+    if k == STAGE_STOP:
+        return [STOP]
+    target = int(menu.code[menu.child[node, k - 1]])
+    hi = int(top_block(np.array([target]))[0])
+    acts = [RUN if (target >> j) & 1 else SKIP for j in range(pos, hi)]
+    return acts + ([READ] if hi < num_blocks else [])
+
+
+EQUIV = [dict(mode="bandit", budget="uniform"),
+         dict(mode="bandit", budget="uniform", mask_over_budget=False, lam=2.0, reward="neg_ce"),
+         dict(mode="stream", budget="periodic", episode_length=6),
+         dict(mode="stream", budget="fixed:0.35", bucket=True, episode_length=9),
+         dict(mode="stream", budget="random_walk", bucket={"cap": 2.0}, episode_length=7, penalty="hard")]
+
+
+@pytest.mark.parametrize("kw", EQUIV)
+def test_stage_episodes_equal_block_episodes(toy, kw):
+    """Random masked stage episodes and the block env driven with each stage's RUN/SKIP/READ/STOP actions: the same
+    rewards (summed over the stage's block steps), costs, observations, request ends and outcomes."""
+    stage, block = AnytimeEnv(toy, action_mode="stage", **kw), AnytimeEnv(toy, **kw)
+    menu = stage.cfg.menu
+    so, _ = stage.reset(seed=3)
+    bo, _ = block.reset(seed=3)
+    rng = np.random.default_rng(7)
+    node, requests, stages, reads = 0, 0, 0, 0
+    for _ in range(500):
+        masks = stage.action_masks()
+        assert masks.shape == (menu.num_actions,) and masks[STAGE_STOP]
+        k = int(rng.choice(np.flatnonzero(masks)))
+        acts = _block_actions(menu, node, int(stage.state.pos[0]), k, toy.num_blocks)
+        so, sr, sterm, strunc, sinfo = stage.step(k)
+        rew, cost = 0.0, 0.0
+        for i, a in enumerate(acts):
+            assert block.action_masks()[a], (kw, k, acts)  # an allowed stage is allowed block by block
+            bo, br, bterm, btrunc, binfo = block.step(a)
+            rew, cost = rew + br, cost + binfo["cost"]
+            assert not binfo["request_done"] or i == len(acts) - 1  # only the stage's last block step may end it
+        assert sr == pytest.approx(rew, abs=1e-9) and sinfo["cost"] == pytest.approx(cost, abs=1e-12)
+        assert (sterm, strunc) == (bterm, btrunc)
+        for key in ("total_cost", "budget", "overrun", "sample", "read", "request_done"):
+            assert sinfo[key] == pytest.approx(binfo[key], abs=1e-12), key
+        assert sinfo["action"] == ("stop" if k == STAGE_STOP else f"stage_{k}")
+        for key in bo:  # every block-mode part is observed alike (stage mode adds "menu")
+            np.testing.assert_array_equal(so[key], bo[key], err_msg=key)
+        stages += k != STAGE_STOP
+        reads += sinfo["read"]
+        node = 0 if sinfo["request_done"] else int(menu.child[node, k - 1])
+        if sinfo["request_done"]:
+            requests += 1
+            for key in ("plan", "pred", "correct", "num_reads"):
+                assert sinfo[key] == binfo[key], key
+        if sterm:
+            so, _ = stage.reset()
+            bo, _ = block.reset()
+            node = 0
+    assert requests >= 100 and stages >= 200 and reads >= 300
+
+
+def test_menu_observation_and_masks(toy):
+    env = AnytimeEnv(toy, action_mode="stage", budget="fixed:0.3")
+    menu = env.cfg.menu
+    k = menu.num_actions - 1
+    assert env.action_space == gym.spaces.Discrete(menu.num_actions)
+    assert env.observation_space["menu"].shape == (3 * k,)
+    rng = np.random.default_rng(0)
+    obs, _ = env.reset(seed=0)
+    for _ in range(200):
+        m = env.action_masks()
+        inc = menu.inc[env.state.node[0]]
+        present = np.isfinite(inc)
+        np.testing.assert_allclose(obs["menu"][:k], np.where(present, inc, 0.0), rtol=1e-6)
+        np.testing.assert_array_equal(obs["menu"][2 * k:], m[1:])
+        assert not (m[1:] & ~present).any()  # absent entries are masked
+        assert not m[1:][present & (env.state.spent[0] + inc > 0.3 + COST_TOL)].any()  # unaffordable ones too
+        assert env.observation_space.contains(obs)
+        obs, _, term, _, _ = env.step(int(rng.choice(np.flatnonzero(m))))
+        if term:
+            obs, _ = env.reset()
+    with pytest.raises(ActionError, match="out of range"):
+        env.step(menu.num_actions)
+
+
+@pytest.mark.parametrize("mode", ["bandit", "stream"])
+def test_gymnasium_and_sb3_checkers(toy, mode):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    kw = dict(mode=mode, budget="fixed:0.6", episode_length=5, action_mode="stage", invalid_action="fallback")
+    if mode == "stream":
+        kw["bucket"] = True
+    check_env(gym.make(ANYTIME_ID, table=toy, **kw).unwrapped)
+    sb3_check_env(AnytimeEnv(toy, **kw))
+    sb3_check_env(AnytimeEnv(toy, obs_format="flat", **kw))
+
+
+def test_vec_envs_equal_independent_stage_envs(toy):
+    n, kw = 5, dict(mode="stream", budget="fixed:0.35", bucket=True, episode_length=4, action_mode="stage")
+    venv = make_anytime_vec_env(toy, n, seed=11, **kw)
+    gvec = gym.make_vec(ANYTIME_ID, num_envs=n, vectorization_mode="vector_entry_point", table=toy, **kw)
+    singles = [AnytimeEnv(toy, **kw) for _ in range(n)]
+    vobs = venv.reset()
+    gobs, _ = gvec.reset(seed=11)
+    sobs = [e.reset(seed=11 + i)[0] for i, e in enumerate(singles)]
+    rng = np.random.default_rng(0)
+    for _ in range(150):
+        for key in vobs:
+            np.testing.assert_array_equal(vobs[key], np.stack([o[key] for o in sobs]))
+            np.testing.assert_array_equal(gobs[key], vobs[key])
+        masks = venv.action_masks()
+        np.testing.assert_array_equal(masks, np.stack([e.action_masks() for e in singles]))
+        np.testing.assert_array_equal(gvec.unwrapped.action_masks(), masks)
+        acts = np.array([rng.choice(np.flatnonzero(m)) for m in masks])
+        vobs, vr, vd, vinfo = venv.step(acts)
+        gobs, gr, gterm, _, _ = gvec.step(acts)
+        np.testing.assert_array_equal(gr, vr)
+        np.testing.assert_array_equal(gterm, vd)
+        sobs = []
+        for i, e in enumerate(singles):
+            o, r, d, _, info = e.step(int(acts[i]))
+            assert vr[i] == pytest.approx(r, abs=1e-6) and vd[i] == d
+            assert vinfo[i]["cost"] == info["cost"] and vinfo[i]["action"] == info["action"]
+            sobs.append(e.reset()[0] if d else o)
+
+
+def test_bad_options(toy):
+    for bad, match in ((dict(action_mode="stages"), "'stages'"),
+                       (dict(stage_menu={"first_pool": 4}), "needs action_mode='stage'"),
+                       (dict(action_mode="stage", stage_menu={"first_pool": 1}), "first_pool must be an integer ≥ 2"),
+                       (dict(action_mode="stage", stage_menu={"max_stage": 2}), "'max_stage'"),
+                       (dict(action_mode="stage", stage_menu="big"), "'big'")):
+        with pytest.raises(ConfigError, match=match):
+            AnytimeEnv(toy, **bad)
+        with pytest.raises(ConfigError, match=match):
+            AnytimeVecEnv(toy, 2, **bad)
+    other = toy_anytime_table(200, num_blocks=3, seed=0)
+    menu3 = StageTree(AnytimeTable.from_table(other), other, first_pool=4, ext_pool=2, max_stages=2)
+    with pytest.raises(ConfigError, match="3-block plans, the table has 4"):
+        AnytimeEnv(toy, action_mode="stage", stage_menu=menu3)
+
+
+def test_menu_from_calibration_serves_test_rows(toy):
+    """A menu built from the calibration table drives an env over other rows; dict sizes shape the menu."""
+    test = toy_anytime_table(300, num_blocks=4, seed=1, split="test")
+    menu = StageTree(AnytimeTable.from_table(toy), toy, first_pool=3, ext_pool=2, max_stages=2)
+    env = AnytimeEnv(test, action_mode="stage", stage_menu=menu)
+    assert env.cfg.menu is menu and env.action_space.n == 4
+    small = AnytimeEnv(toy, action_mode="stage", stage_menu={"first_pool": 3, "ext_pool": 2, "max_stages": 2})
+    np.testing.assert_array_equal(small.cfg.menu.code, menu.code)
+    np.testing.assert_array_equal(small.cfg.menu.child, menu.child)
+
+
+def _drive(env, seed, steps):
+    out = []
+    env.reset(seed=seed)
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        _, r, term, _, info = env.step(int(rng.choice(np.flatnonzero(env.action_masks()))))
+        out.append((r, info["cost"], info["sample"], info["action"]))
+        if term:
+            env.reset()
+    return out
+
+
+def test_same_seed_same_numbers(toy):
+    kw = dict(mode="stream", budget="random_walk", bucket={"cap": 2.0}, episode_length=7, action_mode="stage")
+    a = _drive(AnytimeEnv(toy, **kw), 5, 300)
+    assert a == _drive(AnytimeEnv(toy, **kw), 5, 300)
+    assert a != _drive(AnytimeEnv(toy, **kw), 6, 300)
+
+
+def test_maskable_ppo_learns_stage_actions():
+    """A short MaskablePPO run on stage actions (the env's action_masks()) beats uniformly random valid stages on
+    held-out toy rows by a wide margin (bandit, uniform budgets; reward = 1[correct])."""
+    import torch
+    from sb3_contrib import MaskablePPO
+
+    calib, test = toy_anytime_table(1500, seed=0), toy_anytime_table(1500, seed=1, split="test")
+    menu = StageTree(AnytimeTable.from_table(calib), calib, first_pool=16, ext_pool=4, max_stages=3)
+    kw = dict(action_mode="stage", stage_menu=menu, budget="uniform", obs_format="flat")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        venv = AnytimeVecEnv(calib, 16, **kw)
+        venv.seed(0)
+        model = MaskablePPO("MlpPolicy", venv, n_steps=64, batch_size=256, n_epochs=4, learning_rate=3e-3,
+                            gamma=1.0, seed=0, verbose=0)
+        model.learn(4096)
+    finally:
+        torch.set_num_threads(threads)
+
+    def accuracy(policy, n=2000):
+        env = AnytimeVecEnv(test, 64, **kw)
+        env.seed(5)
+        obs = env.reset()
+        rng = np.random.default_rng(5)
+        total, ended = 0.0, 0
+        while ended < n:
+            m = env.action_masks()
+            if policy is None:
+                a = np.argmax(np.where(m, rng.random(m.shape), -1.0), axis=1)
+            else:
+                a, _ = policy.predict(obs, action_masks=m, deterministic=True)
+            obs, r, done, _ = env.step(a)
+            total, ended = total + float(r[done].sum()), ended + int(done.sum())
+        return total / ended
+
+    learned, rand = accuracy(model), accuracy(None)
+    assert learned > rand + 0.1, (learned, rand)

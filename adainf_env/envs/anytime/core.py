@@ -553,10 +553,27 @@ class AnytimeConfig:
     features: np.ndarray  # [N, F] float32, read-only
     observation_space: spaces.Space
     action_space: spaces.Space
+    menu: Any = None  # action_mode="stage": the stage menu (adainf_env.envs.anytime.stages.StageTree)
 
     @property
     def num_samples(self) -> int:
         return int(self.features.shape[0])
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        """Name of each action: run, skip, read, stop; in stage mode stop, stage_1 … stage_K."""
+        if self.menu is None:
+            return ACTION_NAMES
+        return ("stop",) + tuple(f"stage_{k}" for k in range(1, self.menu.num_actions))
+
+    def new_batch(self, n: int) -> "RequestBatch":
+        """The requests in flight of an env of ``n`` slots: a :class:`RequestBatch`, or in stage mode a
+        :class:`~adainf_env.envs.anytime.stages.StageBatch` over one."""
+        if self.menu is None:
+            return RequestBatch(n, self.table, mask_over_budget=self.mask_over_budget)
+        from adainf_env.envs.anytime.stages import StageBatch  # stages builds on this module
+
+        return StageBatch(n, self.table, self.menu, mask_over_budget=self.mask_over_budget)
 
     # the options, read where the envs used to keep them as fields
     mode = property(lambda self: self.options.mode)
@@ -571,9 +588,13 @@ class AnytimeConfig:
 
     @classmethod
     def build(cls, *, table: AnytimeTable, features: np.ndarray, options: AnytimeOptions | None = None,
-              **option_kwargs: Any) -> "AnytimeConfig":
-        """From ``options`` and/or its fields as keywords (keywords win; see :class:`AnytimeOptions`)."""
+              menu: Any = None, **option_kwargs: Any) -> "AnytimeConfig":
+        """From ``options`` and/or its fields as keywords (keywords win; see :class:`AnytimeOptions`); ``menu``: the
+        stage menu, given exactly when ``action_mode="stage"`` (:func:`adainf_env.envs.anytime.stages.stage_menu`)."""
         opts = AnytimeOptions.from_kwargs(options, **option_kwargs)
+        if (opts.action_mode == "stage") != (menu is not None):
+            raise ConfigError(f"action_mode={opts.action_mode!r} needs " +
+                              ("a stage menu" if menu is None else "no stage menu"))
         if opts.reward == "neg_ce" and table.pred is not None and table.loss is None:
             raise ConfigError("reward='neg_ce' needs the table's loss")
         features = np.ascontiguousarray(features, dtype=np.float32)
@@ -591,9 +612,13 @@ class AnytimeConfig:
         parts["position"] = spaces.Box(low=0.0, high=1.0, shape=(b + 1,), dtype=np.float32)
         parts["decisions"] = spaces.Box(low=0.0, high=1.0, shape=(b,), dtype=np.float32)
         parts["readout"] = spaces.Box(low=0.0, high=1.0, shape=(len(READOUT),), dtype=np.float32)
+        if menu is not None:  # each entry's cost from here, its plan's calibration accuracy, valid now
+            k = menu.num_actions - 1
+            high = np.concatenate([np.full(k, costs.max_request_cost), np.ones(2 * k)]).astype(np.float32)
+            parts["menu"] = spaces.Box(low=np.zeros(3 * k, np.float32), high=high, dtype=np.float32)
         return cls(options=opts, process=process, lam=opts.lam, table=table, features=features,
                    observation_space=space_of_parts(parts, opts.obs_format),
-                   action_space=spaces.Discrete(NUM_ACTIONS))
+                   action_space=spaces.Discrete(NUM_ACTIONS if menu is None else menu.num_actions), menu=menu)
 
     # ------------------------------------------------------------------ observations
     @functools.cached_property
@@ -644,6 +669,8 @@ class AnytimeConfig:
         parts["decisions"] = bits[code] if bits is not None else ((code[:, None] >> np.arange(b)) & 1).astype(
             np.float32)
         parts["readout"] = r
+        if self.menu is not None:
+            parts["menu"] = batch.menu_observation(idx)
         if self.obs_format == "dict":
             return parts
         return np.concatenate(list(parts.values()), axis=1)

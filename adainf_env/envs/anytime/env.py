@@ -13,6 +13,7 @@ import torch
 from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
                                      BlockCosts, RequestBatch)
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
+from adainf_env.envs.anytime.stages import stage_menu
 from adainf_env.costs import count_macs, measure_macs
 from adainf_env.envs.core import ActionError, AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
@@ -98,6 +99,32 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     is taken out when it ends — the same bucket as :class:`~adainf_env.envs.plan.env.AdaInfEnv`, so ``budget="fixed:0.2",
     bucket=True`` constrains the *average* cost to 0.2.
 
+    ## Stage actions (``action_mode="stage"``)
+    The agent picks whole *stages* instead of blocks: from the plan it has read it either STOPs or runs on to one of
+    a fixed menu of next plans and reads it (:mod:`adainf_env.envs.anytime.stages`, ``docs/stage_actions.md``).
+
+    * Menu: a tree of Pareto stages built from a table's plan accuracies and costs only (``stage_menu``: None → built
+      from the served table with 16 first plans, 4 extensions per plan, at most 3 stages; a dict of those sizes
+      ``first_pool``/``ext_pool``/``max_stages``; or a :class:`~adainf_env.envs.anytime.stages.StageTree` built from
+      the calibration table, for an env serving other rows). The first stage's entries are plans of the accuracy/cost
+      Pareto front; after reading plan ``c`` the entries are Pareto plans among ``c``'s extensions (they keep ``c``'s
+      decisions, so every block and shortcut computed is reused).
+    * Action space ``Discrete(1 + K)`` (``K``: the most entries of any menu node): 0 = STOP (as the block STOP:
+      answer the last answer read, reading the current plan first if unread), ``k`` = run to entry ``k``'s plan
+      (RUN/SKIP each undecided block by its bits) and read it; reaching the last block ends the request with that
+      read. ``action_masks()`` (bool ``[1 + K]``): STOP always; entry ``k`` where the current node has one and, with
+      ``mask_over_budget=True``, spent + its exact cost ≤ budget. ``invalid_action="fallback"`` turns an invalid
+      action into STOP; ``info["action"]`` is ``"stop"`` or ``"stage_k"``.
+    * Costs and rewards: exactly those of the same block actions — a stage *is* executed as its RUN/SKIP/READ steps on
+      the block kernel, so ``info["cost"]`` is their sum (stem with a request's first step) and the reward their
+      rewards' sum (units as above: 1[correct] or −CE nats on the request's last step, minus λ × overrun in fractions
+      of the full model).
+    * Observation: the block-mode parts (readouts so far — last and previous confidence, agreement, reads —, cost spent,
+      budget, bucket level, refill and fraction of the stream left) plus ``menu`` [3K]: each entry's exact cost from
+      here (0 if absent), its plan's accuracy on the menu's table (0 if absent), 1 where it is a valid action now.
+    * Episode end: as block mode (bandit: the request ends; stream: the ``episode_length``-th request ends); a request
+      takes at most ``max_stages`` + 1 steps. Table mode only (a live source steps block by block).
+
     ## Starting State / Seeding
     Same protocol as :class:`~adainf_env.envs.plan.env.AdaInfEnv` (:mod:`adainf_env.envs.core`): each request draws its table row
     (a permutation per pass) and one uniform for its budget from ``np_random``; same seed → same episodes.
@@ -114,7 +141,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     ``invalid_action``), given as ``options=AnytimeOptions(...)`` and/or as keywords (keywords win):
     ``mode="bandit", episode_length=200, budget="uniform", bucket=None, lam=1.0, reward="correct", penalty="linear",
     hard_penalty=-1.0, cost_unit="macs", obs_format="dict", mask_over_budget=True, invalid_action="raise",
-    render_mode=None``. An unknown keyword raises ConfigError.
+    action_mode="block", stage_menu=None, render_mode=None``. An unknown keyword raises ConfigError.
 
     * ``table``/``table_path``: an outcome table whose plan list is closed under truncation (e.g. all 2^B plans) with
       per-block MACs; ``live``: a :class:`~adainf_env.live.LiveSource` — the real backbone is run block by block
@@ -139,6 +166,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     * v0 (unchanged dynamics): options as one :class:`~adainf_env.envs.options.AnytimeOptions`; the shipped reference
       calibration table is the default source; the features Box spans the finite float32 range (as the plan envs);
       ``render_mode="rgb_array"``; a Gymnasium ``vector_entry_point``.
+    * v0 (block dynamics unchanged): ``action_mode="stage"`` (stage actions over a menu of Pareto extensions).
     """
 
     metadata = {"render_modes": list(RENDER_MODES), "render_fps": 4}
@@ -165,14 +193,15 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             features = table.features
             self._plan_masks = table.plan_masks
         self.options = opts
-        self.cfg = AnytimeConfig.build(table=at, features=features, options=opts)
+        self.cfg = AnytimeConfig.build(table=at, features=features, options=opts,
+                                       menu=stage_menu(opts.action_mode, opts.stage_menu, at, table))
         self.table = table
         self.observation_space = self.cfg.observation_space
         self.action_space = self.cfg.action_space
         self.render_mode = opts.render_mode
         self.mode = opts.mode
         self._n = self.cfg.num_samples
-        self._batch = RequestBatch(1, at, mask_over_budget=opts.mask_over_budget)
+        self._batch = self.cfg.new_batch(1)
         self._zero = np.zeros(1, dtype=np.int64)
         self._draws = RequestDraws(self._n)
         self._started = False
@@ -239,7 +268,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         return obs[0]
 
     def action_masks(self) -> np.ndarray:
-        """Valid actions now (bool [4]: run, skip, read, stop)."""
+        """Valid actions now (bool [4]: run, skip, read, stop; stage mode: [1 + K], stop and the menu entries)."""
         if not self._started or self._done:
             raise AdaInfError("action_masks() needs a request in flight; call reset() first")
         return self._batch.masks()[0]
@@ -249,7 +278,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             raise AdaInfError("step() called " + ("before reset()" if not self._started else
                                                   "after the episode ended") + "; call reset() first")
         batch = self._batch
-        a = _action_index(action, self.cfg.invalid_action == "raise")
+        a = _action_index(action, self.cfg.invalid_action == "raise", self.cfg.action_names)
         replaced = False
         if self.cfg.invalid_action == "fallback":
             sub, bad = batch.substitute_invalid(np.array([a]))
@@ -285,7 +314,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         total = float(batch.spent[0])
         info: dict[str, Any] = {"cost": float(reported[0]), "total_cost": total, "budget": budget,
                                 "overrun": overrun_paid(total, budget),
-                                "sample": s, "action": ACTION_NAMES[a], "position": pos0,
+                                "sample": s, "action": self.cfg.action_names[a], "position": pos0,
                                 "read": bool(res.read[0]), "request_done": ended, "invalid_action": replaced}
         if res.read[0]:
             info["read_plan"] = plan
@@ -295,7 +324,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             info.update(plan=plan, pred=int(batch.last_pred[0]), correct=bool(correct[0]),
                         num_reads=int(batch.reads[0]))
         if self.render_mode is not None:
-            self._last = step_record(batch, 0, action=a, position=pos0, cost=total - spent0, reward=float(rew[0]),
+            self._last = step_record(batch, 0, action=self.cfg.action_names[a], position=pos0, cost=total - spent0, reward=float(rew[0]),
                                      correct=bool(correct[0]) if ended else None)
         terminated = False
         if ended:
@@ -331,19 +360,21 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         """Nothing to release: tables are in memory and a live backbone is owned by the caller."""
 
 
-def _action_index(action: Any, strict: bool) -> int:
-    """The action as an int; out of range → :class:`ActionError` when ``strict``, else kept (the fallback maps it)."""
+def _action_index(action: Any, strict: bool, names: tuple[str, ...] = ACTION_NAMES) -> int:
+    """The action as an int; out of range → :class:`ActionError` when ``strict``, else kept (the fallback maps it).
+    ``names``: the action names (block actions, or stop and the stage menu's entries)."""
+    n = len(names)
+    what = ", ".join(names) if n <= NUM_ACTIONS else f"{names[0]}, {names[1]} … {names[-1]}"
     if isinstance(action, (bool, np.bool_)):
-        raise ActionError(f"action must be an integer in [0, {NUM_ACTIONS}) (run, skip, read, stop), got {action!r}")
+        raise ActionError(f"action must be an integer in [0, {n}) ({what}), got {action!r}")
     try:
         a = int(np.asarray(action).reshape(()))
         if np.asarray(action).dtype.kind not in "iu":
             raise TypeError
     except (TypeError, ValueError):
-        raise ActionError(f"action must be an integer in [0, {NUM_ACTIONS}) (run, skip, read, stop), got "
-                          f"{action!r}") from None
-    if strict and not 0 <= a < NUM_ACTIONS:
-        raise ActionError(f"action {a} out of range [0, {NUM_ACTIONS}) (run=0, skip=1, read=2, stop=3)")
+        raise ActionError(f"action must be an integer in [0, {n}) ({what}), got {action!r}") from None
+    if strict and not 0 <= a < n:
+        raise ActionError(f"action {a} out of range [0, {n}) ({what})")
     return a
 
 

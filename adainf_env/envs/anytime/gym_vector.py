@@ -22,7 +22,8 @@ Every other env's entries are its step info (``cost``, ``total_cost``, ``budget`
 ``correct``, ``num_reads`` when a request ended), each ``key`` with its ``_key`` mask. So the action chosen on the
 returned observation always belongs to the episode that observation starts (no dummy step, unlike NEXT_STEP). Episodes
 are never truncated. Rewards are float32. Seeding: ``reset(seed=s)`` seeds env i with ``s + i`` (a list gives one
-seed per env), exactly as the single env's ``reset(seed=s + i)``. ``action_masks()`` gives ``[N, 4]``.
+seed per env), exactly as the single env's ``reset(seed=s + i)``. ``action_masks()`` gives ``[N, 4]``
+(``[N, 1 + K]`` with ``action_mode="stage"``).
 """
 
 from __future__ import annotations

@@ -24,11 +24,12 @@ def _request(batch: RequestBatch, i: int) -> dict[str, Any]:
             "plan": int(batch.table.code_to_plan[batch.code[i]]), "answer": int(batch.answer[i])}
 
 
-def step_record(batch: RequestBatch, i: int, *, action: int, position: int, cost: float, reward: float,
+def step_record(batch: RequestBatch, i: int, *, action: int | str, position: int, cost: float, reward: float,
                 correct: bool | None) -> dict[str, Any]:
     """What slot ``i`` of ``batch`` looks like right after a step (take it before the slot starts a new request):
-    ``action`` taken at block ``position``, paying ``cost``; ``correct`` is None while the request is in flight."""
-    return {**_request(batch, i), "action": ACTION_NAMES[action], "position": int(position), "step_cost": float(cost),
+    ``action`` (a block action's index, or an action's name) taken at block ``position``, paying ``cost``;
+    ``correct`` is None while the request is in flight."""
+    return {**_request(batch, i), "action": action if isinstance(action, str) else ACTION_NAMES[action], "position": int(position), "step_cost": float(cost),
             "reward": float(reward), "correct": correct}
 
 

@@ -282,16 +282,17 @@ class StageBatch:
         m &= b.active[:, None]
         return m
 
-    def menu_observation(self) -> np.ndarray:
-        """[N, 3K] float32: each entry's exact cost from here (0 where absent), its plan's accuracy on the menu's
-        table (0 where absent), and 1 where it is a valid action now."""
+    def menu_observation(self, idx: np.ndarray | None = None) -> np.ndarray:
+        """[N, 3K] float32 (or [k, 3K] of the slots ``idx``): each entry's exact cost from here (0 where absent), its
+        plan's accuracy on the menu's table (0 where absent), and 1 where it is a valid action now."""
         k = self.tree.num_actions - 1
-        inc = self.stage_costs()
+        node = self.node if idx is None else self.node[idx]
+        inc = self.tree.inc[node]
         present = np.isfinite(inc)
-        out = np.empty((self.n, 3 * k), dtype=np.float32)
+        out = np.empty((len(node), 3 * k), dtype=np.float32)
         out[:, :k] = np.where(present, inc, 0.0)
-        out[:, k:2 * k] = np.where(present, self.tree.acc[np.maximum(self.tree.child[self.node], 0)], 0.0)
-        out[:, 2 * k:] = self.masks()[:, 1:]
+        out[:, k:2 * k] = np.where(present, self.tree.acc[np.maximum(self.tree.child[node], 0)], 0.0)
+        out[:, 2 * k:] = self.masks()[:, 1:] if idx is None else self.masks()[idx, 1:]
         return out
 
     def substitute_invalid(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

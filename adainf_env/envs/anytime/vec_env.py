@@ -19,9 +19,10 @@ import numpy as np
 from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnvObs, VecEnvStepReturn
 
-from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
-                                          RequestBatch, _as_actions)
+from adainf_env.envs.anytime.core import (NUM_ACTIONS, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable, RequestBatch,
+                                          _as_actions)
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
+from adainf_env.envs.anytime.stages import stage_menu
 from adainf_env.envs.core import RNG_CHUNK, AnytimeConfigViews, resolve_env_inputs
 from adainf_env.errors import AdaInfError
 from adainf_env.envs.options import RENDER_MODES, AnytimeOptions
@@ -36,7 +37,6 @@ STEP_KEYS = ("cost", "total_cost", "budget", "overrun", "sample", "action", "pos
              "invalid_action")
 READ_KEYS = ("read_plan", "read_pred", "read_conf")
 END_KEYS = ("plan", "pred", "correct", "num_reads")
-_ACTION_NAMES = np.array(ACTION_NAMES, dtype=object)
 
 
 class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
@@ -45,7 +45,7 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
     Arguments are those of :class:`~adainf_env.envs.anytime.env.AnytimeEnv` (table mode; no table → the shipped reference
     calibration table) plus ``num_envs``: ``options=AnytimeOptions(...)`` and/or its fields as keywords.
     Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
-    ``action_masks()`` returns ``[N, 4]``; MaskablePPO reaches it through ``env_method("action_masks")``.
+    ``action_masks()`` returns ``[N, 4]`` (``[N, 1 + K]`` with ``action_mode="stage"``); MaskablePPO reaches it through ``env_method("action_masks")``.
     ``render_mode="rgb_array"`` gives one frame per env from ``get_images()`` (SB3's ``VecEnv.render``).
     """
 
@@ -66,14 +66,16 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
                                          num_envs=num_envs)
         self.table = table
         self.options = opts
-        self.cfg = c = AnytimeConfig.build(table=AnytimeTable.from_table(table, opts.cost_unit),
-                                           features=table.features, options=opts)
+        at = AnytimeTable.from_table(table, opts.cost_unit)
+        self.cfg = c = AnytimeConfig.build(table=at, features=table.features, options=opts,
+                                           menu=stage_menu(opts.action_mode, opts.stage_menu, at, table))
         n = int(num_envs)
         self.render_mode = opts.render_mode  # before VecEnv.__init__, which warns when it is missing
         super().__init__(n, c.observation_space, c.action_space)
         self.mode = opts.mode
         self._ns = c.num_samples
-        self._batch = RequestBatch(n, c.table, mask_over_budget=opts.mask_over_budget)
+        self._batch = c.new_batch(n)
+        self._names = np.array(c.action_names, dtype=object)
         self._rngs: list[np.random.Generator | None] = [None] * n
         # Each env's draws (the protocol of adainf_env.envs.core.RequestDraws), held for all envs in arrays: row i of
         # _perm / _ubuf is env i's permutation / uniform buffer, _ppos / _upos its positions (exhausted → refilled
@@ -211,17 +213,24 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
         c = self.cfg
         batch = self._batch
         a = _as_actions(actions, self.num_envs)
-        s = batch.state_index()
-        ok = batch._valid(a, s)
         replaced = self._no_replace
-        if not ok.all():
-            if not self._fallback:
-                batch.step(a, c.table.read_table)  # raises the ActionError naming the slot
-            replaced = ~ok
-            a = np.where(replaced, np.where(a == RUN, SKIP, STOP), a)  # RequestBatch.substitute_invalid's rule
-        pos0 = batch.pos
-        spent0 = batch.spent.copy() if self.render_mode is not None else None
-        res = batch._apply(s * (NUM_ACTIONS + 1) + a, c.table.read_table)  # every env is active
+        if c.menu is not None:  # stage actions: the StageBatch checks them and runs each on the block kernel
+            if self._fallback:
+                a, replaced = batch.substitute_invalid(a)
+            pos0 = batch.pos
+            spent0 = batch.spent.copy() if self.render_mode is not None else None
+            res = batch.step(a, c.table.read_table)
+        else:
+            s = batch.state_index()
+            ok = batch._valid(a, s)
+            if not ok.all():
+                if not self._fallback:
+                    batch.step(a, c.table.read_table)  # raises the ActionError naming the slot
+                replaced = ~ok
+                a = np.where(replaced, np.where(a == RUN, SKIP, STOP), a)  # RequestBatch.substitute_invalid's rule
+            pos0 = batch.pos
+            spent0 = batch.spent.copy() if self.render_mode is not None else None
+            res = batch._apply(s * (NUM_ACTIONS + 1) + a, c.table.read_table)  # every env is active
         ended = res.ended
         rows = batch.row.copy()
         plans = batch.answer.copy()
@@ -238,13 +247,13 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
         budgets = batch.budget.copy()
         pred = batch.last_pred.copy()
         data = {"cost": reported, "total_cost": total, "budget": budgets, "overrun": overrun_paid(total, budgets),
-                "sample": rows, "action": _ACTION_NAMES[a], "position": pos0, "read": res.read,
+                "sample": rows, "action": self._names[a], "position": pos0, "read": res.read,
                 "request_done": ended, "invalid_action": replaced,
                 "read_plan": plans, "read_pred": pred, "read_conf": batch.last_conf.copy(),
                 "plan": plans, "pred": pred, "correct": correct, "num_reads": batch.reads.copy()}
         if self.render_mode is not None:
             for i in range(self.num_envs):
-                self._records[i] = step_record(batch, i, action=int(a[i]), position=int(pos0[i]),
+                self._records[i] = step_record(batch, i, action=self._names[a[i]], position=int(pos0[i]),
                                                cost=float(total[i] - spent0[i]), reward=float(rew[i]),
                                                correct=bool(correct[i]) if ended[i] else None)
         terminal = None
@@ -275,7 +284,7 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
 
     # ------------------------------------------------------------------ masks, attributes, frames
     def action_masks(self) -> np.ndarray:
-        """[N, 4] bool: valid actions (run, skip, read, stop) of each env."""
+        """[N, 4] bool: valid actions (run, skip, read, stop) of each env; stage mode: [N, 1 + K]."""
         if not self._started:
             raise AdaInfError("action_masks() called before reset()")
         return self._batch.masks()
