@@ -23,6 +23,7 @@ from adainf_lab.scheduler_options import SchedulerName, SchedulerOptions
 from adainf_lab.tables import resolve_table_dir
 from agents.base import check_budgets
 from agents.evaluation.harness import BANDIT_BUDGETS
+from agents.registry import check_names
 
 __all__ = ["PipelineConfig", "DEMO", "demo_settings", "as_run", "show_progress", "check_seed"]
 
@@ -121,7 +122,8 @@ class PipelineConfig:
     progress: bool = _h("progress bars (drawn only when stderr is a terminal)", default=True)
 
     def __post_init__(self) -> None:
-        self.scheduler.kwargs_for(self.algo)  # unknown names and options the scheduler does not take fail here
+        self.algo = check_names(self.algo, "plan", option="--algo")[0]  # unknown names fail here (trpo → TRPO)
+        self.scheduler.kwargs_for(self.algo)  # options the scheduler does not take fail here
         if not self.budgets:
             raise ConfigError("--budgets is empty")
         check_budgets(np.asarray(self.budgets, dtype=np.float64))

@@ -7,6 +7,12 @@ The typed fields cover what is tuned across schedulers. The rest — options of 
 algorithm hyperparameters, which SB3 takes as a nested ``algo_kwargs`` mapping whose keys depend on the algorithm —
 go through the documented escape hatch ``--scheduler.extra '{"algo_kwargs": {"ent_coef": 0.01}}'`` (a JSON object of
 keyword arguments, checked against the scheduler's constructor the same way).
+
+Scheduler names on the command line (:data:`SchedulerName`, :data:`AnytimeSchedulerName`) are strings: a registered
+name, a stable-baselines3 / sb3-contrib algorithm (``TRPO``) or ``package.module:ClassName``
+(:func:`agents.registry.resolve`). Each script's config checks them against the registry before any work
+(:func:`agents.registry.check_names`: one ``error:`` line, exit status 2), and ``--help`` shows the names the registry
+knows (generated from :data:`agents.registry.REGISTRY`).
 """
 
 from __future__ import annotations
@@ -14,18 +20,25 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
+
+import tyro
 
 from adainf_env.errors import ConfigError
-from agents.registry import scheduler_class
+from agents.registry import known_schedulers, scheduler_class
 
-__all__ = ["SchedulerName", "SB3_ALGOS", "SchedulerOptions", "accepts"]
+__all__ = ["SchedulerName", "AnytimeSchedulerName", "SchedulerOptions", "accepts"]
 
-#: Every registry name (``agents.registry.SCHEDULERS``; a test keeps the two equal), so ``--help`` lists them.
-SchedulerName = Literal["ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian", "lut",
-                        "lut_upper", "hull_mix", "random", "oracle", "confidence_cascade", "agreement_cascade"]
-#: Stable-baselines3 learners (their progress bar needs `rich`; the torch learners use tqdm).
-SB3_ALGOS = ("ppo", "a2c", "dqn", "maskable_ppo")
+
+def _metavar(env: str) -> str:
+    extra = "|SB3_ALGO|MODULE:CLASS" if env == "plan" else "|MODULE:CLASS"
+    return "{" + ",".join(known_schedulers(env)) + "}" + extra
+
+
+#: A plan-env scheduler name (``--algo``, ``--schedulers``): ``--help`` shows the registry's names.
+SchedulerName = Annotated[str, tyro.conf.arg(metavar=_metavar("plan"))]
+#: An anytime-env policy name (``--anytime-schedulers``).
+AnytimeSchedulerName = Annotated[str, tyro.conf.arg(metavar=_metavar("anytime"))]
 
 
 def accepts(cls: type, name: str) -> bool:

@@ -1,6 +1,7 @@
-"""The one interface every scheduler implements.
+"""The two interfaces every scheduler implements: :class:`Scheduler` (the plan env) and :class:`AnytimePolicy` (the
+anytime env).
 
-A scheduler g(x, M) maps cheap per-sample features and a budget to a plan index (into the outcome table's plan
+A (plan-env) scheduler g(x, M) maps cheap per-sample features and a budget to a plan index (into the outcome table's plan
 list). Budgets and costs are fractions of the full model (see :mod:`adainf_env.tables.outcomes`).
 
 Two entry points:
@@ -10,6 +11,14 @@ Two entry points:
 * :meth:`Scheduler.decide` — the evaluation harness's view over a table: returns the plan whose prediction is used
   *and* the cost actually paid. The default is ``select`` + the plan's cost; cascades (which run a cheap plan first
   and may recompute) and the oracle (which reads labels — a bound) override it.
+
+An anytime policy (:class:`AnytimePolicy`) acts block by block on the anytime env's kernel
+(:class:`~adainf_env.envs.anytime.core.RequestBatch`): :meth:`AnytimePolicy.fit` on a calibration table,
+:meth:`AnytimePolicy.begin` for new requests, :meth:`AnytimePolicy.act` for one action per request in flight,
+:meth:`AnytimePolicy.soft_budget` to say whether it may overrun a request's budget.
+
+:data:`PLAN_PROTOCOL` and :data:`ANYTIME_PROTOCOL` name what a class needs to be run as one or the other
+(:func:`missing_members`; the registry uses them to accept a user's own class by ``package.module:ClassName``).
 """
 
 from __future__ import annotations
@@ -22,11 +31,13 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
 
-__all__ = ["Scheduler", "Decisions", "PlanSpace", "check_budgets"]
+__all__ = ["Scheduler", "AnytimePolicy", "Decisions", "PlanSpace", "check_budgets", "PLAN_PROTOCOL",
+           "ANYTIME_PROTOCOL", "missing_members", "read_saved"]
 
 
 def check_budgets(budgets: np.ndarray | float, n: int | None = None) -> np.ndarray:
@@ -145,20 +156,26 @@ class Scheduler:
 
     @classmethod
     def load(cls, path: str | os.PathLike, table: OutcomeTable | None = None) -> "Scheduler":
-        """Load a scheduler saved by :meth:`save`; if ``table`` is given, refuse a mismatched plan/feature space."""
-        raw = safe_np_load(path)
-        if "scheduler" not in raw:
-            raise TableMismatchError(f"{path}: not a saved AdaInf scheduler")
+        """Load a scheduler of this class saved by :meth:`save`; if ``table`` is given, refuse a mismatched
+        plan/feature space. A file of another scheduler is :class:`TableMismatchError`. To load a saved scheduler of
+        any kind, :func:`agents.load_scheduler` finds its class by the saved name."""
+        raw = read_saved(path)
         name = str(raw["scheduler"])
-        if cls.name != "scheduler" and name != cls.name:
+        if cls is Scheduler:
+            raise ConfigError(f"{path}: Scheduler.load needs the scheduler's class; use agents.load_scheduler(path) "
+                              f"to load the saved {name!r}")
+        if name != cls.name:
             raise TableMismatchError(f"{path}: holds a {name!r} scheduler, not {cls.name!r}")
-        target = cls if cls.name == name else _registry_lookup(name)
-        obj = target(**json.loads(str(raw["config_json"])))
-        obj.plan_space = PlanSpace.from_arrays({k[3:]: v for k, v in raw.items() if k.startswith("ps_")})
-        obj.load_state_arrays({k[3:]: v for k, v in raw.items() if k.startswith("st_")})
+        return cls(**json.loads(str(raw["config_json"]))).restore(raw, table)
+
+    def restore(self, raw: dict[str, np.ndarray], table: OutcomeTable | None = None) -> "Scheduler":
+        """Put the fitted state of a saved file's arrays (:func:`read_saved`) into this scheduler, built with the
+        saved config; with ``table``, refuse a mismatched plan/feature space. Returns ``self``."""
+        self.plan_space = PlanSpace.from_arrays({k[3:]: v for k, v in raw.items() if k.startswith("ps_")})
+        self.load_state_arrays({k[3:]: v for k, v in raw.items() if k.startswith("st_")})
         if table is not None:
-            obj._check_table(table)
-        return obj
+            self._check_table(table)
+        return self
 
     def provenance(self) -> dict[str, Any]:
         """Fields every result record of this scheduler carries besides the metrics (learners: ``selected_step``,
@@ -177,7 +194,83 @@ class Scheduler:
         pass
 
 
-def _registry_lookup(name: str) -> type[Scheduler]:
-    from agents.registry import scheduler_class  # late import: registry imports every scheduler module
+def read_saved(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The arrays of a file written by :meth:`Scheduler.save` (no pickles); :class:`TableMismatchError` for any other
+    file. ``str(raw["scheduler"])`` is the saved scheduler's name, ``raw["config_json"]`` its constructor config."""
+    raw = safe_np_load(path)
+    if "scheduler" not in raw or "config_json" not in raw:
+        raise TableMismatchError(f"{path}: not a saved AdaInf scheduler")
+    return raw
 
-    return scheduler_class(name)
+
+class AnytimePolicy:
+    """Base class of the anytime-env policies: what the anytime harness
+    (:mod:`agents.evaluation.anytime_harness`), the anytime envs and the comparison driver call.
+
+    Subclasses set ``name`` and implement :meth:`act` (and usually :meth:`fit` and :meth:`begin`, calling these
+    first). ``is_bound``: the policy reads labels (a bound, e.g. ``anytime_oracle``); ``needs_soft_budget``: it
+    meets budgets only on average and is served under the env's soft budget (:meth:`soft_budget`).
+    """
+
+    name: ClassVar[str] = "anytime_policy"
+    is_bound: ClassVar[bool] = False
+    needs_soft_budget: ClassVar[bool] = False
+
+    def __init__(self) -> None:
+        self.at: AnytimeTable | None = None
+
+    def fit(self, table: OutcomeTable, *, seed: int = 0) -> "AnytimePolicy":
+        """Fit on a calibration table (never the test split): here the kernel table, the plan codes and costs."""
+        self.at = AnytimeTable.from_table(table)
+        self.seed = int(seed)
+        self.codes = codes_from_masks(table.plan_masks)
+        self.cost = table.plan_cost()
+        return self
+
+    def _check_fitted(self) -> None:
+        if self.at is None:
+            raise ConfigError(f"{self.name}: call fit(calibration_table) first")
+
+    def soft_budget(self, state: dict[str, Any] | None) -> bool:
+        """Whether requests given ``state`` are served under the env's soft budget (the policy may overrun)."""
+        return self.needs_soft_budget
+
+    def begin(self, batch: RequestBatch, idx: np.ndarray, table: OutcomeTable,
+              state: dict[str, Any] | None = None) -> None:
+        """New requests in slots ``idx`` (their rows and budgets are in ``batch``; ``state``: stream bucket arrays
+        for those slots — ``available``, ``avg_budget``, ``level``, ``cap``, ``step``, ``horizon``)."""
+        self._check_fitted()
+
+    def act(self, batch: RequestBatch) -> np.ndarray:
+        """[N] kernel actions (RUN / SKIP / READ / STOP) for the active slots of ``batch`` (STOP elsewhere)."""
+        raise NotImplementedError(f"{type(self).__name__} does not implement act()")
+
+    def provenance(self) -> dict[str, Any]:
+        """Fields every result record of this policy carries besides the metrics (learners: ``selected_step``,
+        ``prior``). Scripted policies: none."""
+        return {}
+
+
+#: What a class needs to run as a plan-env scheduler: ``fit`` and a policy (``select`` or ``decide``) — subclassing
+#: :class:`Scheduler` supplies the rest (``decide`` from ``select``, ``provenance``, ``is_bound``, ``save``).
+PLAN_PROTOCOL: tuple[str, ...] = ("fit", "select|decide", "provenance", "is_bound")
+#: What a class needs to run as an anytime policy (subclassing :class:`AnytimePolicy` supplies all but ``act``).
+ANYTIME_PROTOCOL: tuple[str, ...] = ("fit", "begin", "act", "soft_budget", "provenance", "is_bound")
+
+# methods whose base-class versions only raise NotImplementedError: inherited, they do not count as implemented
+_STUBS = {"select": Scheduler.select, "act": AnytimePolicy.act}
+
+
+def missing_members(cls: type, protocol: tuple[str, ...]) -> list[str]:
+    """The members of ``protocol`` (``"a|b"``: either) that class ``cls`` lacks; ``[]`` when it fits. A method
+    inherited only as the base class's ``NotImplementedError`` stub counts as missing; ``decide`` counts only where
+    it is not :class:`Scheduler`'s default (which calls ``select``)."""
+    def has(member: str) -> bool:
+        attr = getattr(cls, member, None)
+        if attr is None:
+            return False
+        if member == "decide":
+            return attr is not Scheduler.decide
+        return attr is not _STUBS.get(member)
+
+    return [m for m in protocol if not any(has(alt) for alt in m.split("|"))]

@@ -51,13 +51,13 @@ from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import check_seed, show_progress
 from adainf_lab.distributed import DistEnv, run_jobs
 from adainf_lab.rundir import check_run_flags, open_run_dir
-from adainf_lab.scheduler_options import SchedulerName
+from adainf_lab.scheduler_options import AnytimeSchedulerName, SchedulerName
 from adainf_lab.tables import load_split_tables, resolve_table_dir
 from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
 from agents.evaluation.comparison import JobResult, JobStore, comparison_jobs, run_comparison_jobs, save_fitted
 from agents.evaluation.harness import BANDIT_BUDGETS
 from agents.evaluation.report import write_results, write_tensorboard
-from agents.registry import ANYTIME_BASELINES, AnytimeSchedulerName, available_schedulers
+from agents.registry import ANYTIME_BASELINES, available_schedulers, check_names
 
 __all__ = ["CompareConfig", "main"]
 
@@ -120,6 +120,8 @@ class CompareConfig:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.anytime_schedulers and not self.anytime:
             raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
+        self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
+        self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
         make_budget_process(self.behaviour_budget)
         for k in ("num_streams", "horizon"):
             if getattr(self, k) < 1:

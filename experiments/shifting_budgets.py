@@ -31,7 +31,7 @@ from adainf_lab.pipeline import PreparedRun, fit_scheduler, prepare_run
 from adainf_lab.scheduler_options import SchedulerName
 from agents.evaluation.report import summarize, write_results, write_tensorboard
 from agents.evaluation.traces import DEFAULT_PROCESSES, plot_stream_traces, run_stream_traces, synthetic_trace
-from agents.registry import make_scheduler
+from agents.registry import check_names, make_scheduler
 
 __all__ = ["ShiftingBudgetsConfig", "main"]
 
@@ -59,6 +59,7 @@ class ShiftingBudgetsConfig(PipelineConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        self.references = check_names(self.references, "plan", option="--references")
         if not self.processes:
             raise ConfigError("--processes is empty")
         if self.num_streams < 1 or self.horizon < 2 or self.window < 1:

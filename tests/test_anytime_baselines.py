@@ -9,7 +9,8 @@ from adainf_env.envs.anytime.env import AnytimeEnv
 from adainf_env.envs.anytime.core import AnytimeTable, toy_anytime_table
 from adainf_env.budgets import FixedBudget
 from adainf_env.errors import ConfigError
-from agents.baselines.anytime_policies import make_anytime_policy, script_costs
+from agents.baselines.anytime_policies import script_costs
+from agents.registry import make_anytime_policy
 from agents.evaluation.anytime_harness import evaluate_anytime_bandit, evaluate_anytime_stream, serve_requests
 
 

@@ -9,12 +9,12 @@ import pytest
 
 from adainf_env.envs.anytime.core import toy_anytime_table
 from adainf_env.errors import ConfigError
-from agents.baselines.anytime_policies import make_anytime_policy
+from agents.registry import make_anytime_policy
 from agents.evaluation.anytime_harness import evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.harness import stream_process_for
 from agents.learners.anytime_policy import candidate_codes, chain_sum
 from agents.learners.anytime_reinforce import AnytimeReinforcePolicy
-from agents.learners.ppo_lagrangian import PPOLagrangianPolicy
+from agents.learners.anytime_ppo_lagrangian import PPOLagrangianPolicy
 
 FAST = {"iterations": 40, "requests_per_iter": 512, "eval_every": 20}
 LEARNERS = [(AnytimeReinforcePolicy, {}), (PPOLagrangianPolicy, {"epochs": 2, "minibatches": 2})]

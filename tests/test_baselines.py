@@ -11,7 +11,7 @@ import pytest
 
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.tables.toy import make_toy_table, toy_optimal_plans
-from agents.base import Scheduler
+from agents.registry import load_scheduler
 from agents.baselines.cascades import additive_costs, joint_cost
 from agents.evaluation.harness import evaluate_bandit
 from agents.registry import BASELINES, make_scheduler, scheduler_class
@@ -144,7 +144,7 @@ def test_save_load_round_trip_and_refusal(tmp_path, toy, name):
     calib, test = toy
     s = make_scheduler(name).fit(calib, seed=1)
     path = s.save(tmp_path / f"{name}.npz")
-    loaded = Scheduler.load(path, table=test)
+    loaded = load_scheduler(path, table=test)
     assert type(loaded) is type(s)
     rows = np.arange(200)
     b = np.linspace(0.1, 1.0, 200)
@@ -156,15 +156,15 @@ def test_save_load_round_trip_and_refusal(tmp_path, toy, name):
     reordered = dataclasses.replace(test, pred=test.pred[:, perm], loss=test.loss[:, perm], conf=test.conf[:, perm],
                                     plan_masks=test.plan_masks[perm], plan_macs=test.plan_macs[perm])
     with pytest.raises(TableMismatchError, match="plan space"):
-        Scheduler.load(path, table=reordered)
+        load_scheduler(path, table=reordered)
     with pytest.raises(TableMismatchError, match="features"):
-        Scheduler.load(path, table=make_toy_table(300, num_blocks=3, seed=2))
+        load_scheduler(path, table=make_toy_table(300, num_blocks=3, seed=2))
     with pytest.raises(TableMismatchError):
         scheduler_class("lut" if name != "lut" else "random").load(path)
 
 
 def test_registry_errors_and_lazy_imports():
-    with pytest.raises(ConfigError, match="known schedulers: .*lut.*oracle"):
+    with pytest.raises(ConfigError, match="known plan-env schedulers: .*lut.*oracle"):
         make_scheduler("ppo2")
     with pytest.raises(ConfigError, match="bad arguments"):
         make_scheduler("lut", alpha=1)

@@ -74,7 +74,7 @@ def test_router_bandit_within_budget_and_beats_random(toy, fitted):
 
 
 def test_same_seed_same_numbers_save_load_and_refusals(toy, fitted, tmp_path):
-    from agents.base import Scheduler
+    from agents.registry import load_scheduler
     from agents.learners.lagrangian import LagrangianScheduler
 
     train, test = toy
@@ -83,13 +83,13 @@ def test_same_seed_same_numbers_save_load_and_refusals(toy, fitted, tmp_path):
     for k in a:
         np.testing.assert_array_equal(a[k], b[k])
     path = fitted.save(tmp_path / "lag.npz")
-    loaded = Scheduler.load(path, table=test)
+    loaded = load_scheduler(path, table=test)
     budgets = np.linspace(0.1, 1.0, test.num_samples)
     state = {"avg_budget": np.full(test.num_samples, 0.4), "level": np.linspace(0, 1, test.num_samples), "cap": 1.0}
     np.testing.assert_array_equal(loaded.select(test.features, budgets, state), fitted.select(test.features, budgets,
                                                                                               state))
     with pytest.raises(TableMismatchError):
-        Scheduler.load(path, table=make_toy_table(100, num_blocks=3, seed=2))
+        load_scheduler(path, table=make_toy_table(100, num_blocks=3, seed=2))
     for bad in ({"val_fraction": 0.0}, {"gain": -1.0}, {"target_level": 2.0}, {"epochs": 0}, {"plans": "best"}):
         with pytest.raises(ConfigError):
             LagrangianScheduler(**bad)

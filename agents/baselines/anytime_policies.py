@@ -20,7 +20,9 @@ target by its rule.
 * ``anytime_oracle`` — *a bound*: the cheapest plan that is right on this sample within budget (reads labels).
 * ``anytime_random`` — uniformly random valid actions (the floor of the learning tests).
 
-Thresholds and plans are fitted on the calibration table only.
+Thresholds and plans are fitted on the calibration table only. The protocol every anytime policy follows is
+:class:`agents.base.AnytimePolicy`; :class:`ScriptedPolicy` here adds the script stepping the cascades and static
+plans share. Build any of them by name with :func:`agents.registry.make_anytime_policy`.
 """
 
 from __future__ import annotations
@@ -33,11 +35,11 @@ from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, Re
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from agents.base import AnytimePolicy
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
-from agents.registry import anytime_policy_class
 
-__all__ = ["AnytimePolicy", "step_toward", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy", "HullMixPolicy",
-           "OraclePolicy", "RandomPolicy", "ANYTIME_POLICIES", "make_anytime_policy", "script_costs", "top_block"]
+__all__ = ["ScriptedPolicy", "step_toward", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy",
+           "HullMixPolicy", "OraclePolicy", "RandomPolicy", "script_costs", "top_block"]
 
 
 def top_block(codes: np.ndarray) -> np.ndarray:
@@ -59,37 +61,18 @@ def step_toward(batch: RequestBatch, rows: np.ndarray, target: np.ndarray) -> tu
     return step, deciding
 
 
-class AnytimePolicy:
-    """Base class: per-slot scripts of plan codes, stepped against a :class:`RequestBatch`.
+class ScriptedPolicy(AnytimePolicy):
+    """Base of the scripted policies: per-slot scripts of plan codes, stepped against a :class:`RequestBatch`.
 
     Subclasses implement :meth:`fit` and :meth:`_scripts` (each new request's script) and may override
     :meth:`_continue` (whether to go on to the next stage after a read).
     """
 
-    name = "anytime_policy"
-    is_bound = False
-    needs_soft_budget = False  # True: evaluate with the env's soft budget (it may overrun)
     max_stages = 1
 
-    def soft_budget(self, state: dict[str, Any] | None) -> bool:
-        """Whether requests given ``state`` are served under the env's soft budget (the policy may overrun)."""
-        return self.needs_soft_budget
-
     def __init__(self) -> None:
-        self.at: AnytimeTable | None = None
+        super().__init__()
         self._n = 0
-
-    # ------------------------------------------------------------------ fitting
-    def fit(self, table: OutcomeTable, *, seed: int = 0) -> "AnytimePolicy":
-        self.at = AnytimeTable.from_table(table)
-        self.seed = int(seed)
-        self.codes = codes_from_masks(table.plan_masks)
-        self.cost = table.plan_cost()
-        return self
-
-    def _check_fitted(self) -> None:
-        if self.at is None:
-            raise ConfigError(f"{self.name}: call fit(calibration_table) first")
 
     # ------------------------------------------------------------------ acting
     def _ensure(self, n: int) -> None:
@@ -102,9 +85,7 @@ class AnytimePolicy:
 
     def begin(self, batch: RequestBatch, idx: np.ndarray, table: OutcomeTable,
               state: dict[str, Any] | None = None) -> None:
-        """New requests in slots ``idx`` (their rows and budgets are in ``batch``; ``state``: stream bucket arrays
-        for those slots — ``available``, ``avg_budget``, ``level``, ``cap``)."""
-        self._check_fitted()
+        super().begin(batch, idx, table, state)
         self._ensure(batch.n)
         idx = np.asarray(idx, dtype=np.int64)
         script, stages, param = self._scripts(batch, idx, table, state)
@@ -198,7 +179,7 @@ def _extensions(codes: np.ndarray, a: int) -> np.ndarray:
     return codes[((codes & mask) == a) & (codes != a) & (top_block(codes) > hi)]
 
 
-class _FittedConfigs(AnytimePolicy):
+class _FittedConfigs(ScriptedPolicy):
     """Policies choosing one configuration per request from a calibration table of (exp cost, worst cost, accuracy)."""
 
     def __init__(self, *, budget_mode: str = "strict", max_thresholds: int = 256) -> None:
@@ -355,7 +336,7 @@ class AgreementCascadePolicy(_FittedConfigs):
         return first | (batch.last_pred[idx] != batch.prev_pred[idx])
 
 
-class _StaticPlanPolicy(AnytimePolicy):
+class _StaticPlanPolicy(ScriptedPolicy):
     """A plan-env scheduler's plan, run straight through and read once."""
 
     scheduler_cls: type = LUTScheduler
@@ -398,28 +379,7 @@ class RandomPolicy(AnytimePolicy):
         self._rng = np.random.default_rng(seed)
         return self
 
-    def begin(self, batch, idx, table, state=None) -> None:
-        self._check_fitted()
-
     def act(self, batch: RequestBatch) -> np.ndarray:
         m = batch.masks()
         r = self._rng.random(m.shape) * m
         return np.where(batch.active, r.argmax(axis=1), STOP).astype(np.int64)
-
-
-ANYTIME_POLICIES: dict[str, type[AnytimePolicy]] = {
-    c.name: c for c in (ConfidenceCascadePolicy, AgreementCascadePolicy, LUTPolicy, HullMixPolicy, OraclePolicy,
-                        RandomPolicy)
-}
-
-
-def make_anytime_policy(name: str, **kwargs: Any) -> AnytimePolicy:
-    """Construct (unfitted) the anytime policy registered under ``name`` in
-    :data:`agents.registry.ANYTIME_SCHEDULERS`: the baselines here, or a learner (``anytime_reinforce``,
-    ``anytime_ppo_lagrangian``, ``anytime_ppo``, ``anytime_a2c``, ``anytime_maskable_ppo``) whose torch /
-    stable-baselines3 module is imported only now. Unknown names and bad arguments are :class:`ConfigError`."""
-    cls = anytime_policy_class(name)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"bad arguments for anytime policy {name!r}: {e}") from None

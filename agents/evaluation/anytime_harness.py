@@ -19,8 +19,7 @@ from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.feasibility import COST_TOL
 from adainf_env.tables.outcomes import OutcomeTable
-from agents.base import check_budgets
-from agents.baselines.anytime_policies import AnytimePolicy
+from agents.base import AnytimePolicy, check_budgets
 from agents.evaluation.metrics import BUDGET_GRID as BANDIT_BUDGETS
 from agents.evaluation.stream_processes import check_stream_size
 

@@ -31,13 +31,12 @@ from adainf_env.budgets import make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json, safe_np_load
 from adainf_env.tables.outcomes import OutcomeTable
-from agents.baselines.anytime_policies import make_anytime_policy
 from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.harness import BANDIT_BUDGETS, check_budget_list, evaluate_bandit, evaluate_stream
 from agents.evaluation.stream_processes import SWEPT_VARIANTS, check_stream_size, stream_process_for
 from agents.progress import progress_disabled
-from agents.registry import (ANYTIME_BASELINES, ANYTIME_SCHEDULERS, BASELINES, anytime_policy_class, make_scheduler,
-                             scheduler_class, scheduler_env)
+from agents.registry import (ANYTIME_BASELINES, ANYTIME_SCHEDULERS, BASELINES, anytime_policy_class,
+                             make_anytime_policy, make_scheduler, scheduler_class, scheduler_env)
 
 __all__ = [
     "ComparisonJob",

@@ -31,14 +31,15 @@ the mask hides overspending from it. Deployment masks by what the bucket holds. 
 budget is hard (masked).
 
 Model selection: every ``eval_every`` updates the greedy policy is scored on held-out calibration rows
-(:func:`agents.learners.base.split_rows`) — the bandit sweep and shared-bucket streams at a few budgets through the
-anytime harness's own ``serve_requests`` — and the best mean held-out accuracy among the policies after ≥ 1 update is kept (``selected_step`` in
-:meth:`provenance`; the untrained policy is scored as a logged reference only). The test split is never seen.
+(:meth:`agents.learners.base.Learner.split`) — the bandit sweep and shared-bucket streams at a few budgets
+(:func:`~agents.learners.base.held_out_bandit_accuracy`, :func:`~agents.learners.base.held_out_stream_accuracy`) — and
+the policy :meth:`~agents.learners.base.Learner.keeps` (the one selection rule of every learner) is kept
+(``selected_step`` in :meth:`provenance`; the untrained policy is scored as a logged reference only). The test split is
+never seen.
 """
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import math
 import time
@@ -53,14 +54,13 @@ from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
-from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
-from agents.evaluation.anytime_harness import serve_requests
+from agents.baselines.anytime_policies import script_costs, step_toward, top_block
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.learners.base import split_rows
+from agents.learners.base import AnytimeLearner, held_out_bandit_accuracy, held_out_stream_accuracy, single_thread
 from agents.learners.policy_nets import FeatureScaler, mlp
 
 __all__ = ["AnytimeLearnerPolicy", "StageNet", "candidate_codes", "Rollout", "CANDIDATE_SETS", "STOP_ACTION",
-           "chain_sum", "held_out_stream_accuracy", "single_thread"]
+           "chain_sum"]
 
 CANDIDATE_SETS = ("pareto_ext", "all")
 #: Index of STOP among the policy's actions; action k ≥ 1 is candidate k − 1.
@@ -93,40 +93,6 @@ def candidate_codes(table: OutcomeTable, mode: str = "pareto_ext") -> np.ndarray
         if ext.size:
             keep.update(int(codes[e]) for e in ext[pareto_frontier(cost[ext], acc[ext])])
     return np.array(sorted(keep), dtype=np.int64)
-
-
-@contextlib.contextmanager
-def single_thread():
-    """torch on one thread inside: the policy's matrices are small, and intra-op threads only contend on a shared
-    CPU (the same choice as the SB3 schedulers and the lab pipeline)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-
-
-def held_out_stream_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: AnytimeTable, budgets: np.ndarray,
-                             *, streams_per_budget: int, horizon: int, seed: int) -> np.ndarray:
-    """Per-budget accuracy of ``policy`` over ``streams_per_budget`` shared-bucket streams of ``horizon`` held-out
-    rows at each average budget in ``budgets`` (a request that overruns what the bucket holds counts as wrong)."""
-    k = streams_per_budget * budgets.size
-    avg = np.repeat(budgets, streams_per_budget)
-    rng = np.random.default_rng(seed)
-    rows = rng.integers(0, val_tab.num_samples, size=(k, horizon))
-    bucket = TokenBucket(cap=_BUCKET_CAP)
-    level = np.zeros(k)
-    ok = np.zeros((k, horizon), dtype=bool)
-    for t in range(horizon):
-        level = bucket.refill(level, avg)
-        avail = bucket.available(level)
-        state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
-                 "step": t, "horizon": horizon}
-        r = serve_requests(policy, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
-        ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
-        level = bucket.spend(level, r["cost"])
-    return ok.reshape(budgets.size, -1).mean(1)
 
 
 def chain_sum(x: np.ndarray, nxt: np.ndarray, decay: float | np.ndarray = 1.0) -> np.ndarray:
@@ -202,7 +168,7 @@ class Rollout:
         return cat
 
 
-class AnytimeLearnerPolicy(AnytimePolicy):
+class AnytimeLearnerPolicy(AnytimeLearner):
     """Base of the learned stage policies (see the module docstring). Subclasses implement :meth:`_update`."""
 
     name = "anytime_learner"
@@ -269,10 +235,6 @@ class AnytimeLearnerPolicy(AnytimePolicy):
                 "time_limit_s": self.time_limit_s, "group_size": self.group_size, "cost_margin": self.cost_margin,
                 "explore_starts": self.explore_starts, "prior": self.prior}
 
-    def provenance(self) -> dict[str, Any]:
-        """Fields every result record of this scheduler carries (as :meth:`agents.base.Scheduler.provenance`)."""
-        return {"selected_step": self.selected_step, "prior": self.prior}
-
     def report(self) -> dict[str, Any]:
         """What the results record per learned scheduler: the selected training step, the prior, λ, training size."""
         return {"selected_step": self.selected_step, "prior": self.prior, "updates_run": self.updates_run,
@@ -287,7 +249,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
 
     def _fit(self, table: OutcomeTable, *, seed: int) -> "AnytimeLearnerPolicy":
         super().fit(table, seed=seed)
-        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, int(seed), who=self.name)
+        val_rows, fit_rows = self.split(table.num_samples, seed)
         fit_tab, val_tab = table.subset(fit_rows), table.subset(val_rows)
         self.cand = candidate_codes(fit_tab, self.candidates)
         self._build_costs()
@@ -315,7 +277,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
             out_of_time = self.time_limit_s is not None and time.perf_counter() - t0 > self.time_limit_s
             if it % self.eval_every == 0 or it == self.iterations or out_of_time:
                 score = self._held_out(val_tab, at_val, step=it)
-                if score > self.best_score:
+                if self.keeps(score, self.best_score, step=it):
                     self.best_score, self.selected_step = score, it
                     best_state = copy.deepcopy(self.net.state_dict())
             if out_of_time:
@@ -596,13 +558,7 @@ class AnytimeLearnerPolicy(AnytimePolicy):
         """Mean held-out accuracy of the greedy policy: bandit sweep + shared-bucket streams (overruns count as
         wrong)."""
         self.net.eval()
-        n = val_tab.num_samples
-        grid = [b for b in BUDGET_GRID if b >= self._floor]
-        rows = np.tile(np.arange(n), len(grid))
-        budgets = np.repeat(grid, n)
-        r = serve_requests(self, val_tab, rows, budgets, at=at)
-        ok = r["correct"] & (r["cost"] <= budgets + COST_TOL)
-        bandit = [float(ok[i * n:(i + 1) * n].mean()) for i in range(len(grid))]
+        bandit = held_out_bandit_accuracy(self, val_tab, at, [b for b in BUDGET_GRID if b >= self._floor])
         stream = self._held_out_streams(val_tab, at)
         score = float(np.mean(bandit) + np.mean(stream))
         self.history.append({"step": step, "bandit": bandit, "stream": stream, "score": score,

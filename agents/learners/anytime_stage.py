@@ -25,7 +25,8 @@ budget, each served ``group_size`` times side by side with independent samples. 
 ``(1[correct] − λ_b̄·(cost − stem)) / (1 + λ_b̄)`` (λ = 0 under a hard budget), credited to every decision of the
 request; the baseline is the mean return of the other copies (REINFORCE leave-one-out, Kool et al. 2019). λ_b̄ ≥ 0
 follows dual ascent on mean cost ≤ b̄·(1 − ``cost_margin``) (the first copy of each stream advances its bucket, and
-its costs feed the multiplier). Held-out selection: every ``eval_every`` updates the greedy policy serves
+its costs feed the multiplier). Held-out selection (:meth:`agents.learners.base.Learner.keeps`, the one rule of every
+learner; the split is :meth:`~agents.learners.base.Learner.split`): every ``eval_every`` updates the greedy policy serves
 ``held_out_streams`` shared-bucket streams of 100 requests on held-out calibration rows at every grid budget (20 ×
 100 requests per budget cover the 20 % held-out rows about once, so the selection's noise stays below the
 differences it has to resolve); the best mean accuracy (overruns count as wrong) is kept (``selected_step``). The
@@ -51,10 +52,9 @@ from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
-from agents.baselines.anytime_policies import AnytimePolicy, script_costs, step_toward, top_block
+from agents.baselines.anytime_policies import script_costs, step_toward, top_block
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.learners.anytime_policy import held_out_stream_accuracy, single_thread
-from agents.learners.base import split_rows
+from agents.learners.base import AnytimeLearner, held_out_stream_accuracy, single_thread
 
 __all__ = ["StageTree", "StageLogits", "AnytimeStageReinforcePolicy", "READOUT_FEATURES", "TRAIN_BUDGETS"]
 
@@ -176,7 +176,7 @@ class _Decisions:
         return [np.concatenate(x) for x in zip(*self.parts)]
 
 
-class AnytimeStageReinforcePolicy(AnytimePolicy):
+class AnytimeStageReinforcePolicy(AnytimeLearner):
     """REINFORCE (leave-one-out) + per-average-budget Lagrange multipliers over a tree of Pareto stages."""
 
     name = "anytime_stage_reinforce"
@@ -227,8 +227,14 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
         self.history: list[dict[str, Any]] = []
 
     # ------------------------------------------------------------------ identity
-    def provenance(self) -> dict[str, Any]:
-        return {"selected_step": self.selected_step, "prior": self.prior}
+    def config(self) -> dict[str, Any]:
+        return {"iterations": self.iterations, "stream_groups": self.stream_groups,
+                "bandit_groups": self.bandit_groups, "group_size": self.group_size, "lr": self.lr,
+                "entropy": self.entropy, "lam_lr": self.lam_lr, "lam_init": self.lam_init,
+                "cost_margin": self.cost_margin, "first_pool": self.first_pool, "ext_pool": self.ext_pool,
+                "max_stages": self.max_stages, "val_fraction": self.val_fraction, "eval_every": self.eval_every,
+                "explore_starts": self.explore_starts, "train_budget": self.train_budget, "first_low": self.first_low,
+                "held_out_streams": self.held_out_streams, "prior": self.prior}
 
     def report(self) -> dict[str, Any]:
         return {"selected_step": self.selected_step, "prior": self.prior, "held_out_score": self.best_score,
@@ -243,7 +249,7 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
     def _fit(self, table: OutcomeTable, *, seed: int) -> "AnytimeStageReinforcePolicy":
         super().fit(table, seed=seed)
         t0 = time.perf_counter()
-        val_rows, fit_rows = split_rows(table.num_samples, self.val_fraction, seed, who=self.name)
+        val_rows, fit_rows = self.split(table.num_samples, seed)
         fit_tab, val_tab = table.subset(fit_rows), table.subset(val_rows)
         at_fit, at_val = AnytimeTable.from_table(fit_tab), AnytimeTable.from_table(val_tab)
         self.tree = StageTree(at_fit, fit_tab, first_pool=self.first_pool, ext_pool=self.ext_pool,
@@ -267,7 +273,7 @@ class AnytimeStageReinforcePolicy(AnytimePolicy):
             self._train_step(fit_tab, at_fit, it)
             if it % self.eval_every == 0 or it == self.iterations:
                 score = self._held_out(val_tab, at_val, step=it)
-                if score > self.best_score:
+                if self.keeps(score, self.best_score, step=it):
                     self.best_score, self.selected_step = score, it
                     best = (copy.deepcopy(self.net.state_dict()), self.lam.copy())
         self.net.load_state_dict(best[0])

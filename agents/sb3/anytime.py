@@ -32,8 +32,7 @@ from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import AnytimePolicy
 from agents.evaluation.anytime_harness import serve_requests
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.learners.anytime_policy import single_thread
-from agents.learners.base import split_rows
+from agents.learners.base import single_thread, split_rows
 
 __all__ = ["AnytimeSB3Policy", "AnytimePPOPolicy", "AnytimeA2CPolicy", "AnytimeMaskablePPOPolicy", "ANYTIME_ALGOS"]
 

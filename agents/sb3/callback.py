@@ -58,7 +58,8 @@ class SelectionCallback(BaseCallback):
         for k, v in (("val_score", scores.score), ("mean_cost", np.mean(scores.mean_cost)),
                      ("overrun_rate", np.mean(scores.overrun_rate)), ("plan_entropy", np.mean(scores.plan_entropy))):
             self.logger.record(f"adainf/{k}", float(v))
-        self.history.append({"timesteps": float(self.num_timesteps), "val_score": scores.score})
+        self.history.append({"timesteps": float(self.num_timesteps), "val_score": scores.score,
+                             "mean_cost": float(np.mean(scores.mean_cost))})
         # a candidate once the parameters have had an update (PPO/A2C train after the rollout that triggers this;
         # DQN only after ``learning_starts``)
         step = int(self.num_timesteps) if int(getattr(self.model, "_n_updates", 1)) > 0 else 0
@@ -96,7 +97,9 @@ class SelectionCallback(BaseCallback):
         """Checkpoint (if asked) + user callback. On-policy algorithms call this at the next rollout start, when
         the evaluated rollout has been trained on and the rollout buffer holds nothing still needed."""
         if self.checkpoint is not None:
-            self._save(resumable=self.on_rollouts)
+            # a scheduler whose algorithm's training state agents.sb3.resume does not capture (the generic SB3
+            # algorithms) saves parameters only, as DQN does
+            self._save(resumable=self.on_rollouts and getattr(self.sched, "resumable_training", True))
         if self.user_callback is not None:
             self.user_callback(int(self.num_timesteps), dict(self.history[-1]))
 

@@ -120,9 +120,7 @@ class SB3Scheduler(LearnerBase):
                  restrict_to_budget: bool = True, algo_kwargs: dict[str, Any] | None = None,
                  tensorboard_log: str | None = None, checkpoint_dir: str | None = None,
                  prior: bool | None = None, prior_scale: float = 3.0, progress: bool = False) -> None:
-        if algo not in ALGOS:
-            raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
-        d = DEFAULTS[algo]
+        d = self._defaults(algo)
         self.algo = algo
         self.name = algo  # results name = algorithm name (instance attribute shadows the class default)
         self.total_timesteps = int(total_timesteps if total_timesteps is not None else d["total_timesteps"])
@@ -148,7 +146,7 @@ class SB3Scheduler(LearnerBase):
         self.progress = bool(progress)
         if not (math.isfinite(prior_scale) and prior_scale > 0):
             raise ConfigError(f"prior_scale must be a finite number > 0, got {prior_scale}")
-        self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=algo != "dqn", who=algo)
+        self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=self._prior_supported(), who=algo)
         self.prior_scale = float(prior_scale)
         self.policy: Any = None
         self.candidates: np.ndarray | None = None
@@ -161,6 +159,26 @@ class SB3Scheduler(LearnerBase):
                 "val_fraction": self.val_fraction, "eval_every": self.eval_every,
                 "restrict_to_budget": self.restrict_to_budget, "algo_kwargs": self.algo_kwargs,
                 "prior": self.prior, "prior_scale": self.prior_scale}
+
+    # ----------------------------------------------------------------- the algorithm (hooks of agents.sb3.generic)
+    def _defaults(self, algo: str) -> dict[str, Any]:
+        """The per-algorithm defaults (:data:`DEFAULTS`); ConfigError for an unknown ``algo``."""
+        if algo not in ALGOS:
+            raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
+        return DEFAULTS[algo]
+
+    def _prior_supported(self) -> bool:
+        return self.algo != "dqn"
+
+    def _sb3_class(self) -> type:
+        return _algo_class(self.algo)
+
+    def _policy_arg(self) -> Any:
+        return policy_class(self.algo)
+
+    def _on_rollouts(self) -> bool:
+        """Evaluate every ``eval_every`` rollouts (on-policy) rather than every ~1/10 of the run's env steps."""
+        return self.algo != "dqn"
 
     # ----------------------------------------------------------------- policy construction
     def _policy_kwargs(self) -> dict[str, Any]:
@@ -224,15 +242,15 @@ class SB3Scheduler(LearnerBase):
         another run is refused. ``callback(num_timesteps, metrics)`` runs after each evaluation's checkpoint."""
         val_rows, fit_rows = self._setup(table, seed, cost_unit)
         env = self.make_env(table.subset(fit_rows), seed, cost_unit)
-        model = _algo_class(self.algo)(
-            policy_class(self.algo), env, learning_rate=self.learning_rate, seed=int(seed), device="cpu", verbose=0,
+        model = self._sb3_class()(
+            self._policy_arg(), env, learning_rate=self.learning_rate, seed=int(seed), device="cpu", verbose=0,
             policy_kwargs=self._policy_kwargs(), tensorboard_log=self.tensorboard_log, **dict(self.algo_kwargs))
         self.policy = model.policy
         ckpt = self.checkpoint_path(checkpoint_dir if checkpoint_dir is not None else self.checkpoint_dir)
         ident = self.run_identity(table, seed, cost_unit)
         cb = SelectionCallback(self, table, val_rows if val_rows.size else fit_rows, self.eval_every, ckpt,
-                               on_rollouts=self.algo != "dqn", ident=ident, user_callback=callback)
-        if self.algo == "dqn":
+                               on_rollouts=self._on_rollouts(), ident=ident, user_callback=callback)
+        if not self._on_rollouts():
             cb.every = max(1, self.total_timesteps // (self.n_envs * 10))  # ~10 evaluations per run
         remaining = self._resume(self.open_checkpoint(ckpt, ident), ckpt, model, cb)
         threads = torch.get_num_threads()
