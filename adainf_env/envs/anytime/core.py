@@ -249,7 +249,8 @@ class AnytimeTable:
 
     def read_table(self, idx: np.ndarray, rows: np.ndarray, plans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Reader over the table: (prediction, confidence) of plan ``plans`` on table rows ``rows``."""
-        return self.pred[rows, plans], self.conf[rows, plans]
+        flat = rows * self.pred.shape[1] + plans  # flat gathers: faster than 2-D fancy indexing
+        return self.pred.reshape(-1).take(flat), self.conf.reshape(-1).take(flat)
 
 
 # A reader maps (batch indices, table rows, plan indices) → (predicted class [k], confidence [k]).
@@ -623,12 +624,14 @@ class AnytimeConfig:
     # ------------------------------------------------------------------ observations
     @functools.cached_property
     def _obs_tables(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """float32 per kernel state ``s``: [cost of answering now, cost of RUN then answering (0 at the end)] and
+        """float32 per kernel state ``s``: [0, cost of answering now, cost of RUN then answering (0 at the end)] and
         the one-hot of the position; per plan code its decision bits (None above 12 blocks: computed per step)."""
         kt, b = self.table.kernel, self.table.num_blocks
         s = np.arange(2 * (b + 1))
         pos = s // 2
-        costs = np.stack([kt.read_cost, np.where(pos < b, kt.run_cost, 0.0)], axis=1).astype(np.float32)
+        # column 0 (spent so far) is the slot's own; 2-D tables are gathered with take (fancy indexing is slower)
+        costs = np.stack([np.zeros(len(s)), kt.read_cost, np.where(pos < b, kt.run_cost, 0.0)], axis=1).astype(
+            np.float32)
         onehot = np.zeros((len(s), b + 1), dtype=np.float32)
         onehot[s, np.minimum(pos, b)] = 1.0
         bits = None
@@ -649,9 +652,8 @@ class AnytimeConfig:
         n = len(row)
         cost_tab, onehot, bits = self._obs_tables
         s = pos * 2 + fresh
-        c = np.empty((n, 3), dtype=np.float32)
+        c = cost_tab.take(s, axis=0)
         c[:, 0] = spent
-        c[:, 1:] = cost_tab[s]
         r = np.empty((n, len(READOUT)), dtype=np.float32)
         r[:, 0] = last_conf
         r[:, 1] = prev_conf
@@ -665,9 +667,9 @@ class AnytimeConfig:
         if self.bucket is not None:
             parts["bucket"] = np.asarray(bucket_state, dtype=np.float32)
         parts["costs"] = c
-        parts["position"] = onehot[s]
-        parts["decisions"] = bits[code] if bits is not None else ((code[:, None] >> np.arange(b)) & 1).astype(
-            np.float32)
+        parts["position"] = onehot.take(s, axis=0)
+        parts["decisions"] = bits.take(code, axis=0) if bits is not None else \
+            ((code[:, None] >> np.arange(b)) & 1).astype(np.float32)
         parts["readout"] = r
         if self.menu is not None:
             parts["menu"] = batch.menu_observation(idx)
