@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, RequestBatch
+from adainf_env.envs.anytime.stages import script_costs, top_block  # the env's stage helpers
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
@@ -40,12 +41,6 @@ from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleSchedu
 
 __all__ = ["ScriptedPolicy", "step_toward", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy",
            "HullMixPolicy", "OraclePolicy", "RandomPolicy", "script_costs", "top_block"]
-
-
-def top_block(codes: np.ndarray) -> np.ndarray:
-    """[K] one past the highest executed block of each plan code (0 for plan 0): where a read of it can happen."""
-    c = np.asarray(codes, dtype=np.int64)
-    return np.where(c > 0, np.floor(np.log2(np.maximum(c, 1))).astype(np.int64) + 1, 0)
 
 
 def step_toward(batch: RequestBatch, rows: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,35 +136,6 @@ def _cost_to_read(batch: RequestBatch, idx: np.ndarray, target: np.ndarray) -> n
     c = batch.cost_to_read(t)
     out[idx] = c[idx]
     return out[idx]
-
-
-def script_costs(at: AnytimeTable, scripts: np.ndarray) -> np.ndarray:
-    """[K, S] cumulative cost after reading each stage of each script [K, S] of plan codes (−1 = no stage), run in a
-    :class:`RequestBatch` (so exactly as the env charges): column s is the cost of a request that stops after stage s."""
-    scripts = np.asarray(scripts, dtype=np.int64)
-    k, s_max = scripts.shape
-    batch = RequestBatch(k, at, mask_over_budget=False)
-    batch.start(np.arange(k), np.zeros(k, dtype=np.int64), np.ones(k))
-    out = np.full((k, s_max), np.nan)
-
-    def reader(idx, rows, plans):
-        return np.zeros(len(idx), dtype=np.int64), np.zeros(len(idx))
-
-    for s in range(s_max):
-        tgt = scripts[:, s]
-        has = tgt >= 0
-        while True:
-            hi = top_block(np.maximum(tgt, 0))
-            need = has & batch.active & (batch.pos < hi)
-            if not need.any():
-                break
-            bit = (np.maximum(tgt, 0) >> np.minimum(batch.pos, 62)) & 1
-            batch.step(np.where(bit == 1, RUN, SKIP), reader, only=need)
-        rd = has & batch.active & batch.fresh
-        if rd.any():
-            batch.step(np.full(k, READ), reader, only=rd)
-        out[has, s] = batch.spent[has]
-    return out
 
 
 def _extensions(codes: np.ndarray, a: int) -> np.ndarray:

@@ -48,11 +48,12 @@ import torch
 from torch import nn
 
 from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
-from adainf_env.feasibility import COST_TOL, pareto_frontier
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
-from agents.baselines.anytime_policies import script_costs, step_toward, top_block
+from adainf_env.feasibility import COST_TOL
+from adainf_env.tables.outcomes import OutcomeTable
+from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.base import AnytimeLearner, held_out_stream_accuracy, single_thread
 
@@ -71,75 +72,6 @@ _BUCKET_CAP = 1.0  # the evaluation harness's bucket cap and stream length
 _HORIZON = 200
 _LAM_MAX = 20.0  # a unit of the full model is never worth more than this many correct answers
 _SETTINGS = 2  # 0: hard per-request budget (bandit), 1: shared token bucket (stream)
-
-
-def _spread(codes: np.ndarray, pool: int) -> np.ndarray:
-    """At most ``pool`` of ``codes`` (sorted by cost already), evenly spaced, ends kept."""
-    if len(codes) <= pool:
-        return codes
-    return codes[np.unique(np.linspace(0, len(codes) - 1, pool).round().astype(int))]
-
-
-class StageTree:
-    """Nodes: 0 = a request's start; every other node = "the plan ``code[s]`` was just read" on one path of stages.
-
-    ``child[s, k]`` (k < K) is the node of action k + 1 (−1: none); ``cum[s]`` is the exact cost of a request that
-    stops at s (kernel-charged, with reuse), so a child's incremental cost is ``cum[child] − cum[s]``.
-    """
-
-    def __init__(self, at: AnytimeTable, table: OutcomeTable, *, first_pool: int, ext_pool: int,
-                 max_stages: int) -> None:
-        codes = codes_from_masks(table.plan_masks)
-        cost, acc = table.plan_cost(), table.accuracy_by_plan()
-        by_cost = lambda c: c[np.argsort(cost[at.code_to_plan[c]], kind="stable")]  # noqa: E731
-        first = by_cost(codes[pareto_frontier(cost, acc)])
-        first = _spread(first, first_pool)
-        tops = top_block(codes)
-
-        def extensions(c: int) -> np.ndarray:
-            hi = int(top_block(np.array([c]))[0])
-            e = codes[((codes & ((1 << hi) - 1)) == c) & (codes != c) & (tops > hi)]
-            if e.size == 0:
-                return e
-            p = at.code_to_plan[e]
-            return _spread(by_cost(e[pareto_frontier(cost[p], acc[p])]), ext_pool)
-
-        node_code, depth, parent, kids = [0], [0], [-1], [list(first)]
-        paths: list[list[int]] = [[]]
-        frontier = []
-        for a in first:
-            frontier.append((0, int(a)))
-        while frontier:
-            par, c = frontier.pop(0)
-            s = len(node_code)
-            node_code.append(c)
-            depth.append(depth[par] + 1)
-            parent.append(par)
-            paths.append(paths[par] + [c])
-            nxt = list(extensions(c)) if depth[-1] < max_stages else []
-            kids.append(nxt)
-            frontier.extend((s, int(x)) for x in nxt)
-        n = len(node_code)
-        self.num_actions = 1 + max(len(k) for k in kids)
-        self.code = np.array(node_code, dtype=np.int64)
-        self.depth = np.array(depth, dtype=np.int64)
-        self.child = np.full((n, self.num_actions - 1), -1, dtype=np.int64)
-        # children were appended breadth-first in kids order: recover their node ids from (parent, code)
-        index = {(p, c): i for i, (p, c) in enumerate(zip(parent, node_code)) if i > 0}
-        for s, ks in enumerate(kids):
-            for k, c in enumerate(ks):
-                self.child[s, k] = index[(s, int(c))]
-        script = np.full((n, max_stages), -1, dtype=np.int64)
-        for s, p in enumerate(paths):
-            script[s, : len(p)] = p
-        cum = np.full(n, at.costs.stem)
-        if n > 1:
-            sc = script_costs(at, script[1:])
-            cum[1:] = sc[np.arange(n - 1), self.depth[1:] - 1]
-        self.cum = cum
-        self.inc = np.where(self.child >= 0, cum[np.maximum(self.child, 0)] - cum[:, None], np.inf)
-        self.num_nodes = n
-        self.first = first
 
 
 class StageLogits(nn.Module):
