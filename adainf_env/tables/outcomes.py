@@ -115,7 +115,8 @@ class OutcomeTable:
 
     @property
     def num_classes(self) -> int:
-        return int(self.meta.get("num_classes", int(max(self.pred.max(), self.label.max())) + 1))
+        nc = self.meta.get("num_classes")  # absent or null: the largest class index seen + 1
+        return int(nc) if nc is not None else int(max(self.pred.max(), self.label.max())) + 1
 
     @property
     def full_macs(self) -> int:
