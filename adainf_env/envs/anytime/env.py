@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
-                                     BlockCosts, RequestBatch)
+                                          BlockCosts, OneRequest, RequestBatch)
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
 from adainf_env.envs.anytime.stages import stage_menu
 from adainf_env.costs import count_macs, measure_macs
@@ -20,7 +20,7 @@ from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.live import LiveRunner, LiveSource
 from adainf_env.envs.options import RENDER_MODES, AnytimeOptions
 from adainf_env.tables.outcomes import OutcomeTable
-from adainf_env.envs.reward import overrun_paid
+from adainf_env.envs.reward import overrun_paid, step_reward
 
 __all__ = ["AnytimeEnv", "AnytimeLiveRunner", "LiveSource", "ActionError", "RUN", "SKIP", "READ", "STOP"]
 
@@ -202,6 +202,9 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         self.mode = opts.mode
         self._n = self.cfg.num_samples
         self._batch = self.cfg.new_batch(1)
+        # the fast path (block actions on a table): the request as Python scalars, the batch only written on demand
+        self._one = OneRequest(at, mask_over_budget=opts.mask_over_budget) \
+            if live is None and self.cfg.menu is None else None
         self._zero = np.zeros(1, dtype=np.int64)
         self._draws = RequestDraws(self._n)
         self._started = False
@@ -216,6 +219,8 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
     @property
     def state(self) -> RequestBatch:
         """The request in flight (a :class:`~adainf_env.envs.anytime.core.RequestBatch` of one slot; read-only use)."""
+        if self._one is not None:
+            self._one.write_to(self._batch)
         return self._batch
 
     # ------------------------------------------------------------------ randomness (same protocol as AdaInfEnv)
@@ -242,7 +247,8 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         self._started = True
         self._done = False
         self._last = None
-        return self._observe(), {"sample": s, "budget": float(self._batch.budget[0])}
+        budget = self._one.budget if self._one is not None else float(self._batch.budget[0])
+        return self._observe(), {"sample": s, "budget": budget}
 
     def _begin(self, s: int) -> None:
         """Start request ``s`` with the current process budget (through the bucket if any)."""
@@ -253,6 +259,9 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             self._refill = float(self._proc_b[0]) if bucket.rate is None else float(bucket.rate)
             self._level = bucket.refill(self._level, self._proc_b)
             budget = float(bucket.available(self._level)[0])
+        if self._one is not None:
+            self._one.start(s, budget)
+            return
         self._batch.start(self._zero, np.array([s]), np.array([budget]))
         if self._live is not None:
             self._live.begin(s)
@@ -261,7 +270,11 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         bs = None
         if self.cfg.bucket is not None:
             T = self.cfg.episode_length
+            if self._one is not None:
+                return self.cfg.observe_one(self._one, (self._level[0], self._refill, (T - self._t) / T))
             bs = np.array([[self._level[0], self._refill, (T - self._t) / T]])
+        elif self._one is not None:
+            return self.cfg.observe_one(self._one, None)
         obs = self.cfg.observe(self._batch, bs)
         if self.cfg.obs_format == "dict":
             return {k: v[0] for k, v in obs.items()}
@@ -271,12 +284,16 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         """Valid actions now (bool [4]: run, skip, read, stop; stage mode: [1 + K], stop and the menu entries)."""
         if not self._started or self._done:
             raise AdaInfError("action_masks() needs a request in flight; call reset() first")
+        if self._one is not None:
+            return np.array(self._one.masks())
         return self._batch.masks()[0]
 
     def step(self, action):
         if self._done:
             raise AdaInfError("step() called " + ("before reset()" if not self._started else
                                                   "after the episode ended") + "; call reset() first")
+        if self._one is not None:
+            return self._step_one(action)
         batch = self._batch
         a = _action_index(action, self.cfg.invalid_action == "raise", self.cfg.action_names)
         replaced = False
@@ -326,24 +343,67 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         if self.render_mode is not None:
             self._last = step_record(batch, 0, action=self.cfg.action_names[a], position=pos0, cost=total - spent0, reward=float(rew[0]),
                                      correct=bool(correct[0]) if ended else None)
-        terminated = False
         if ended:
-            if self.mode == "bandit":
-                terminated = True
-            else:
-                if self.cfg.bucket is not None:
-                    self._level = self.cfg.bucket.spend(self._level, np.array([total]))
-                self._t += 1
-                if self._t >= self.cfg.episode_length:
-                    terminated = True
-                else:
-                    s2, u = self._draw()
-                    if self._pin_b is None:
-                        self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, np.array([u]))
-                    self._begin(s2)
-        if terminated:
+            self._end_request(total)
+        return self._observe(), float(rew[0]), self._done, False, info
+
+    def _step_one(self, action: Any):
+        """:meth:`step` on the fast path (block actions on a table; the same numbers as the batch path, tested)."""
+        one, c = self._one, self.cfg
+        a = action if type(action) is int and 0 <= action < NUM_ACTIONS else \
+            _action_index(action, c.invalid_action == "raise")
+        replaced = False
+        if not one.valid(a):
+            if c.invalid_action == "raise":
+                self.state.step(np.array([a]), c.table.read_table)  # raises the ActionError with the full message
+            a, replaced = (SKIP if a == RUN else STOP), True  # RequestBatch.substitute_invalid's rule
+        pos0, spent0 = one.pos, one.spent
+        cost, ended, reading = one.step(a)
+        s, plan, total, budget = one.row, one.answer, one.spent, one.budget
+        # the reward (AnytimeConfig.rewards for one request, on Python floats)
+        over = overrun_paid(total, budget)
+        correct = ended and bool(c.table.correct.item(s, plan))
+        ce = (c.table.loss.item(s, plan) if ended else 0.0) if c.reward == "neg_ce" else None
+        kw = dict(reward=c.reward, penalty=c.penalty, lam=c.lam, hard_penalty=c.hard_penalty)
+        if c.penalty == "hard":
+            rew = step_reward(correct, ce, over, **kw) if ended else 0.0
+        else:
+            rew = step_reward(correct, ce, over - one.charged, **kw)
+        one.charged = over
+        reported = cost + one.unreported
+        one.unreported = 0.0
+        info: dict[str, Any] = {"cost": reported, "total_cost": total, "budget": budget,
+                                "overrun": over, "sample": s, "action": ACTION_NAMES[a],
+                                "position": pos0, "read": reading, "request_done": ended, "invalid_action": replaced}
+        if reading:
+            info["read_plan"] = plan
+            info["read_pred"] = one.last_pred
+            info["read_conf"] = one.last_conf
+        if ended:
+            info.update(plan=plan, pred=one.last_pred, correct=correct, num_reads=one.reads)
+        if self.render_mode is not None:
+            self._last = step_record(self.state, 0, action=ACTION_NAMES[a], position=pos0, cost=total - spent0,
+                                     reward=float(rew), correct=correct if ended else None)
+        if ended:
+            self._end_request(total)
+        return self._observe(), float(rew), self._done, False, info
+
+    def _end_request(self, total: float) -> None:
+        """The request ended having paid ``total``: the episode ends (bandit, or the stream's last request), or the
+        bucket pays and the stream's next request starts."""
+        if self.mode == "bandit":
             self._done = True
-        return self._observe(), float(rew[0]), terminated, False, info
+            return
+        if self.cfg.bucket is not None:
+            self._level = self.cfg.bucket.spend(self._level, np.array([total]))
+        self._t += 1
+        if self._t >= self.cfg.episode_length:
+            self._done = True
+            return
+        s2, u = self._draw()
+        if self._pin_b is None:
+            self._proc_b = self.cfg.process.next(self._t, self._proc_b, self._aux, np.array([u]))
+        self._begin(s2)
 
     def render(self):
         """``"rgb_array"``: a uint8 [H, W, 3] frame of the last step (:func:`adainf_env.envs.render.render_frame`: the
@@ -353,7 +413,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             return None
         rec = self._last
         if rec is None:
-            rec = pending_record(self._batch, 0) if self._started else None
+            rec = pending_record(self.state, 0) if self._started else None
         return render_anytime(self.render_mode, rec, self._plan_masks)
 
     def close(self) -> None:
