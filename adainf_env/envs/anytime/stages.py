@@ -229,7 +229,7 @@ class StageBatch:
     through, so code that observes or rewards a :class:`RequestBatch` works on it unchanged.
     """
 
-    _OWN = frozenset({"blocks", "tree", "node", "trace", "n", "_tail"})
+    _OWN = frozenset({"blocks", "tree", "node", "trace", "n", "_menu_table"})
 
     def __init__(self, n: int, table: AnytimeTable, tree: StageTree, *, mask_over_budget: bool = True) -> None:
         tree.check_fits(table)
@@ -239,7 +239,11 @@ class StageBatch:
         self.node = np.zeros(self.n, dtype=np.int64)
         # the block actions of the last step: (actions [N], acting [N]) per block step
         self.trace: list[tuple[np.ndarray, np.ndarray]] = []
-        self._tail = np.arange(1, tree.num_actions)  # stage actions of the menu entries
+        # per node, float32: each entry's cost from there and its plan's accuracy (both 0 where absent)
+        present = tree.child >= 0
+        self._menu_table = np.concatenate([np.where(present, tree.inc, 0.0),
+                                           np.where(present, tree.acc[np.maximum(tree.child, 0)], 0.0)],
+                                          axis=1).astype(np.float32)
 
     def __getattr__(self, name: str) -> Any:
         if name in StageBatch._OWN:  # not set yet (during __init__)
@@ -266,20 +270,27 @@ class StageBatch:
     def stage_costs(self) -> np.ndarray:
         """[N, K] exact cost of each menu entry from each slot's state (reaching its plan and reading it; inf where
         absent)."""
-        return self.tree.inc[self.node]
+        return self.tree.inc.take(self.node, axis=0)
+
+    def _entries_ok(self, idx: np.ndarray | None) -> np.ndarray:
+        """[N, K] (or [k, K] of the slots ``idx``) bool: the menu entries that are valid actions now."""
+        b = self.blocks
+        node, spent, budget, active = self.node, b.spent, b.budget, b.active
+        if idx is not None:
+            node, spent, budget, active = node[idx], spent[idx], budget[idx], active[idx]
+        inc = self.tree.inc.take(node, axis=0)
+        if b.mask_over_budget:
+            ok = spent[:, None] + inc <= budget[:, None] + COST_TOL  # inf (absent) never fits
+        else:
+            ok = np.isfinite(inc)
+        return ok & active[:, None]
 
     def masks(self) -> np.ndarray:
         """[N, 1 + K] valid stage actions of each slot (rows of inactive slots are all False): STOP always; entry k
         where the node has a k-th child and, with ``mask_over_budget``, it fits what is left of the budget."""
-        b = self.blocks
-        inc = self.stage_costs()
-        entry = np.isfinite(inc)
-        if b.mask_over_budget:
-            entry &= b.spent[:, None] + inc <= b.budget[:, None] + COST_TOL
         m = np.empty((self.n, self.tree.num_actions), dtype=bool)
-        m[:, STAGE_STOP] = True
-        m[:, 1:] = entry
-        m &= b.active[:, None]
+        m[:, STAGE_STOP] = self.blocks.active
+        m[:, 1:] = self._entries_ok(None)
         return m
 
     def menu_observation(self, idx: np.ndarray | None = None) -> np.ndarray:
@@ -287,12 +298,9 @@ class StageBatch:
         plan's accuracy on the menu's table (0 where absent), and 1 where it is a valid action now."""
         k = self.tree.num_actions - 1
         node = self.node if idx is None else self.node[idx]
-        inc = self.tree.inc[node]
-        present = np.isfinite(inc)
         out = np.empty((len(node), 3 * k), dtype=np.float32)
-        out[:, :k] = np.where(present, inc, 0.0)
-        out[:, k:2 * k] = np.where(present, self.tree.acc[np.maximum(self.tree.child[node], 0)], 0.0)
-        out[:, 2 * k:] = self.masks()[:, 1:] if idx is None else self.masks()[idx, 1:]
+        out[:, :2 * k] = self._menu_table.take(node, axis=0)
+        out[:, 2 * k:] = self._entries_ok(idx)
         return out
 
     def substitute_invalid(self, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
