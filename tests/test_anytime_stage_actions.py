@@ -326,3 +326,19 @@ def test_maskable_ppo_learns_stage_actions():
 
     learned, rand = accuracy(model), accuracy(None)
     assert learned > rand + 0.1, (learned, rand)
+
+
+def test_render_names_stage_actions(toy):
+    env = AnytimeEnv(toy, action_mode="stage", budget="fixed:0.6", render_mode="ansi")
+    env.reset(seed=0)
+    env.step(1)
+    assert "stage_1" in env.render()
+    env = AnytimeEnv(toy, action_mode="stage", budget="fixed:0.6", render_mode="rgb_array")
+    env.reset(seed=0)
+    env.step(STAGE_STOP)
+    frame = env.render()
+    assert frame.dtype == np.uint8 and frame.ndim == 3
+    venv = AnytimeVecEnv(toy, 2, action_mode="stage", budget="fixed:0.6", render_mode="ansi")
+    venv.reset()
+    venv.step(np.array([STAGE_STOP, 1]))
+    assert " stop " in venv.render_one(0) and " stage_1 " in venv.render_one(1)
