@@ -8,7 +8,8 @@ algorithm hyperparameters, which SB3 takes as a nested ``algo_kwargs`` mapping w
 go through the documented escape hatch ``--scheduler.extra '{"algo_kwargs": {"ent_coef": 0.01}}'`` (a JSON object of
 keyword arguments, checked against the scheduler's constructor the same way).
 
-Scheduler names on the command line (:data:`SchedulerName`, :data:`AnytimeSchedulerName`) are strings: a registered
+Scheduler names on the command line (:data:`SchedulerName`, :data:`AnytimeSchedulerName`, and the tuples
+:data:`SchedulerNames`, :data:`AnytimeSchedulerNames`) are strings: a registered
 name, a stable-baselines3 / sb3-contrib algorithm (``TRPO``) or ``package.module:ClassName``
 (:func:`agents.registry.resolve`). Each script's config checks them against the registry before any work
 (:func:`agents.registry.check_names`: one ``error:`` line, exit status 2), and ``--help`` shows the names the registry
@@ -27,7 +28,8 @@ import tyro
 from adainf_env.errors import ConfigError
 from agents.registry import known_schedulers, scheduler_class
 
-__all__ = ["SchedulerName", "AnytimeSchedulerName", "SchedulerOptions", "accepts"]
+__all__ = ["SchedulerName", "AnytimeSchedulerName", "SchedulerNames", "AnytimeSchedulerNames", "SchedulerOptions",
+           "accepts"]
 
 
 def _metavar(env: str) -> str:
@@ -37,8 +39,12 @@ def _metavar(env: str) -> str:
 
 #: A plan-env scheduler name (``--algo``, ``--schedulers``): ``--help`` shows the registry's names.
 SchedulerName = Annotated[str, tyro.conf.arg(metavar=_metavar("plan"))]
-#: An anytime-env policy name (``--anytime-schedulers``).
+#: An anytime-env policy name.
 AnytimeSchedulerName = Annotated[str, tyro.conf.arg(metavar=_metavar("anytime"))]
+#: Several plan-env scheduler names (``--schedulers a b …``; the metavar is the whole option's).
+SchedulerNames = Annotated[tuple[str, ...], tyro.conf.arg(metavar=_metavar("plan") + " …")]
+#: Several anytime-env policy names (``--anytime-schedulers a b …``).
+AnytimeSchedulerNames = Annotated[tuple[str, ...], tyro.conf.arg(metavar=_metavar("anytime") + " …")]
 
 
 def accepts(cls: type, name: str) -> bool:

@@ -51,7 +51,7 @@ from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import check_seed, show_progress
 from adainf_lab.distributed import DistEnv, run_jobs
 from adainf_lab.rundir import check_run_flags, open_run_dir
-from adainf_lab.scheduler_options import AnytimeSchedulerName, SchedulerName
+from adainf_lab.scheduler_options import AnytimeSchedulerNames, SchedulerNames
 from adainf_lab.tables import load_split_tables, resolve_table_dir
 from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
 from agents.evaluation.comparison import JobResult, JobStore, comparison_jobs, run_comparison_jobs, save_fitted
@@ -77,9 +77,9 @@ class CompareConfig:
     runs_root: Path = dataclasses.field(default=Path("runs"), metadata={"help": "parent of new run directories"})
     seeds: int = dataclasses.field(default=3, metadata={"help": "number of seeds (seed-offset … seed-offset+seeds−1)"})
     seed_offset: int = dataclasses.field(default=0, metadata={"help": "first seed"})
-    schedulers: tuple[SchedulerName, ...] = dataclasses.field(
+    schedulers: SchedulerNames = dataclasses.field(
         default=(), metadata={"help": "plan-env schedulers to compare (default: every importable one)"})
-    anytime_schedulers: tuple[AnytimeSchedulerName, ...] = dataclasses.field(
+    anytime_schedulers: AnytimeSchedulerNames = dataclasses.field(
         default=(), metadata={"help": "anytime-env schedulers to compare (default: every importable one, when the "
                                       "tables carry per-block costs)"})
     anytime: bool = dataclasses.field(default=True, metadata={"help": "compare anytime-env schedulers too"})
@@ -120,6 +120,8 @@ class CompareConfig:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
         if self.anytime_schedulers and not self.anytime:
             raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
+        self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
+        self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
         self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
         self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
         make_budget_process(self.behaviour_budget)

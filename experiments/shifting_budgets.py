@@ -28,7 +28,7 @@ from adainf_env.fileio import atomic_write, atomic_write_json
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import PipelineConfig, show_progress
 from adainf_lab.pipeline import PreparedRun, fit_scheduler, prepare_run
-from adainf_lab.scheduler_options import SchedulerName
+from adainf_lab.scheduler_options import SchedulerName, SchedulerNames
 from agents.evaluation.report import summarize, write_results, write_tensorboard
 from agents.evaluation.traces import DEFAULT_PROCESSES, plot_stream_traces, run_stream_traces, synthetic_trace
 from agents.registry import check_names, make_scheduler
@@ -45,7 +45,7 @@ class ShiftingBudgetsConfig(PipelineConfig):
     accuracy."""
 
     algo: SchedulerName = dataclasses.field(default="hinge", metadata={"help": "learned scheduler to follow the budgets"})
-    references: tuple[SchedulerName, ...] = dataclasses.field(default=("lut", "hull_mix", "oracle"),
+    references: SchedulerNames = dataclasses.field(default=("lut", "hull_mix", "oracle"),
                                                               metadata={"help": "reference schedulers (oracle is a bound)"})
     processes: tuple[Process, ...] = dataclasses.field(default=("random_walk", "step", "periodic", "trace"),
                                                        metadata={"help": "budget processes"})
