@@ -186,3 +186,42 @@ def test_bootstrap_ci_is_seeded_and_brackets_the_mean():
     assert bootstrap_ci([0.5]) == (0.5, 0.5)
     with pytest.raises(ValueError):
         bootstrap_ci([])
+
+
+def test_one_colour_per_scheduler_name_and_overruns_marked(tmp_path):
+    """A scheduler keeps its colour whatever else is drawn (one map keyed by name), different names in one figure get
+    different colours, and a scheduler over its budget is labelled so in every figure (here the process bars)."""
+    from agents.evaluation.report import overrun_label, plot_summary, scheduler_color, scheduler_style, summarize
+    from agents.registry import known_schedulers
+
+    a = scheduler_style(["lut", "oracle"])
+    b = scheduler_style(["oracle", "hinge", "hull_mix", "lut", "my.module:Mine"])
+    assert a["lut"] == b["lut"] and a["oracle"] == b["oracle"] and a["lut"]["color"] == scheduler_color("lut")
+    builtin = known_schedulers("plan")
+    assert len({scheduler_color(n) for n in builtin}) == len(builtin)
+    assert scheduler_color("my.module:Mine") == scheduler_color("my.module:Mine")
+    assert overrun_label("hull_mix", 0.27) == "hull_mix [overruns 27 %]" and overrun_label("lut", 0.0) == "lut"
+
+    base = {"setting": "stream", "seed": 0, "budget": 0.5, "mean_cost": 0.5, "process_spec": "step"}
+    recs = [{**base, "scheduler": "lut", "variant": "step", "accuracy": 0.6, "overrun_rate": 0.0},
+            {**base, "scheduler": "hull_mix", "variant": "step", "accuracy": 0.7, "overrun_rate": 0.4}]
+    import matplotlib.pyplot as plt
+
+    texts: list[str] = []
+    real = plt.Axes.text
+    try:
+        plt.Axes.text = lambda self, x, y, s, **kw: texts.append(s) or real(self, x, y, s, **kw)
+        plot_summary(summarize(recs), tmp_path)
+    finally:
+        plt.Axes.text = real
+    assert "cost 0.50 [overruns 40 %]" in texts and "cost 0.50" in texts
+
+
+def test_summary_tables_show_no_spread_for_one_seed(toy):
+    calib, test = toy
+    lut = make_scheduler("lut").fit(calib, seed=0)
+    one = markdown_tables(summarize(evaluate_bandit(lut, test, [0.3, 0.7], seed=0)))
+    two = markdown_tables(summarize(evaluate_bandit(lut, test, [0.3, 0.7], seed=0)
+                                    + evaluate_bandit(lut, test, [0.3, 0.7], seed=1)))
+    assert "±" not in one and "one seed" in one
+    assert "±0.00" in two and "mean±std over seeds" in two

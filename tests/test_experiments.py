@@ -122,6 +122,8 @@ def test_shifting_budgets(toy_table_dir, tmp_path):
                            "--num-streams", "3", "--window", "10", "--no-progress"])
     records = check_run_dir(out, schedulers={"hinge", "lut", "hull_mix", "oracle"}, setting="stream")
     assert {r["variant"] for r in records} == {"random_walk", "step", "periodic", "trace"}
+    assert not (out / "aiq.json").exists()  # one operating point per process: no AIQ, no empty file
+    assert "±" not in (out / "summary.md").read_text() and "one seed" in (out / "summary.md").read_text()
     assert all(r["num_requests"] == 180 for r in records)
     assert (out / "stream_traces.png").is_file() and (out / "synthetic_trace.csv").is_file()
     traces = np.load(out / "traces.npz", allow_pickle=False)
