@@ -1,7 +1,8 @@
 """The vectorised anytime env reproduces the slow reference (tests/_anytime_reference.py, the implementation before
 issue #19) to the last bit: observations, rewards, dones, action masks and infos of the single env, the SB3 vec env
 and the Gymnasium vector env, over more than 10,000 random episodes (bandit, stream, token bucket; masked random
-actions, and unmasked ones through the invalid-action fallback)."""
+actions, and unmasked ones through the invalid-action fallback); and stage actions (issue #20) executed on the new
+kernel and on the reference kernel, over more than 16,000 random stage episodes."""
 
 from __future__ import annotations
 
@@ -119,3 +120,44 @@ def test_single_env_equals_reference(tables, name, kw, masked):
                 same(new.step(a), out, f"step ep={ep} a={a}")
                 done = out[2]
 
+
+
+@pytest.mark.parametrize("mask_over_budget", [True, False])
+def test_stage_actions_on_the_new_kernel_equal_the_reference_kernel(tables, mask_over_budget):
+    """Stage actions (each a run of RUN/SKIP then READ, :mod:`adainf_env.envs.anytime.stages`) executed on the new
+    kernel and on the reference one: the same costs, ends, reads, masks and request state, over thousands of random
+    stage episodes per table."""
+    from _anytime_reference import RequestBatch as ReferenceBatch
+    from adainf_env.envs.anytime.core import AnytimeTable
+    from adainf_env.envs.anytime.stages import StageBatch, stage_menu
+
+    state = ("row", "budget", "pos", "code", "fresh", "chain", "spent", "reads", "last_conf", "prev_conf",
+             "last_pred", "prev_pred", "answer", "active", "node")
+    for name, table in tables.items():
+        at = AnytimeTable.from_table(table)
+        tree = stage_menu("stage", None, at, table)
+        n = 64
+        new = StageBatch(n, at, tree, mask_over_budget=mask_over_budget)
+        ref = StageBatch(n, at, tree, mask_over_budget=mask_over_budget)
+        object.__setattr__(ref, "blocks", ReferenceBatch(n, at, mask_over_budget=mask_over_budget))
+        rng = np.random.default_rng(2)
+        everyone = np.arange(n)
+        rows, budgets = rng.integers(0, table.num_samples, n), rng.uniform(0.1, 1.0, n)
+        new.start(everyone, rows, budgets)
+        ref.start(everyone, rows, budgets)
+        episodes = 0
+        for t in range(300):
+            masks = ref.masks()
+            same(new.masks(), masks, f"{name} masks t={t}")
+            a = _actions(rng, masks, True)
+            r_new, r_ref = new.step(a, at.read_table), ref.step(a, at.read_table)
+            for k in ("cost", "ended", "read"):
+                same(getattr(r_new, k), getattr(r_ref, k), f"{name} {k} t={t}")
+            for k in state:
+                same(np.asarray(getattr(new, k)), np.asarray(getattr(ref, k)), f"{name} {k} t={t}")
+            done = np.flatnonzero(r_ref.ended)
+            episodes += done.size
+            rows, budgets = rng.integers(0, table.num_samples, done.size), rng.uniform(0.1, 1.0, done.size)
+            new.start(done, rows, budgets)
+            ref.start(done, rows, budgets)
+        assert episodes >= 4000, episodes
