@@ -341,7 +341,8 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
             info.update(plan=plan, pred=int(batch.last_pred[0]), correct=bool(correct[0]),
                         num_reads=int(batch.reads[0]))
         if self.render_mode is not None:
-            self._last = step_record(batch, 0, action=self.cfg.action_names[a], position=pos0, cost=total - spent0, reward=float(rew[0]),
+            self._last = step_record(batch, 0, action=self.cfg.action_names[a], position=pos0, cost=total - spent0,
+                                     reward=float(rew[0]),
                                      correct=bool(correct[0]) if ended else None)
         if ended:
             self._end_request(total)
@@ -424,7 +425,8 @@ def _action_index(action: Any, strict: bool, names: tuple[str, ...] = ACTION_NAM
     """The action as an int; out of range → :class:`ActionError` when ``strict``, else kept (the fallback maps it).
     ``names``: the action names (block actions, or stop and the stage menu's entries)."""
     n = len(names)
-    what = ", ".join(names) if n <= NUM_ACTIONS else f"{names[0]}, {names[1]} … {names[-1]}"
+    what = ", ".join(f"{name}={k}" for k, name in enumerate(names)) if n <= NUM_ACTIONS else \
+        f"{names[0]}=0, {names[1]}=1 … {names[-1]}={n - 1}"
     if isinstance(action, (bool, np.bool_)):
         raise ActionError(f"action must be an integer in [0, {n}) ({what}), got {action!r}")
     try:

@@ -29,7 +29,8 @@ def step_record(batch: RequestBatch, i: int, *, action: int | str, position: int
     """What slot ``i`` of ``batch`` looks like right after a step (take it before the slot starts a new request):
     ``action`` (a block action's index, or an action's name) taken at block ``position``, paying ``cost``;
     ``correct`` is None while the request is in flight."""
-    return {**_request(batch, i), "action": action if isinstance(action, str) else ACTION_NAMES[action], "position": int(position), "step_cost": float(cost),
+    name = action if isinstance(action, str) else ACTION_NAMES[action]
+    return {**_request(batch, i), "action": name, "position": int(position), "step_cost": float(cost),
             "reward": float(reward), "correct": correct}
 
 

@@ -225,8 +225,8 @@ class StageBatch:
 
     Same public interface as :class:`RequestBatch` — ``start``, ``masks``, ``substitute_invalid``, ``step`` — with
     stage actions in place of block actions; every other attribute (the state arrays ``row``, ``budget``, ``pos``,
-    ``spent``, ``reads``, ``last_conf`` …, and ``read_cost()``, ``agree()`` …) is the block batch's, read and written
-    through, so code that observes or rewards a :class:`RequestBatch` works on it unchanged.
+    ``spent``, ``reads``, ``last_conf`` …, and ``read_cost()``, ``agree()`` …) is the block batch's, read and
+    written through, so code that observes or rewards a :class:`RequestBatch` works on it unchanged.
     """
 
     _OWN = frozenset({"blocks", "tree", "node", "trace", "n", "_menu_table"})

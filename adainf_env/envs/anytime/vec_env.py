@@ -45,7 +45,8 @@ class AnytimeVecEnv(AnytimeConfigViews, BatchedVecEnv):
     Arguments are those of :class:`~adainf_env.envs.anytime.env.AnytimeEnv` (table mode; no table → the shipped reference
     calibration table) plus ``num_envs``: ``options=AnytimeOptions(...)`` and/or its fields as keywords.
     Seeding follows SB3: ``seed(s)`` → env i is reset with seed ``s + i`` at the next ``reset()``.
-    ``action_masks()`` returns ``[N, 4]`` (``[N, 1 + K]`` with ``action_mode="stage"``); MaskablePPO reaches it through ``env_method("action_masks")``.
+    ``action_masks()`` returns ``[N, 4]`` (``[N, 1 + K]`` with ``action_mode="stage"``); MaskablePPO reaches it
+    through ``env_method("action_masks")``.
     ``render_mode="rgb_array"`` gives one frame per env from ``get_images()`` (SB3's ``VecEnv.render``).
     """
 
