@@ -51,7 +51,7 @@ from agents.base import ANYTIME_PROTOCOL, PLAN_PROTOCOL, AnytimePolicy, Schedule
 __all__ = ["Entry", "REGISTRY", "SCHEDULERS", "BASELINES", "ANYTIME_SCHEDULERS", "ANYTIME_BASELINES", "EnvName",
            "resolve", "register", "scheduler_class", "anytime_policy_class", "scheduler_env", "make_scheduler",
            "make_anytime_policy", "load_scheduler", "available_schedulers", "known_schedulers", "check_names",
-           "names_help", "uses_sb3"]
+           "names_help", "markdown_table", "uses_sb3"]
 
 #: Which registry: ``plan``, ``anytime`` or ``all`` (both).
 EnvName = Literal["plan", "anytime", "all"]
@@ -297,22 +297,25 @@ def scheduler_env(name: str) -> str:
     return resolve(name).env
 
 
+def _class_in(name: str, env: str) -> type:
+    """The class of ``name`` (imported on demand) when it runs in ``env``; :class:`ConfigError` otherwise."""
+    entry = resolve(name)
+    if entry.env != env:
+        kind, known = ("scheduler", SCHEDULERS) if env == "plan" else ("anytime policy", ANYTIME_SCHEDULERS)
+        other = "an anytime-env policy: use make_anytime_policy" if entry.env == "anytime" else \
+            "a plan-env scheduler: use make_scheduler"
+        raise ConfigError(f"unknown {kind} {name!r} ({other}); known: {', '.join(known)}")
+    return _class_of(entry)
+
+
 def scheduler_class(name: str) -> type:
     """The plan-env scheduler class of ``name`` (imported on demand); :class:`ConfigError` otherwise."""
-    entry = resolve(name)
-    if entry.env != "plan":
-        raise ConfigError(f"unknown scheduler {name!r} (an anytime-env policy: use make_anytime_policy); known "
-                          f"schedulers: {', '.join(SCHEDULERS)}")
-    return _class_of(entry)
+    return _class_in(name, "plan")
 
 
 def anytime_policy_class(name: str) -> type:
     """The anytime policy class of ``name`` (imported on demand); :class:`ConfigError` otherwise."""
-    entry = resolve(name)
-    if entry.env != "anytime":
-        raise ConfigError(f"unknown anytime policy {name!r} (a plan-env scheduler: use make_scheduler); known: "
-                          f"{', '.join(ANYTIME_SCHEDULERS)}")
-    return _class_of(entry)
+    return _class_in(name, "anytime")
 
 
 def _construct(entry: Entry, cls: type, kwargs: dict[str, Any], kind: str) -> Any:
@@ -382,6 +385,18 @@ def check_names(names: Any, env: Literal["plan", "anytime"], *, option: str) -> 
                                  else ""))
         out.append(entry.name)
     return tuple(out)
+
+
+def markdown_table() -> str:
+    """The registered names as a markdown table (name, env, kind, class): the list in docs/adding_a_scheduler.md is
+    this text (a test keeps them equal; regenerate with ``python -c "import agents.registry as r;
+    print(r.markdown_table())"``)."""
+    rows = ["| name | env | kind | class |", "| --- | --- | --- | --- |"]
+    for e in REGISTRY.values():
+        kind = "baseline" if e.baseline else f"learner (SB3 {e.sb3})" if e.sb3 else "learner"
+        target = e.target if isinstance(e.target, str) else _spec_of(e.target)
+        rows.append(f"| `{e.name}` | {e.env} | {kind} | `{target}` |")
+    return "\n".join(rows)
 
 
 def names_help(env: Literal["plan", "anytime"]) -> str:

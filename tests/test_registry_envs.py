@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 from typing import get_args
 
 import pytest
@@ -12,7 +13,7 @@ from adainf_env.errors import ConfigError
 from adainf_lab.scheduler_options import AnytimeSchedulerName, SchedulerName
 from agents.registry import (ANYTIME_BASELINES, ANYTIME_SCHEDULERS, BASELINES, REGISTRY, SCHEDULERS,
                              available_schedulers, check_names, known_schedulers, make_anytime_policy,
-                             make_scheduler, names_help, scheduler_env)
+                             make_scheduler, markdown_table, names_help, scheduler_env)
 
 
 def test_one_table_and_its_views():
@@ -41,6 +42,12 @@ def test_cli_help_and_checks_come_from_the_registry():
         check_names(("anytime_lut",), "plan", option="--schedulers")
     with pytest.raises(ConfigError, match="--algo: unknown scheduler 'ppo9'"):
         check_names("ppo9", "plan", option="--algo")
+
+
+def test_docs_list_the_registry():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "adding_a_scheduler.md").read_text()
+    block = doc.split("<!-- registry-table:")[1].split("-->", 1)[1].split("<!-- /registry-table -->")[0]
+    assert block.strip() == markdown_table()
 
 
 def test_wrong_env_and_unknown_names_are_config_errors():
