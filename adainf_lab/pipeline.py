@@ -49,7 +49,7 @@ from adainf_lab.scheduler_options import accepts
 from adainf_lab.tables import cached_table, default_table_cache, export_split_tables, load_split_tables
 from agents.evaluation.harness import evaluate_bandit
 from agents.evaluation.report import write_results
-from agents.learners.base import CHECKPOINT_NAME
+from agents.learners.base import CHECKPOINT_NAME, single_thread
 from agents.registry import make_scheduler, scheduler_class, uses_sb3
 
 __all__ = ["Mode", "PreparedRun", "resolve_mode", "obtain_tables", "prepare_run", "fit_scheduler", "options_used",
@@ -238,14 +238,10 @@ def fit_scheduler(cfg: PipelineConfig, calib: OutcomeTable, run_dir: Path, write
     if step is not None:
         log(f"[{cfg.algo}] resuming from step {step} ({ckpt_dir / CHECKPOINT_NAME})")
     t0, clock = time.perf_counter(), _Clock()
-    threads = torch.get_num_threads()
     # Table learners run small MLPs on small batches: extra intra-op threads only add synchronisation (on a loaded
     # CPU they multiply the CPU time per env step). Restored afterwards.
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         sched.fit(calib, seed=cfg.seed, **fit_kw)
-    finally:
-        torch.set_num_threads(threads)
     fit_s = time.perf_counter() - t0
     log(f"[{cfg.algo}] trained ({clock.lap()})")
     sched.save(run_dir / f"scheduler_{cfg.algo}.npz")

@@ -63,7 +63,8 @@ from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.plan.vec_env import make_vec_env
-from agents.learners.base import PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, weights_to_arrays
+from agents.learners.base import (PRIOR_DEFAULT, LearnerBase, load_weights, resolve_prior, single_thread,
+                                  weights_to_arrays)
 from agents.sb3.callback import SelectionCallback, StepCallback
 from agents.sb3.obs import ObsBuilder, SchedulerObsWrapper
 from agents.sb3.policy import ALGOS, policy_class
@@ -180,6 +181,26 @@ class SB3Scheduler(LearnerBase):
         """Evaluate every ``eval_every`` rollouts (on-policy) rather than every ~1/10 of the run's env steps."""
         return self.algo != "dqn"
 
+    # ----------------------------------------------------------------- the algorithm (hooks of agents.sb3.generic)
+    def _defaults(self, algo: str) -> dict[str, Any]:
+        """The per-algorithm defaults (:data:`DEFAULTS`); ConfigError for an unknown ``algo``."""
+        if algo not in ALGOS:
+            raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
+        return DEFAULTS[algo]
+
+    def _prior_supported(self) -> bool:
+        return self.algo != "dqn"
+
+    def _sb3_class(self) -> type:
+        return _algo_class(self.algo)
+
+    def _policy_arg(self) -> Any:
+        return policy_class(self.algo)
+
+    def _on_rollouts(self) -> bool:
+        """Evaluate every ``eval_every`` rollouts (on-policy) rather than every ~1/10 of the run's env steps."""
+        return self.algo != "dqn"
+
     # ----------------------------------------------------------------- policy construction
     def _policy_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"net_arch": list(self.hidden)}
@@ -253,16 +274,12 @@ class SB3Scheduler(LearnerBase):
         if not self._on_rollouts():
             cb.every = max(1, self.total_timesteps // (self.n_envs * 10))  # ~10 evaluations per run
         remaining = self._resume(self.open_checkpoint(ckpt, ident), ckpt, model, cb)
-        threads = torch.get_num_threads()
         # A 64-unit MLP on 512-row batches gains nothing from intra-op threads; on a shared small CPU the extra
         # thread's spin-waits cost CPU time. Same numbers either way (determinism tests).
-        torch.set_num_threads(1)
-        try:
+        with single_thread():
             # On resume SB3 adds num_timesteps back: _total_timesteps (the progress denominator) = total_timesteps.
             model.learn(total_timesteps=remaining, callback=cb, progress_bar=self.progress,
                         tb_log_name=f"{self.algo}_seed{seed}", reset_num_timesteps=not cb.resumed)
-        finally:
-            torch.set_num_threads(threads)
         if cb.best_state is not None:
             self.policy.load_state_dict(cb.best_state)
         self.selected_step = cb.best_step
