@@ -122,8 +122,6 @@ class CompareConfig:
             raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
         self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
         self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
-        self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
-        self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
         make_budget_process(self.behaviour_budget)
         for k in ("num_streams", "horizon"):
             if getattr(self, k) < 1:

@@ -181,26 +181,6 @@ class SB3Scheduler(LearnerBase):
         """Evaluate every ``eval_every`` rollouts (on-policy) rather than every ~1/10 of the run's env steps."""
         return self.algo != "dqn"
 
-    # ----------------------------------------------------------------- the algorithm (hooks of agents.sb3.generic)
-    def _defaults(self, algo: str) -> dict[str, Any]:
-        """The per-algorithm defaults (:data:`DEFAULTS`); ConfigError for an unknown ``algo``."""
-        if algo not in ALGOS:
-            raise ConfigError(f"unknown SB3 algorithm {algo!r}; known: {', '.join(ALGOS)}")
-        return DEFAULTS[algo]
-
-    def _prior_supported(self) -> bool:
-        return self.algo != "dqn"
-
-    def _sb3_class(self) -> type:
-        return _algo_class(self.algo)
-
-    def _policy_arg(self) -> Any:
-        return policy_class(self.algo)
-
-    def _on_rollouts(self) -> bool:
-        """Evaluate every ``eval_every`` rollouts (on-policy) rather than every ~1/10 of the run's env steps."""
-        return self.algo != "dqn"
-
     # ----------------------------------------------------------------- policy construction
     def _policy_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"net_arch": list(self.hidden)}
