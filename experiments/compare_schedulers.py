@@ -24,6 +24,8 @@ are given per scheduler name, ``--scheduler-kwargs '{"ppo": {"total_timesteps": 
 each compared scheduler takes its own options (the single-scheduler scripts have typed ``--scheduler.*`` options). Writes into the run directory: ``config.json`` (config + git revision), ``results.json`` /
 ``results.csv`` (one record per scheduler × setting × budget × seed, see :mod:`agents.evaluation.harness`), ``summary.*``
 (mean ± std over seeds), ``aiq.json``, PNGs (accuracy vs budget; bounds shaded), TensorBoard events under ``tb/``;
+``learning_curves.csv`` / ``learning_curves.png`` (every learner's held-out score vs training steps, mean and 95 %
+interval over seeds: :mod:`agents.evaluation.learning_curves`, also in ``tb/``);
 with anytime schedulers also ``anytime_vs_plan.png`` (accuracy vs mean cost of the anytime schedulers and the
 plan-env baselines), ``anytime_stopping_behaviour.png`` (where the best learned anytime policy and the calibrated
 cascade stop vs the confidence they read, under the shifting ``--behaviour-budget``, by default refilling the shared
@@ -56,6 +58,7 @@ from adainf_lab.tables import load_split_tables, resolve_table_dir
 from agents.evaluation.anytime_figures import best_anytime, plot_anytime_vs_plan, plot_stopping_behaviour
 from agents.evaluation.comparison import JobResult, JobStore, comparison_jobs, run_comparison_jobs, save_fitted
 from agents.evaluation.harness import BANDIT_BUDGETS
+from agents.evaluation.learning_curves import write_learning_curves
 from agents.evaluation.report import write_results, write_tensorboard
 from agents.registry import ANYTIME_BASELINES, available_schedulers, check_names
 
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
         out["files"][p.name] = p
     if cfg.tensorboard:
         write_tensorboard(out["summary"], run_dir / "tb")
+    out["files"].update(write_learning_curves([r.curve for r in results], run_dir, plots=cfg.plots,
+                                              tensorboard_dir=run_dir / "tb" if cfg.tensorboard else None))
     print(f"# compare_schedulers: {len(names)} plan-env + {len(anytime_names)} anytime-env schedulers × "
           f"{len(seeds)} seeds, fit on calib ({calib.num_samples} rows), report on test ({test.num_samples} rows), "
           f"{wall_s:.1f} s ({cfg.workers} worker{'s' if cfg.workers > 1 else ''} × {dist.world_size} rank"

@@ -33,6 +33,7 @@ from adainf_env.fileio import atomic_write, atomic_write_json, safe_np_load
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.harness import BANDIT_BUDGETS, check_budget_list, evaluate_bandit, evaluate_stream
+from agents.evaluation.learning_curves import learner_curve
 from agents.evaluation.stream_processes import SWEPT_VARIANTS, check_stream_size, stream_process_for
 from agents.progress import progress_disabled
 from agents.registry import (ANYTIME_BASELINES, ANYTIME_SCHEDULERS, BASELINES, anytime_policy_class,
@@ -86,6 +87,7 @@ class JobResult:
     records: list[dict[str, Any]]
     saved: bytes | None = None
     trace: dict[str, np.ndarray] | None = None
+    curve: dict[str, Any] | None = None  # held-out score vs training steps (agents.evaluation.learning_curves)
 
 
 def comparison_job(job: ComparisonJob) -> JobResult:
@@ -131,7 +133,8 @@ def comparison_job(job: ComparisonJob) -> JobResult:
         trace = anytime_stream_trace(sched, job.test, job.trace_process, shared=job.trace_shared,
                                      bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
                                      horizon=job.horizon)
-    return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace)
+    return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace,
+                     curve=learner_curve(sched, job.name, job.env))
 
 
 def comparison_jobs(
@@ -315,7 +318,8 @@ class JobStore:
                 np.savez(fh, **result.trace)
         path = stem.with_name(stem.name + ".json")
         atomic_write_json(path, {"job": self.spec(job), "records": result.records,
-                                 "saved": result.saved is not None, "trace": result.trace is not None})
+                                 "saved": result.saved is not None, "trace": result.trace is not None,
+                                 "curve": result.curve})
         return path
 
     def load(self, job: ComparisonJob) -> JobResult | None:
@@ -343,7 +347,8 @@ class JobStore:
             if not doc.get("trace") or not side.is_file():
                 return None
             trace = safe_np_load(side)
-        return JobResult(name=job.name, seed=int(job.seed), records=doc["records"], saved=saved, trace=trace)
+        return JobResult(name=job.name, seed=int(job.seed), records=doc["records"], saved=saved, trace=trace,
+                         curve=doc.get("curve"))
 
 
 def save_fitted(results: Sequence[JobResult], save_dir: str | os.PathLike) -> list[Path]:

@@ -158,7 +158,9 @@ class TorchTableLearner(LearnerBase):
         score_rows = val_rows if val_rows.size else fit_rows
         start, best_score, best_state, best_step = self._resume(self.open_checkpoint(ckpt, ident), opt, gen)
         if start == 0:  # the untrained policy (= the LUT with the prior) is scored as a reference, not a candidate
-            self.history = [{"epoch": 0.0, "val_score": self.held_out_scores(table, score_rows).score}]
+            scores = self.held_out_scores(table, score_rows)
+            self.history = [{"epoch": 0.0, "env_steps": 0.0, "val_score": scores.score,
+                             "mean_cost": float(np.mean(scores.mean_cost))}]
         fit_t = torch.as_tensor(fit_rows)
         bar = tqdm(range(start, self.epochs), desc=f"{self.name} fit", disable=progress_disabled(self.progress),
                    initial=start, total=self.epochs, leave=False)
@@ -167,6 +169,8 @@ class TorchTableLearner(LearnerBase):
             metrics["epoch"] = float(epoch + 1)
             scores = self.held_out_scores(table, score_rows)
             metrics["val_score"] = scores.score
+            metrics["mean_cost"] = float(np.mean(scores.mean_cost))  # held-out, for the learning curves
+            metrics["env_steps"] = float((epoch + 1) * fit_rows.size)  # requests seen: one per fit row per epoch
             self.history.append(metrics)
             if self.keeps(scores, best_score, step=epoch + 1):
                 best_score, best_state, best_step = scores.score, _clone_state(self.policy), epoch + 1
