@@ -12,7 +12,7 @@ from adainf_env.errors import ConfigError
 from agents.registry import make_anytime_policy
 from agents.evaluation.anytime_harness import evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.harness import stream_process_for
-from agents.learners.anytime_policy import candidate_codes, chain_sum
+from agents.learners.stage_net import candidate_codes, chain_sum
 from agents.learners.anytime_reinforce import AnytimeReinforcePolicy
 from agents.learners.anytime_ppo_lagrangian import PPOLagrangianPolicy
 

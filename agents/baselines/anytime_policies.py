@@ -35,7 +35,7 @@ from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, RequestBatch
 from adainf_env.envs.anytime.stages import script_costs, top_block  # the env's stage helpers
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import AnytimePolicy
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
 

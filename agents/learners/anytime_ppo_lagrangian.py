@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from adainf_env.errors import ConfigError
-from agents.learners.anytime_policy import AnytimeLearnerPolicy, chain_sum
+from agents.learners.anytime_policy import AnytimeLearnerPolicy
+from agents.learners.stage_net import chain_sum
 
 __all__ = ["PPOLagrangianPolicy"]
 
