@@ -204,7 +204,7 @@ def test_reference_table_vec_env(reference_dir):
 def test_info_budget_is_the_observed_budget_across_buffer_refills(toy):
     """info["budget"] of a step equals the budget the agent observed for it, also on steps that refill the
     pre-drawn random buffers (every 1024 steps); infos are read lazily, after the refill."""
-    from adainf_env.envs.plan.vec_env import RNG_CHUNK
+    from adainf_env.envs.core import RNG_CHUNK
 
     venv = make_vec_env(toy, 3, mode="bandit", seed=5)
     obs = venv.reset()
@@ -305,3 +305,32 @@ def test_set_state_rejects_other_envs(toy):
     bad = {"meta": dict(st["meta"]), "arrays": {k: v for k, v in st["arrays"].items() if k != "budget"}}
     with pytest.raises(ConfigError, match="budget"):
         venv.set_state(bad)
+
+
+def test_batched_cores_need_neither_sb3_nor_gymnasium_vector_adapters(toy):
+    """The numpy cores of both batched envs (and both Gymnasium adapters on them) import no stable-baselines3; a core
+    stepped alone gives the SB3 vec env's numbers."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import adainf_env.envs.plan.batched, adainf_env.envs.anytime.batched, "
+            "adainf_env.envs.plan.gym_vector, adainf_env.envs.anytime.gym_vector; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'stable_baselines3'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
+    from adainf_env.envs.plan.batched import PlanBatchedEnv
+
+    core, venv = PlanBatchedEnv(toy, 4, mode="stream", episode_length=3), make_vec_env(toy, 4, mode="stream",
+                                                                                         episode_length=3)
+    core.seed(9)
+    venv.seed(9)
+    np.testing.assert_array_equal(core.reset()["budget"], venv.reset()["budget"])
+    for t in range(7):
+        a = np.full(4, t % toy.num_plans)
+        obs_c, rew_c, done_c, _, _ = core.step_arrays(a)
+        obs_v, rew_v, done_v, _ = venv.step(a)
+        np.testing.assert_array_equal(rew_c, rew_v)
+        np.testing.assert_array_equal(obs_c["features"], obs_v["features"])
+        assert np.all(done_v == done_c)
+    with pytest.raises(ConfigError, match="4 seeds"):
+        core.seed_each([1, 2])

@@ -17,9 +17,11 @@ its envs transposed, see there).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import operator
 import os
+from collections.abc import Sequence
 from typing import Any, Mapping
 
 import numpy as np
@@ -31,8 +33,8 @@ from adainf_env.envs.options import EnvOptions
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks, load_table
 from adainf_env.tables.reference import reference_table_path
 
-__all__ = ["ActionError", "AnytimeConfigViews", "ConfigViews", "EnvConfig", "PlanConfigViews", "RNG_CHUNK",
-           "RequestDraws", "observation_parts", "observation_space",
+__all__ = ["ActionError", "AnytimeConfigViews", "BatchCore", "ConfigViews", "EnvConfig", "PlanConfigViews", "RNG_CHUNK",
+           "RequestDraws", "env_generator", "observation_parts", "observation_space",
            "parse_reset_options", "resolve_env_inputs", "source_table", "space_of_parts"]
 
 RNG_CHUNK = 1024  # uniforms drawn per refill of the budget buffer (part of the seeding contract; do not vary)
@@ -73,6 +75,66 @@ class RequestDraws:
         k = self.upos
         self.upos += 1
         return s, k
+
+
+def env_generator(seed: int | None = None) -> np.random.Generator:
+    """One env's generator, exactly as Gymnasium's ``np_random`` for that seed (``PCG64`` on
+    ``SeedSequence(seed)``; fresh entropy for ``None``), without importing Gymnasium."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0):
+        raise ConfigError(f"a seed must be a non-negative integer, got {seed!r}")
+    return np.random.Generator(np.random.PCG64(np.random.SeedSequence(None if seed is None else int(seed))))
+
+
+class BatchCore:
+    """What the numpy cores of the batched envs share (they depend on neither SB3 nor Gymnasium's vector API): each
+    env's generator under the randomness protocol above, and the seeds / reset options waiting for the next
+    ``reset()``. The SB3 ``VecEnv`` (:mod:`adainf_env.envs.vec_base`) and the Gymnasium ``VectorEnv``
+    (:mod:`adainf_env.envs.gym_vector_base`) adapters hand their seeds and options to these methods.
+    """
+
+    num_envs: int
+
+    def _init_envs(self, n: int) -> None:
+        self.num_envs = int(n)
+        self._rngs: list[np.random.Generator | None] = [None] * self.num_envs
+        self._reset_seeds()
+        self._reset_options()
+
+    def _rng(self, i: int) -> np.random.Generator:
+        r = self._rngs[i]
+        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
+            r = self._rngs[i] = env_generator()
+        return r
+
+    def seed(self, seed: int | None = None) -> list[int | None]:
+        """Env i is reset with seed ``seed + i`` at the next ``reset()`` (SB3's ``VecEnv.seed``: ``None`` draws one
+        seed from numpy's global generator). Returns the seeds."""
+        if seed is None:
+            seed = int(np.random.randint(0, np.iinfo(np.uint32).max, dtype=np.uint32))
+        return self.seed_each([int(seed) + i for i in range(self.num_envs)])
+
+    def seed_each(self, seeds: Sequence[int | None]) -> list[int | None]:
+        """One seed per env (``None``: that env keeps its generator) for the next ``reset()``."""
+        if len(seeds) != self.num_envs:
+            raise ConfigError(f"{self.num_envs} seeds needed (one per env), got {len(seeds)}")
+        for sd in seeds:
+            if sd is not None:
+                env_generator(sd)  # checks it
+        self._seeds = [None if sd is None else int(sd) for sd in seeds]
+        return list(self._seeds)
+
+    def set_options(self, options: dict[str, Any] | Sequence[dict[str, Any]] | None = None) -> None:
+        """Reset options (``{"sample": i, "budget": b}``) for the next ``reset()``: one dict for every env or one
+        per env (SB3's ``VecEnv.set_options``)."""
+        if options is None:
+            options = {}
+        self._options = copy.deepcopy([options] * self.num_envs if isinstance(options, dict) else list(options))
+
+    def _reset_seeds(self) -> None:
+        self._seeds: list[int | None] = [None] * self.num_envs
+
+    def _reset_options(self) -> None:
+        self._options: list[dict[str, Any]] = [{} for _ in range(self.num_envs)]
 
 
 def source_table(table: OutcomeTable | None, table_path: str | os.PathLike | None, live: Any = None) -> \

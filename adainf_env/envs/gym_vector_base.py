@@ -19,14 +19,14 @@ __all__ = ["CoreVectorEnv", "seed_and_options"]
 
 
 def seed_and_options(core: Any, seed: int | list[int | None] | None, options: dict[str, Any] | None) -> int | None:
-    """Hand ``VectorEnv.reset(seed=, options=)`` to an SB3 vec env ``core`` before its ``reset()``: an int seeds env i
-    with ``seed + i`` (SB3's ``VecEnv.seed``), a list one seed per env; ``options`` go to every env. Returns the
-    seed to record as ``np_random_seed`` (the int, else None)."""
+    """Hand ``VectorEnv.reset(seed=, options=)`` to a numpy core (:class:`~adainf_env.envs.core.BatchCore`) before its
+    ``reset()``: an int seeds env i with ``seed + i``, a list one seed per env; ``options`` go to every env. Returns
+    the seed to record as ``np_random_seed`` (the int, else None)."""
     if seed is not None:
         if isinstance(seed, (list, tuple)):
             if len(seed) != core.num_envs:
                 raise ConfigError(f"reset(seed=list) needs {core.num_envs} seeds, got {len(seed)}")
-            core._seeds = [None if sd is None else int(sd) for sd in seed]
+            core.seed_each(seed)
         else:
             core.seed(int(seed))
     if options is not None:
@@ -35,8 +35,8 @@ def seed_and_options(core: Any, seed: int | list[int | None] | None, options: di
 
 
 class CoreVectorEnv(VectorEnv):
-    """What both Gymnasium adapters over a numpy-batched core (:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv`,
-    :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv`) share: the batched spaces, ``options``, ``action_masks``,
+    """What both Gymnasium adapters over a numpy core (:class:`~adainf_env.envs.plan.batched.PlanBatchedEnv`,
+    :class:`~adainf_env.envs.anytime.batched.AnytimeBatchedEnv`; no SB3 involved) share: the batched spaces, ``options``, ``action_masks``,
     ``render`` and a read-only all-True ``_key`` mask (``self._every``). A subclass builds its core and calls
     :meth:`_adopt`; ``reset``/``step`` are its own (the autoreset bookkeeping differs)."""
 

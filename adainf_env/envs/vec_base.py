@@ -1,10 +1,11 @@
-"""What the natively batched SB3 ``VecEnv`` classes share: per-env generators, the sub-env attribute interface
-(``get_attr``/``set_attr``/``env_method``/``env_is_wrapped``), frames, and the ``make_*_vec_env`` seeding helper.
+"""The SB3 side of the batched envs: :class:`BatchedVecEnv`, the ``VecEnv`` adapter base over a numpy core
+(:class:`~adainf_env.envs.core.BatchCore`), with SB3's sub-env attribute interface (``get_attr``/``set_attr``/
+``env_method``/``env_is_wrapped``), frames, :class:`LazyInfos` and the ``make_*_vec_env`` seeding helper.
 
-:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` and :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` hold all their envs in
-arrays, so there are no sub-env objects: :class:`BatchedVecEnv` answers SB3's per-env queries from the batched env
-itself. A subclass sets ``_SHARED_ATTRS`` (attributes every env shares) and provides ``action_masks()``,
-``render_one(i)``, ``cfg`` (with a mutable ``lam``) and ``num_envs``.
+:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` and :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv` hold
+all their envs in the arrays of their core, so there are no sub-env objects: :class:`BatchedVecEnv` answers SB3's
+per-env queries from the core. A subclass sets ``_SHARED_ATTRS`` (attributes every env shares), adopts its core and
+defines ``_wait`` (one core step → SB3's return).
 """
 
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Any, Callable, TypeVar
 
 import gymnasium as gym
 import numpy as np
-from gymnasium.utils import seeding
 from stable_baselines3.common.vec_env.base_vec_env import VecEnv, VecEnvIndices
 
-from adainf_env.errors import ConfigError
+from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.tables.outcomes import OutcomeTable
 
 __all__ = ["BatchedVecEnv", "LazyInfos", "build_vec_env"]
@@ -61,18 +61,69 @@ class LazyInfos(Sequence):
 
 
 class BatchedVecEnv(VecEnv):
-    """Base of the batched SB3 vec envs (see the module docstring)."""
+    """Base of the SB3 ``VecEnv`` adapters over a numpy core (:class:`~adainf_env.envs.core.BatchCore`:
+    :class:`~adainf_env.envs.plan.batched.PlanBatchedEnv`, :class:`~adainf_env.envs.anytime.batched.AnytimeBatchedEnv`).
+
+    A subclass builds its core, calls :meth:`_adopt` and turns one core step into SB3's return in :meth:`_wait`. The
+    core holds everything: seeds and reset options (``seed``/``set_options`` hand them over), the envs' state,
+    ``action_masks()``, ``current_requests()`` and frames.
+    """
 
     _SHARED_ATTRS: tuple[str, ...] = ()
     spec = None
-    _rngs: list[np.random.Generator | None]
+    core: Any
 
-    # ------------------------------------------------------------------ randomness (see env_core)
+    def _adopt(self, core: Any) -> None:
+        """Take ``core`` as ``self.core``: its config, table, options, spaces and number of envs."""
+        self.core = core
+        self.cfg = core.cfg
+        self.table = core.table
+        self.options = core.options
+        self.mode = core.mode
+        self.render_mode = core.render_mode  # before VecEnv.__init__, which warns when it is missing
+        VecEnv.__init__(self, core.num_envs, core.observation_space, core.action_space)
+        self._actions: Any = None
+
+    # ------------------------------------------------------------------ the VecEnv API over the core
+    def seed(self, seed: int | None = None) -> Sequence[int | None]:  # type: ignore[override]
+        """Env i is reset with seed ``seed + i`` at the next ``reset()`` (``None``: one random seed)."""
+        return self.core.seed(seed)
+
+    def set_options(self, options: list[dict] | dict | None = None) -> None:
+        """Reset options (``{"sample": i, "budget": b}``) for the next ``reset()``: one dict for all envs or a list."""
+        self.core.set_options(options)
+
+    def reset(self) -> Any:
+        obs = self.core.reset()
+        self.reset_infos = self.core.reset_infos
+        return obs
+
+    def step_async(self, actions: np.ndarray) -> None:
+        self._actions = actions
+
+    def step_wait(self) -> Any:
+        if self._actions is None:
+            raise AdaInfError("step_wait() called without step_async()")
+        actions, self._actions = self._actions, None
+        return self._wait(actions)
+
+    def _wait(self, actions: Any) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def current_requests(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of every env's request in flight: (table rows [N] int64, budgets [N] float64)."""
+        return self.core.current_requests()
+
+    def action_masks(self) -> np.ndarray:
+        """[N, A] bool: the valid actions of each env."""
+        return self.core.action_masks()
+
+    def render_one(self, i: int) -> Any:
+        """Env ``i``'s last step as the render mode asks."""
+        return self.core.render_one(i)
+
     def _rng(self, i: int) -> np.random.Generator:
-        r = self._rngs[i]
-        if r is None:  # an env never seeded gets fresh entropy, like gymnasium's lazy np_random
-            r = self._rngs[i] = seeding.np_random()[0]
-        return r
+        return self.core._rng(i)
 
     # ------------------------------------------------------------------ sub-env interface
     def _indices(self, indices: VecEnvIndices) -> list[int]:
@@ -124,12 +175,6 @@ class BatchedVecEnv(VecEnv):
         if self.render_mode != "rgb_array":
             return [None] * self.num_envs
         return [self.render_one(i) for i in range(self.num_envs)]
-
-    def action_masks(self) -> np.ndarray:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
-
-    def render_one(self, i: int) -> Any:  # pragma: no cover - every subclass defines it
-        raise NotImplementedError
 
     def close(self) -> None:
         """Nothing to release: the envs are arrays in memory."""

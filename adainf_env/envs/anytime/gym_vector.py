@@ -1,8 +1,8 @@
 """The numpy-batched anytime env as a Gymnasium ``VectorEnv`` (what ``gymnasium.make_vec("AdaInf/Anytime-v0")``
 returns).
 
-:class:`AnytimeVectorEnv` is a thin adapter over :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv`: N envs step as one
-:class:`~adainf_env.envs.anytime.core.RequestBatch` step instead of N Python ``step`` calls. Same numbers as
+:class:`AnytimeVectorEnv` is a thin adapter over :class:`~adainf_env.envs.anytime.batched.AnytimeBatchedEnv` (no SB3):
+N envs step as one :class:`~adainf_env.envs.anytime.core.RequestBatch` step instead of N Python ``step`` calls. Same numbers as
 ``gymnasium.make_vec("AdaInf/Anytime-v0", num_envs=N, vectorization_mode="sync",
 vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})`` (tested), observations, rewards and infos alike.
 
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.envs.anytime.vec_env import END_KEYS, READ_KEYS, STEP_KEYS, AnytimeVecEnv
+from adainf_env.envs.anytime.batched import END_KEYS, READ_KEYS, STEP_KEYS, AnytimeBatchedEnv
 from adainf_env.envs.gym_vector_base import CoreVectorEnv, seed_and_options
 from adainf_env.envs.options import AnytimeOptions
 from adainf_env.tables.outcomes import OutcomeTable
@@ -53,7 +53,7 @@ def _masked(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
 class AnytimeVectorEnv(CoreVectorEnv):
     """``num_envs`` anytime envs as a Gymnasium ``VectorEnv`` (see the module docstring); arguments as
     :class:`~adainf_env.envs.anytime.env.AnytimeEnv` (table mode; no table → the shipped reference calibration table).
-    ``self.core`` is the underlying :class:`~adainf_env.envs.anytime.vec_env.AnytimeVecEnv`."""
+    ``self.core`` is the underlying :class:`~adainf_env.envs.anytime.batched.AnytimeBatchedEnv`."""
 
     def __init__(
         self,
@@ -64,7 +64,7 @@ class AnytimeVectorEnv(CoreVectorEnv):
         options: AnytimeOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        self._adopt(AnytimeVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
+        self._adopt(AnytimeBatchedEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
         self._no_trunc = np.zeros(self.num_envs, dtype=bool)
 
     @property

@@ -2,7 +2,7 @@
 
 ``gymnasium.make_vec("AdaInf/Bandit-v0", num_envs=N)`` (the ids' ``vector_entry_point``; also with
 ``vectorization_mode="vector_entry_point"``) builds :class:`AdaInfVectorEnv`: a thin adapter over
-:class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv`, so N envs step as a few numpy operations instead of N Python ``step``
+:class:`~adainf_env.envs.plan.batched.PlanBatchedEnv` (no SB3), so N envs step as a few numpy operations instead of N Python ``step``
 calls. Same numbers as ``gymnasium.make_vec(..., vectorization_mode="sync",
 vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP})`` (tested).
 
@@ -31,7 +31,7 @@ import numpy as np
 from adainf_env.errors import ConfigError
 from adainf_env.envs.options import RENDER_MODES, EnvOptions
 from adainf_env.tables.outcomes import OutcomeTable
-from adainf_env.envs.plan.vec_env import AdaInfVecEnv
+from adainf_env.envs.plan.batched import PlanBatchedEnv
 from adainf_env.envs.gym_vector_base import CoreVectorEnv, seed_and_options
 
 __all__ = ["AdaInfVectorEnv"]
@@ -42,7 +42,7 @@ _STEP_KEYS = ("plan", "cost", "correct", "overrun", "budget", "sample")
 class AdaInfVectorEnv(CoreVectorEnv):
     """``num_envs`` AdaInf envs as a Gymnasium ``VectorEnv``; arguments as :class:`~adainf_env.envs.plan.env.AdaInfEnv`
     (table mode; no table → the shipped reference calibration table). ``self.core`` is the underlying
-    :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` (``get_state``/``set_state``, ``action_masks``)."""
+    :class:`~adainf_env.envs.plan.batched.PlanBatchedEnv` (``get_state``/``set_state``, ``action_masks``)."""
 
     def __init__(
         self,
@@ -53,7 +53,7 @@ class AdaInfVectorEnv(CoreVectorEnv):
         options: EnvOptions | None = None,
         **option_kwargs: Any,
     ) -> None:
-        self._adopt(AdaInfVecEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
+        self._adopt(PlanBatchedEnv(table, num_envs, table_path=table_path, options=options, **option_kwargs))
         n = self.num_envs
         # Every env ends its episode on the same step: the read-only all-True "_key" mask serves every info key.
         self._all_done = np.ones(n, dtype=bool)
