@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from adainf_env.backbones import load_backbone
 from adainf_env.data import class_names, demo_archive_path, load_images, make_splits
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.fileio import atomic_write_json, safe_torch_load
@@ -288,12 +289,10 @@ def _demo_banner(mode: Mode, cfg: PipelineConfig, full_cmd: str, demo_descriptio
 def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True, script: str = "ppo_resnet18.py",
                 full_command: str | None = None, log: Callable[[str], None] = say,
                 extra_config: dict[str, Any] | None = None, plan_masks: np.ndarray | None = None,
-                demo_description: str | None = None,
-                check: Callable[[PipelineConfig, OutcomeTable | None, OutcomeTable | None], None] | None = None
-                ) -> PreparedRun:
-    """Resolve the mode, validate (prebuilt tables are loaded and checked, ``check(cfg, calib, test)`` runs — tables
-    None when they are still to be built — and the run-directory rule applied), then open the run directory (a new
-    run's config.json: the configuration as it runs + git revision), print the demo banner, and get the tables."""
+                demo_description: str | None = None) -> PreparedRun:
+    """Resolve the mode, validate (prebuilt tables loaded and checked, a ``--checkpoint`` loaded into its
+    architecture, the run-directory rule applied), then open the run directory (a new run's config.json: the
+    configuration as it runs + git revision), print the demo banner, and get the tables."""
     mode = resolve_mode(cfg, allow_demo=allow_demo)
     cfg = as_run(cfg, mode.kind)
     backbone_label = cfg.backbone if mode.kind != "demo" else f"{cfg.backbone}-demo"
@@ -302,8 +301,10 @@ def prepare_run(cfg: PipelineConfig, *, algo_label: str, allow_demo: bool = True
                                 f"add --download to fetch it), or start from tables: "
                                 f"python experiments/{script} --table-dir reference")
     tables = load_split_tables(cfg.table_dir) if mode.kind == "tables" else None
-    if check is not None:
-        check(cfg, *(tables or (None, None)))
+    if cfg.checkpoint is not None and cfg.backbone != "clip_vit_b32":
+        # a checkpoint that is unreadable, pickled or does not fit the architecture fails now, not after the data
+        # were loaded and the run directory made (CLIP's fit needs the class names of the data: checked on load)
+        load_backbone(cfg.backbone, cfg.checkpoint, width=cfg.width, device="cpu")
     extra = {"mode": mode.kind, "mode_reason": mode.reason,
              "demo_settings": demo_settings(cfg.demo_scale) if mode.kind == "demo" else None,
              **dict(extra_config or {})}

@@ -235,7 +235,7 @@ def _bad_input(main, argv, capsys) -> str:
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--algo", "nope"], "invalid choice 'nope'"),
+    (["--algo", "nope"], "unknown scheduler 'nope'"),
     (["--budgets", "0", "1.5"], r"budgets must lie in \(0, 1\]"),
     (["--timesteps", "ten"], "--timesteps"),
     (["--bogus"], "Unrecognized options: --bogus"),

@@ -266,3 +266,21 @@ def test_resume_refuses_changed_tables_and_foreign_job_files(toy_dir, tmp_path, 
     (job,) = comparison_jobs(["lut"], calib, test, seeds=[0], horizon=30)
     with pytest.raises(ConfigError, match="written for other settings"):
         JobStore(out / "jobs").load(job)
+
+
+def test_bad_checkpoint_leaves_no_run_directory(tmp_path, capsys):
+    """A checkpoint that is not a state dict of the backbone stops the run before data, training or a run directory."""
+    import ppo_resnet18
+    import torch
+
+    from adainf_env.backbones import resnet18_cifar
+
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"\x00not a checkpoint" * 8)
+    wrong = tmp_path / "wrong.pt"
+    torch.save({k: v for k, v in resnet18_cifar(width=4).state_dict().items() if "fc" not in k}, wrong)
+    for ckpt in (garbage, wrong):
+        err = _exits_2(ppo_resnet18.main, ["--checkpoint", str(ckpt), "--width", "4", "--runs-root",
+                                           str(tmp_path / "runs"), "--no-progress"], capsys)
+        assert str(ckpt) in err
+        assert not (tmp_path / "runs").exists()
