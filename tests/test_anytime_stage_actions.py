@@ -342,3 +342,31 @@ def test_render_names_stage_actions(toy):
     venv.reset()
     venv.step(np.array([STAGE_STOP, 1]))
     assert " stop " in venv.render_one(0) and " stage_1 " in venv.render_one(1)
+
+
+@pytest.mark.parametrize("mask_over_budget", [True, False])
+def test_stage_one_equals_stage_batch(toy, menu, mask_over_budget):
+    """The single env's fast path (StageOne, Python scalars) takes the same stages at the same costs as StageBatch:
+    masks, menu observations, costs, ends, reads and the request state after each stage, bit for bit."""
+    from adainf_env.envs.anytime.stages import StageOne
+
+    at = AnytimeTable.from_table(toy)
+    rng = np.random.default_rng(2)
+    one, sb = StageOne(at, menu, mask_over_budget=mask_over_budget), StageBatch(1, at, menu,
+                                                                                mask_over_budget=mask_over_budget)
+    for _ in range(150):
+        row, budget = int(rng.integers(0, toy.num_samples)), float(rng.uniform(0.05, 1.2))
+        one.start(row, budget)
+        sb.start(np.array([0]), np.array([row]), np.array([budget]))
+        while sb.active[0]:
+            m = sb.masks()[0]
+            assert one.masks() == m.tolist() and not one.valid(len(m))
+            np.testing.assert_array_equal(np.array(one.menu_values(), np.float32), sb.menu_observation()[0])
+            a = int(rng.choice(np.flatnonzero(m)))
+            res = sb.step(np.array([a]), at.read_table)
+            assert one.step(a) == (res.cost[0], res.ended[0], res.read[0])
+            for key in ("spent", "pos", "code", "fresh", "reads", "answer", "last_conf", "active", "node"):
+                assert getattr(one, key) == getattr(sb, key)[0], key
+        copy = StageBatch(1, at, menu)
+        one.write_to(copy)
+        assert copy.node[0] == one.node and copy.spent[0] == one.spent and copy.answer[0] == one.answer

@@ -653,7 +653,7 @@ class AnytimeConfig:
     def num_samples(self) -> int:
         return int(self.features.shape[0])
 
-    @property
+    @functools.cached_property
     def action_names(self) -> tuple[str, ...]:
         """Name of each action: run, skip, read, stop; in stage mode stop, stage_1 … stage_K."""
         if self.menu is None:
@@ -668,6 +668,15 @@ class AnytimeConfig:
         from adainf_env.envs.anytime.stages import StageBatch  # stages builds on this module
 
         return StageBatch(n, self.table, self.menu, mask_over_budget=self.mask_over_budget)
+
+    def new_one(self) -> "OneRequest":
+        """The single env's fast-path request (table mode): a :class:`OneRequest`, or in stage mode a
+        :class:`~adainf_env.envs.anytime.stages.StageOne` over one."""
+        if self.menu is None:
+            return OneRequest(self.table, mask_over_budget=self.mask_over_budget)
+        from adainf_env.envs.anytime.stages import StageOne  # stages builds on this module
+
+        return StageOne(self.table, self.menu, mask_over_budget=self.mask_over_budget)
 
     # the options, read where the envs used to keep them as fields
     mode = property(lambda self: self.options.mode)
@@ -779,8 +788,6 @@ class AnytimeConfig:
     def observe_one(self, req: "OneRequest", bucket_state: tuple[float, float, float] | None) -> Any:
         """The observation of one request (the single env's fast path): equal to :meth:`observe` of a batch holding
         it (a few Python operations and one float32 array instead of a dozen numpy calls)."""
-        if self.menu is not None:
-            raise ConfigError("observe_one serves block actions; stage mode observes a StageBatch")
         b = req.B
         onehot, bits = self._one_tables
         vals: list[Any] = [req.budget]
@@ -791,6 +798,8 @@ class AnytimeConfig:
         vals += bits[req.code] if bits is not None else [(req.code >> j) & 1 for j in range(b)]
         vals += (req.last_conf, req.prev_conf, req.reads >= 2 and req.last_pred == req.prev_pred, req.reads / (b + 1),
                  not req.fresh)
+        if self.menu is not None:  # a StageOne
+            vals += req.menu_values()
         small = np.array(vals, dtype=np.float32)
         feat = self.features[req.row]
         if self.obs_format != "dict":
@@ -802,7 +811,10 @@ class AnytimeConfig:
         parts["costs"] = small[o:o + 3]
         parts["position"] = small[o + 3:o + b + 4]
         parts["decisions"] = small[o + b + 4:o + 2 * b + 4]
-        parts["readout"] = small[o + 2 * b + 4:]
+        r0 = o + 2 * b + 4
+        parts["readout"] = small[r0:r0 + len(READOUT)]
+        if self.menu is not None:
+            parts["menu"] = small[r0 + len(READOUT):]
         return parts
 
     # ------------------------------------------------------------------ rewards

@@ -11,9 +11,9 @@ import numpy as np
 import torch
 
 from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
-                                          BlockCosts, OneRequest, RequestBatch)
+                                          BlockCosts, RequestBatch)
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
-from adainf_env.envs.anytime.stages import stage_menu
+from adainf_env.envs.anytime.stages import STAGE_STOP, stage_menu
 from adainf_env.costs import count_macs, measure_macs
 from adainf_env.envs.core import ActionError, AnytimeConfigViews, RequestDraws, resolve_env_inputs
 from adainf_env.errors import AdaInfError, ConfigError
@@ -203,8 +203,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         self._n = self.cfg.num_samples
         self._batch = self.cfg.new_batch(1)
         # the fast path (block actions on a table): the request as Python scalars, the batch only written on demand
-        self._one = OneRequest(at, mask_over_budget=opts.mask_over_budget) \
-            if live is None and self.cfg.menu is None else None
+        self._one = self.cfg.new_one() if live is None else None
         self._zero = np.zeros(1, dtype=np.int64)
         self._draws = RequestDraws(self._n)
         self._started = False
@@ -349,15 +348,17 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         return self._observe(), float(rew[0]), self._done, False, info
 
     def _step_one(self, action: Any):
-        """:meth:`step` on the fast path (block actions on a table; the same numbers as the batch path, tested)."""
+        """:meth:`step` on the fast path (a table, block or stage actions; the same numbers as the batch path,
+        tested)."""
         one, c = self._one, self.cfg
-        a = action if type(action) is int and 0 <= action < NUM_ACTIONS else \
-            _action_index(action, c.invalid_action == "raise")
+        a = action if type(action) is int and 0 <= action < len(c.action_names) else \
+            _action_index(action, c.invalid_action == "raise", c.action_names)
         replaced = False
         if not one.valid(a):
             if c.invalid_action == "raise":
                 self.state.step(np.array([a]), c.table.read_table)  # raises the ActionError with the full message
-            a, replaced = (SKIP if a == RUN else STOP), True  # RequestBatch.substitute_invalid's rule
+            # RequestBatch.substitute_invalid's rule (StageBatch's: STOP)
+            a, replaced = (STAGE_STOP if c.menu is not None else SKIP if a == RUN else STOP), True
         pos0, spent0 = one.pos, one.spent
         cost, ended, reading = one.step(a)
         s, plan, total, budget = one.row, one.answer, one.spent, one.budget
@@ -374,7 +375,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         reported = cost + one.unreported
         one.unreported = 0.0
         info: dict[str, Any] = {"cost": reported, "total_cost": total, "budget": budget,
-                                "overrun": over, "sample": s, "action": ACTION_NAMES[a],
+                                "overrun": over, "sample": s, "action": c.action_names[a],
                                 "position": pos0, "read": reading, "request_done": ended, "invalid_action": replaced}
         if reading:
             info["read_plan"] = plan
@@ -383,7 +384,7 @@ class AnytimeEnv(AnytimeConfigViews, gym.Env):
         if ended:
             info.update(plan=plan, pred=one.last_pred, correct=correct, num_reads=one.reads)
         if self.render_mode is not None:
-            self._last = step_record(self.state, 0, action=ACTION_NAMES[a], position=pos0, cost=total - spent0,
+            self._last = step_record(self.state, 0, action=c.action_names[a], position=pos0, cost=total - spent0,
                                      reward=float(rew), correct=correct if ended else None)
         if ended:
             self._end_request(total)

@@ -27,15 +27,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, Reader, RequestBatch, StepResult
+from adainf_env.envs.anytime.core import (READ, RUN, SKIP, STOP, AnytimeTable, OneRequest, Reader, RequestBatch,
+                                          StepResult)
 from adainf_env.envs.core import ActionError, action_vector
 from adainf_env.envs.options import check_menu_sizes
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
 from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
 
-__all__ = ["top_block", "advance", "script_costs", "StageTree", "StageBatch", "stage_menu", "MENU_DEFAULTS",
-           "STAGE_STOP"]
+__all__ = ["top_block", "advance", "script_costs", "StageTree", "StageBatch", "StageOne", "stage_menu",
+           "MENU_DEFAULTS", "STAGE_STOP"]
 
 #: The stage action that stops (answers with the last answer read).
 STAGE_STOP = 0
@@ -120,7 +121,8 @@ class StageTree:
     that stops at s (kernel-charged, with reuse), so a child's incremental cost is ``inc[s, k] = cum[child] − cum[s]``
     (inf where absent). ``acc[s]`` is the accuracy of node s's plan on ``table`` (node 0: plan 0's), ``depth[s]`` the
     stages taken to reach it, ``first`` the first stage's plan codes, ``num_actions`` = 1 + K, ``costs`` the block
-    costs it was charged with. ``at`` is ``AnytimeTable.from_table(table)``.
+    costs it was charged with, ``menu_table`` the fixed part of the env's ``menu`` observation per node (float32
+    [nodes, 2K]). ``at`` is ``AnytimeTable.from_table(table)``.
     """
 
     def __init__(self, at: AnytimeTable, table: OutcomeTable, *, first_pool: int, ext_pool: int,
@@ -180,6 +182,12 @@ class StageTree:
         self.acc = acc[at.code_to_plan[self.code]].astype(np.float64)
         self.costs = at.costs
         self.max_stages = int(max_stages)
+        # the menu observation's fixed part, per node (float32 [nodes, 2K]): each entry's cost from there and its
+        # plan's accuracy, both 0 where absent
+        present = self.child >= 0
+        self.menu_table = np.concatenate([np.where(present, self.inc, 0.0),
+                                          np.where(present, self.acc[np.maximum(self.child, 0)], 0.0)],
+                                         axis=1).astype(np.float32)
 
     @property
     def num_blocks(self) -> int:
@@ -229,7 +237,7 @@ class StageBatch:
     written through, so code that observes or rewards a :class:`RequestBatch` works on it unchanged.
     """
 
-    _OWN = frozenset({"blocks", "tree", "node", "trace", "n", "_menu_table"})
+    _OWN = frozenset({"blocks", "tree", "node", "trace", "n"})
 
     def __init__(self, n: int, table: AnytimeTable, tree: StageTree, *, mask_over_budget: bool = True) -> None:
         tree.check_fits(table)
@@ -239,11 +247,6 @@ class StageBatch:
         self.node = np.zeros(self.n, dtype=np.int64)
         # the block actions of the last step: (actions [N], acting [N]) per block step
         self.trace: list[tuple[np.ndarray, np.ndarray]] = []
-        # per node, float32: each entry's cost from there and its plan's accuracy (both 0 where absent)
-        present = tree.child >= 0
-        self._menu_table = np.concatenate([np.where(present, tree.inc, 0.0),
-                                           np.where(present, tree.acc[np.maximum(tree.child, 0)], 0.0)],
-                                          axis=1).astype(np.float32)
 
     def __getattr__(self, name: str) -> Any:
         if name in StageBatch._OWN:  # not set yet (during __init__)
@@ -299,7 +302,7 @@ class StageBatch:
         k = self.tree.num_actions - 1
         node = self.node if idx is None else self.node[idx]
         out = np.empty((len(node), 3 * k), dtype=np.float32)
-        out[:, :2 * k] = self._menu_table.take(node, axis=0)
+        out[:, :2 * k] = self.tree.menu_table.take(node, axis=0)
         out[:, 2 * k:] = self._entries_ok(idx)
         return out
 
@@ -354,3 +357,91 @@ def _as_stage_actions(actions: Any, n: int, num_actions: int) -> np.ndarray:
                                    "got shape {shape}",
                          dtype_msg="stage actions must be integers (0 = stop, k = the k-th menu entry), got dtype "
                                    "{dtype}")
+
+
+class StageOne:
+    """One request taking stage actions, as Python scalars: the single env's fast path — a :class:`OneRequest`
+    (``one``) plus its menu node. The same stages as :class:`StageBatch` (each run as its block actions on the
+    kernel's tables, costs added in the same order), without a numpy call per block.
+
+    Interface of :class:`OneRequest` with stage actions: ``start``, ``masks`` (a list, ``[1 + K]``), ``valid``,
+    ``step`` → ``(cost, ended, read)``, ``menu_values`` (the ``menu`` observation as a list), ``write_to`` (into a
+    :class:`StageBatch`); every other attribute is the request's, read and written through.
+    """
+
+    _OWN = frozenset({"one", "tree", "node", "num_actions", "_inc", "_child", "_code", "_top", "_menu"})
+
+    def __init__(self, table: AnytimeTable, tree: StageTree, *, mask_over_budget: bool = True) -> None:
+        tree.check_fits(table)
+        self.one = OneRequest(table, mask_over_budget=mask_over_budget)
+        self.tree = tree
+        self.node = 0
+        self.num_actions = tree.num_actions
+        self._inc = tree.inc.tolist()
+        self._child = tree.child.tolist()
+        self._code = tree.code.tolist()
+        self._top = top_block(tree.code).tolist()
+        self._menu = tree.menu_table.tolist()
+
+    def __getattr__(self, name: str) -> Any:
+        if name in StageOne._OWN:  # not set yet (during __init__)
+            raise AttributeError(name)
+        return getattr(self.one, name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in StageOne._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(self.one, name, value)
+
+    def start(self, row: int, budget: float) -> None:
+        """Begin a new request at the menu's start (node 0); the stem is paid."""
+        self.one.start(row, budget)
+        self.node = 0
+
+    def _entries_ok(self) -> list[bool]:
+        """The menu entries that are valid actions now (:meth:`StageBatch.masks`' rule, on Python floats)."""
+        one = self.one
+        inc = self._inc[self.node]
+        if not one.active:
+            return [False] * len(inc)
+        if one.mask_over_budget:
+            spent, limit = one.spent, one.budget + COST_TOL
+            return [spent + c <= limit for c in inc]  # inf (absent) never fits
+        return [c != np.inf for c in inc]
+
+    def masks(self) -> list[bool]:
+        """Valid stage actions now: [stop, entry 1, …, entry K]."""
+        return [self.one.active] + self._entries_ok()
+
+    def valid(self, a: int) -> bool:
+        """Stage action ``a`` (any int) is valid now."""
+        if not 0 <= a < self.num_actions:
+            return False
+        return self.one.active if a == STAGE_STOP else self._entries_ok()[a - 1]
+
+    def menu_values(self) -> list[float]:
+        """The ``menu`` observation: each entry's cost from here, its plan's accuracy, 1 where valid now."""
+        return self._menu[self.node] + [float(x) for x in self._entries_ok()]
+
+    def step(self, a: int) -> tuple[float, bool, bool]:
+        """Apply a valid stage action ``a`` (check with :meth:`valid`) → (cost paid, request ended, head read)."""
+        one = self.one
+        if a == STAGE_STOP:
+            return one.step(STOP)
+        nxt = self._child[self.node][a - 1]
+        target, hi = self._code[nxt], self._top[nxt]
+        cost, ended, reading = 0.0, False, False
+        while one.active and one.pos < hi:
+            c, e, r = one.step(RUN if (target >> one.pos) & 1 else SKIP)
+            cost, ended, reading = cost + c, ended or e, reading or r
+        if one.active and one.fresh:
+            c, e, r = one.step(READ)
+            cost, ended, reading = cost + c, ended or e, reading or r
+        self.node = nxt
+        return cost, ended, reading
+
+    def write_to(self, batch: StageBatch) -> None:
+        """Copy this request, and its menu node, into slot 0 of ``batch``."""
+        self.one.write_to(batch)
+        batch.node[0] = self.node
