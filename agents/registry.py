@@ -380,7 +380,8 @@ def check_names(names: Any, env: Literal["plan", "anytime"], *, option: str) -> 
             raise ConfigError(f"{option}: {e}") from None
         if entry.env != env:
             other = "--anytime-schedulers" if entry.env == "anytime" else "--schedulers"
-            raise ConfigError(f"{option}: {n!r} is an {entry.env}-env scheduler, not a {env}-env one"
+            article = "an" if entry.env == "anytime" else "a"
+            raise ConfigError(f"{option}: {n!r} is {article} {entry.env}-env scheduler, not for the {env} env"
                               + (f" (give it to {other})" if option in ("--schedulers", "--anytime-schedulers")
                                  else ""))
         out.append(entry.name)

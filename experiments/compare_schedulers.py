@@ -121,10 +121,10 @@ class CompareConfig:
         check_run_flags(self.out, resume=self.resume, overwrite=self.overwrite)
         if self.workers < 1:
             raise ConfigError(f"--workers must be ≥ 1, got {self.workers}")
-        if self.anytime_schedulers and not self.anytime:
-            raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
         self.schedulers = check_names(self.schedulers, "plan", option="--schedulers")  # trpo → TRPO
         self.anytime_schedulers = check_names(self.anytime_schedulers, "anytime", option="--anytime-schedulers")
+        if self.anytime_schedulers and not self.anytime:
+            raise ConfigError("--anytime-schedulers and --no-anytime contradict each other")
         make_budget_process(self.behaviour_budget)
         for k in ("num_streams", "horizon"):
             if getattr(self, k) < 1:

@@ -138,8 +138,8 @@ def test_no_anytime_and_anytime_errors(anytime_dir, toy_dir, tmp_path):
 
 
 @pytest.mark.parametrize("extra, match", [
-    (["--schedulers", "lut", "ppo9"], "invalid choice 'ppo9'"),
-    (["--anytime-schedulers", "anytime_lut", "lut"], "invalid choice 'lut'"),
+    (["--schedulers", "lut", "ppo9"], "--schedulers: unknown scheduler 'ppo9'"),
+    (["--anytime-schedulers", "anytime_lut", "lut"], "--anytime-schedulers: 'lut' is a plan-env scheduler"),
     (["--anytime-schedulers", "anytime_lut", "--no-anytime"], "contradict"),
     (["--workers", "0"], "--workers"),
     (["--behaviour-budget", "stairs:3"], "stairs"),
