@@ -227,7 +227,26 @@ def stage_menu(action_mode: str, stage_menu_option: Any, at: AnytimeTable, table
     return StageTree(at, table, **sizes)
 
 
-class StageBatch:
+class _ReadThrough:
+    """Attributes not named in ``_OWN`` are the wrapped request state's (the attribute named ``_INNER``), read and
+    written through."""
+
+    _OWN: frozenset[str] = frozenset()
+    _INNER = ""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in type(self)._OWN:  # not set yet (during __init__)
+            raise AttributeError(name)
+        return getattr(getattr(self, self._INNER), name)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in type(self)._OWN:
+            object.__setattr__(self, name, value)
+        else:
+            setattr(getattr(self, self._INNER), name, value)
+
+
+class StageBatch(_ReadThrough):
     """N requests in flight that take stage actions: a :class:`RequestBatch` (``blocks``) plus each slot's node of
     the menu ``tree``.
 
@@ -238,6 +257,7 @@ class StageBatch:
     """
 
     _OWN = frozenset({"blocks", "tree", "node", "trace", "n"})
+    _INNER = "blocks"
 
     def __init__(self, n: int, table: AnytimeTable, tree: StageTree, *, mask_over_budget: bool = True) -> None:
         tree.check_fits(table)
@@ -247,17 +267,6 @@ class StageBatch:
         self.node = np.zeros(self.n, dtype=np.int64)
         # the block actions of the last step: (actions [N], acting [N]) per block step
         self.trace: list[tuple[np.ndarray, np.ndarray]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        if name in StageBatch._OWN:  # not set yet (during __init__)
-            raise AttributeError(name)
-        return getattr(self.blocks, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in StageBatch._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.blocks, name, value)
 
     @property
     def num_actions(self) -> int:
@@ -359,7 +368,7 @@ def _as_stage_actions(actions: Any, n: int, num_actions: int) -> np.ndarray:
                                    "{dtype}")
 
 
-class StageOne:
+class StageOne(_ReadThrough):
     """One request taking stage actions, as Python scalars: the single env's fast path — a :class:`OneRequest`
     (``one``) plus its menu node. The same stages as :class:`StageBatch` (each run as its block actions on the
     kernel's tables, costs added in the same order), without a numpy call per block.
@@ -370,6 +379,7 @@ class StageOne:
     """
 
     _OWN = frozenset({"one", "tree", "node", "num_actions", "_inc", "_child", "_code", "_top", "_menu"})
+    _INNER = "one"
 
     def __init__(self, table: AnytimeTable, tree: StageTree, *, mask_over_budget: bool = True) -> None:
         tree.check_fits(table)
@@ -382,17 +392,6 @@ class StageOne:
         self._code = tree.code.tolist()
         self._top = top_block(tree.code).tolist()
         self._menu = tree.menu_table.tolist()
-
-    def __getattr__(self, name: str) -> Any:
-        if name in StageOne._OWN:  # not set yet (during __init__)
-            raise AttributeError(name)
-        return getattr(self.one, name)
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        if name in StageOne._OWN:
-            object.__setattr__(self, name, value)
-        else:
-            setattr(self.one, name, value)
 
     def start(self, row: int, budget: float) -> None:
         """Begin a new request at the menu's start (node 0); the stem is paid."""
