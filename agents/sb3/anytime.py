@@ -66,13 +66,15 @@ _HELD_OUT_STREAMS, _HELD_OUT_HORIZON = 8, 100
 
 #: Per-algorithm defaults (see docs/anytime_learners.md for how they were chosen, on calibration data only).
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
-    "ppo": {"n_steps": 64, "batch_size": 1024, "n_epochs": 4, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01},
-    "maskable_ppo": {"n_steps": 64, "batch_size": 1024, "n_epochs": 4, "gamma": 1.0, "gae_lambda": 0.95,
-                     "ent_coef": 0.01},
-    "a2c": {"n_steps": 16, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.01},
+    "ppo": {"n_steps": 64, "batch_size": 1024, "n_epochs": 8, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.03,
+            "policy_kwargs": {"net_arch": [128, 128]}},
+    "maskable_ppo": {"n_steps": 64, "batch_size": 1024, "n_epochs": 8, "gamma": 1.0, "gae_lambda": 0.95,
+                     "ent_coef": 0.03, "policy_kwargs": {"net_arch": [128, 128]}},
+    "a2c": {"n_steps": 16, "gamma": 1.0, "gae_lambda": 0.95, "ent_coef": 0.03,
+            "policy_kwargs": {"net_arch": [128, 128]}},
 }
 #: Defaults of the Lagrangian wrapper (its keyword arguments; ``lagrangian=`` updates them).
-_LAGRANGIAN_DEFAULTS: dict[str, Any] = {"lam_init": 1.0, "lam_lr": 0.05, "update_every": 256, "controller": "dual",
+_LAGRANGIAN_DEFAULTS: dict[str, Any] = {"lam_init": 1.0, "lam_lr": 0.2, "update_every": 256, "controller": "dual",
                                          "unit_episodes": True}
 
 
@@ -235,7 +237,7 @@ class AnytimeSB3Policy(AnytimeLearner):
     def __init__(self, *, total_timesteps: int = 300_000, n_envs: int = 64, learning_rate: float = 1e-3,
                  algo_kwargs: dict[str, Any] | None = None, eval_every: int = 50_000, val_fraction: float = 0.2,
                  action_mode: str = "stage", train_budgets: Sequence[float] = TRAIN_BUDGETS,
-                 bandit_fraction: float = 0.25, lagrangian: dict[str, Any] | None = None,
+                 bandit_fraction: float = 0.5, lagrangian: dict[str, Any] | None = None,
                  prior: bool = False) -> None:
         super().__init__()
         for k, v in (("total_timesteps", total_timesteps), ("n_envs", n_envs), ("eval_every", eval_every)):
@@ -267,11 +269,12 @@ class AnytimeSB3Policy(AnytimeLearner):
         if not isinstance(prior, (bool, np.bool_)) or prior:
             raise ConfigError(f"{self.name}: no prior is supported on the anytime env; use prior=False")
         self.total_timesteps, self.n_envs, self.learning_rate = int(total_timesteps), int(n_envs), float(learning_rate)
-        self.algo_kwargs = {**_DEFAULT_KWARGS[self.algo], **(algo_kwargs or {})}
+        self.algo_kwargs = {**copy.deepcopy(_DEFAULT_KWARGS[self.algo]), **(algo_kwargs or {})}
         self.eval_every, self.val_fraction, self.prior = int(eval_every), float(val_fraction), False
         self.action_mode, self.train_budgets, self.bandit_fraction = action_mode, tuple(sorted(tb)), float(
             bandit_fraction)
         self.lagrangian = {**_LAGRANGIAN_DEFAULTS, **(lagrangian or {})}
+        self.masked_deploy = True
         self.model = None
         self.selected_step: int | None = None
         self.history: list[dict[str, Any]] = []
@@ -419,9 +422,18 @@ class AnytimeSB3Policy(AnytimeLearner):
                 return self._act_stage(batch)
             return self._act_block(batch)
 
-    def _predict(self, obs: np.ndarray, masks: np.ndarray | None) -> np.ndarray:
-        kw = {"action_masks": masks} if self.algo == "maskable_ppo" else {}
-        act, _ = self.model.predict(obs, deterministic=True, **kw)
+    def _predict(self, obs: np.ndarray, masks: np.ndarray) -> np.ndarray:
+        """The most probable *valid* action of each observation (``masks`` [k, A]): MaskablePPO's own masked greedy
+        action, and the same rule on PPO's / A2C's action distribution (what they learnt of invalid actions — that
+        the env turns them into a fallback — is not asked of them at deployment)."""
+        if self.masked_deploy or self.algo == "maskable_ppo":
+            import torch
+
+            obs_t, _ = self.model.policy.obs_to_tensor(obs)
+            with torch.no_grad():
+                logits = self.model.policy.get_distribution(obs_t).distribution.logits.numpy()
+            return np.where(masks, logits, -np.inf).argmax(1).astype(np.int64)
+        act, _ = self.model.predict(obs, deterministic=True)
         return np.asarray(act, dtype=np.int64).reshape(-1)
 
     def _act_block(self, batch: RequestBatch) -> np.ndarray:
