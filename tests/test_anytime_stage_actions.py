@@ -370,3 +370,26 @@ def test_stage_one_equals_stage_batch(toy, menu, mask_over_budget):
         copy = StageBatch(1, at, menu)
         one.write_to(copy)
         assert copy.node[0] == one.node and copy.spent[0] == one.spent and copy.answer[0] == one.answer
+
+
+def test_bench_stage_runs(tmp_path):
+    """benchmarks/bench_stage.py runs end to end (tiny settings) and ends with its JSON line (speeds are printed,
+    never asserted)."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from adainf_env.tables.outcomes import save_table
+
+    root = Path(__file__).resolve().parents[1]
+    table = save_table(toy_anytime_table(200, seed=0), tmp_path / "toy.npz")
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "benchmarks/bench_stage.py", "--table", str(table), "--num-envs", "8",
+                          "--seconds", "0.1"], cwd=root, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    for mode in ("block", "stage"):
+        for setting in ("bandit", "stream"):
+            assert res[f"{mode}_{setting}_vec_requests_per_s"] > 0 and res[f"{mode}_{setting}_single_steps_per_s"] > 0
