@@ -64,8 +64,9 @@ def test_deployed_observation_is_the_training_observation(toy, mode):
     stream, bandit = venv.venv.parts[0], venv.venv.parts[-1].venv
     # the policy keeps the fit rows' features; the training env served the fit rows: compare on that table
     fit_tab = stream.table
-    for part, lo, state in ((stream, 0, {"avg_budget": 0.2, "level": stream._level.copy(),
-                                         "step": stream._t.copy(), "horizon": 200}), (bandit, 9, None)):
+    core = getattr(stream, "core", stream)  # the env's batched kernel: its bucket levels and stream positions
+    for part, lo, state in ((stream, 0, {"avg_budget": 0.2, "level": core._level.copy(),
+                                         "step": core._t.copy(), "horizon": 200}), (bandit, 9, None)):
         batch = part.state.blocks if mode == "stage" else part.state
         idx = np.arange(part.num_envs)
         node = part.state.node.copy() if mode == "stage" else None
