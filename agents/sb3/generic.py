@@ -17,7 +17,9 @@ the same ``save()`` / :func:`agents.load_scheduler`.
   filtered to the keyword arguments the algorithm takes — and the algorithm's own otherwise (ARS: its own learning
   rate, one env). ``algo_kwargs`` go to the algorithm's constructor unchanged.
 * Policy: the algorithm's own MLP policy (``MlpPolicy``; ``MlpLstmPolicy`` for RecurrentPPO) with ``hidden`` as
-  ``net_arch``; ``prior=True`` (the default where it applies: non-recurrent actor-critic policies, e.g. TRPO) adds the
+  ``net_arch`` and, where the policy takes them, :data:`POLICY_DEFAULTS` (25 quantiles for QRDQN instead of its 200:
+  the quantile loss costs n_quantiles² per sample, which at 200 made a default-length fit take hours on two cores;
+  with one-step bandit episodes there is no return distribution over time for the extra quantiles to resolve); ``prior=True`` (the default where it applies: non-recurrent actor-critic policies, e.g. TRPO) adds the
   residual-around-LUT head of the built-ins (:class:`agents.sb3.policy.LUTPrior`).
 * Scores behind ``select()``: the action distribution's logits (actor-critic), the mean of the quantiles (QRDQN),
   Q-values (DQN-like), the action network's outputs (ARS). Recurrent policies: each request is its own one-step
@@ -46,10 +48,13 @@ from agents.sb3.callback import SelectionCallback
 from agents.sb3.policy import LUTPrior
 from agents.sb3.scheduler import DEFAULTS, SB3Scheduler
 
-__all__ = ["GenericSB3Scheduler", "sb3_algorithms", "algorithm_class", "check_discrete", "sb3_scheduler_class"]
+__all__ = ["GenericSB3Scheduler", "sb3_algorithms", "algorithm_class", "check_discrete", "sb3_scheduler_class",
+           "POLICY_DEFAULTS", "LIBRARIES"]
 
 #: The libraries searched for algorithm classes, in this order.
 LIBRARIES = ("stable_baselines3", "sb3_contrib")
+#: Policy keyword arguments set where the algorithm's policy takes them (see the module docstring).
+POLICY_DEFAULTS: dict[str, Any] = {"n_quantiles": 25}
 
 
 @functools.lru_cache(maxsize=None)
@@ -193,6 +198,10 @@ class GenericSB3Scheduler(SB3Scheduler):
             base = self._base_policy()
             return type(f"LUTPrior{base.__name__}", (LUTPrior, base), {})
         return _policy_alias(self._sb3_class())
+
+    def _policy_kwargs(self) -> dict[str, Any]:
+        params = inspect.signature(self._base_policy().__init__).parameters
+        return {**{k: v for k, v in POLICY_DEFAULTS.items() if k in params}, **super()._policy_kwargs()}
 
     def _on_rollouts(self) -> bool:
         from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
