@@ -777,7 +777,23 @@ class AnytimeConfig:
             parts["menu"] = batch.menu_observation(idx)
         if self.obs_format == "dict":
             return parts
-        return np.concatenate(list(parts.values()), axis=1)
+        # flat: one row-contiguous gather of the features (zero-padded to the full width), the other parts written
+        # into their columns (concatenating seven [n, k] blocks row by row is several times slower)
+        out = self._flat_features.take(row, axis=0)
+        o = self.features.shape[1]
+        for k, v in parts.items():
+            if k != "features":
+                out[:, o:o + v.shape[1]] = v
+                o += v.shape[1]
+        return out
+
+    @functools.cached_property
+    def _flat_features(self) -> np.ndarray:
+        """[num_samples, flat observation width] float32: each row's features, zeros after them."""
+        width = int(np.prod(self.observation_space.shape))
+        out = np.zeros((self.num_samples, width), dtype=np.float32)
+        out[:, :self.features.shape[1]] = self.features
+        return out
 
     @functools.cached_property
     def _one_tables(self) -> tuple[list[list[float]], list[list[float]] | None]:
