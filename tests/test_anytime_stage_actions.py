@@ -198,6 +198,15 @@ def test_menu_observation_and_masks(toy):
             obs, _ = env.reset()
     with pytest.raises(ActionError, match="out of range"):
         env.step(menu.num_actions)
+    tight = AnytimeEnv(toy, action_mode="stage", budget="fixed:0.01")  # below every plan: only STOP is allowed
+    tight.reset(seed=0)
+    np.testing.assert_array_equal(tight.action_masks(), [True] + [False] * k)
+    with pytest.raises(ActionError, match="stage action 1 is not allowed"):
+        tight.step(1)
+    loose = AnytimeEnv(toy, action_mode="stage", budget="fixed:0.01", invalid_action="fallback")
+    loose.reset(seed=0)
+    _, _, term, _, info = loose.step(1)
+    assert info["invalid_action"] and info["action"] == "stop" and term and info["num_reads"] == 1
 
 
 @pytest.mark.parametrize("mode", ["bandit", "stream"])
