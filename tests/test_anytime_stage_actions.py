@@ -222,8 +222,18 @@ def test_gymnasium_and_sb3_checkers(toy, mode):
     sb3_check_env(AnytimeEnv(toy, obs_format="flat", **kw))
 
 
-def test_vec_envs_equal_independent_stage_envs(toy):
-    n, kw = 5, dict(mode="stream", budget="fixed:0.35", bucket=True, episode_length=4, action_mode="stage")
+def _parts(obs):
+    """An observation's arrays by name (a flat observation is one part)."""
+    return obs if isinstance(obs, dict) else {"flat": obs}
+
+
+@pytest.mark.parametrize("kw", [dict(mode="stream", budget="fixed:0.35", bucket=True, episode_length=4),
+                                dict(mode="bandit", budget="uniform", obs_format="flat", mask_over_budget=False,
+                                     reward="neg_ce")])
+def test_vec_envs_equal_independent_stage_envs(toy, kw):
+    """AnytimeVecEnv (StageBatch) and gymnasium.make_vec of stage envs equal N single stage envs (StageOne) driven
+    with the same actions: observations, masks, rewards, ends, costs and action names."""
+    n, kw = 5, {**kw, "action_mode": "stage"}
     venv = make_anytime_vec_env(toy, n, seed=11, **kw)
     gvec = gym.make_vec(ANYTIME_ID, num_envs=n, vectorization_mode="vector_entry_point", table=toy, **kw)
     singles = [AnytimeEnv(toy, **kw) for _ in range(n)]
@@ -232,9 +242,9 @@ def test_vec_envs_equal_independent_stage_envs(toy):
     sobs = [e.reset(seed=11 + i)[0] for i, e in enumerate(singles)]
     rng = np.random.default_rng(0)
     for _ in range(150):
-        for key in vobs:
-            np.testing.assert_array_equal(vobs[key], np.stack([o[key] for o in sobs]))
-            np.testing.assert_array_equal(gobs[key], vobs[key])
+        for key, v in _parts(vobs).items():
+            np.testing.assert_array_equal(v, np.stack([_parts(o)[key] for o in sobs]), err_msg=key)
+            np.testing.assert_array_equal(_parts(gobs)[key], v, err_msg=key)
         masks = venv.action_masks()
         np.testing.assert_array_equal(masks, np.stack([e.action_masks() for e in singles]))
         np.testing.assert_array_equal(gvec.unwrapped.action_masks(), masks)
