@@ -39,7 +39,7 @@ class PPOLagrangianPolicy(AnytimeLearnerPolicy):
         for k, v, lo, hi in (("clip", clip, 0.0, 1.0), ("gamma", gamma, 0.0, 1.0), ("gae_lambda", gae_lambda, 0.0, 1.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not lo <= v <= hi \
                     or (k == "clip" and v == 0):
-                raise ConfigError(f"{self.name}: {k} must lie in ({lo}, {hi}]" if k == "clip" else
+                raise ConfigError(f"{self.name}: {k} must lie in ({lo}, {hi}], got {v!r}" if k == "clip" else
                                   f"{self.name}: {k} must lie in [{lo}, {hi}], got {v!r}")
         for k, v in (("epochs", epochs), ("minibatches", minibatches)):
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
