@@ -26,7 +26,6 @@ from adainf_env.envs.core import RNG_CHUNK, AnytimeConfigViews, BatchCore, env_g
 from adainf_env.errors import AdaInfError
 from adainf_env.envs.options import AnytimeOptions
 from adainf_env.tables.outcomes import OutcomeTable
-from adainf_env.envs.reward import overrun_paid
 
 __all__ = ["AnytimeBatchedEnv", "STEP_KEYS", "READ_KEYS", "END_KEYS"]
 
@@ -230,7 +229,8 @@ class AnytimeBatchedEnv(AnytimeConfigViews, BatchCore):
         total = batch.spent.copy()
         budgets = batch.budget.copy()
         pred = batch.last_pred.copy()
-        data = {"cost": reported, "total_cost": total, "budget": budgets, "overrun": overrun_paid(total, budgets),
+        # rewards() left each request's overrun so far in batch.charged: overrun_paid(total, budgets), computed once
+        data = {"cost": reported, "total_cost": total, "budget": budgets, "overrun": batch.charged.copy(),
                 "sample": rows, "action": self._names[a], "position": pos0, "read": res.read,
                 "request_done": ended, "invalid_action": replaced,
                 "read_plan": plans, "read_pred": pred, "read_conf": batch.last_conf.copy(),
