@@ -228,3 +228,28 @@ def test_unit_episodes_end_the_learners_episode_at_each_request_while_the_stream
             assert infos[k]["TimeLimit.truncated"] is False and infos[k]["terminal_observation"].shape == obs[k].shape
         ended += int(dones.sum())
     assert ended > 10
+
+
+def test_plan_env_vector_wrapper_prices_each_request():
+    """The plan env (one request per step, every env done together in the bandit): the Gymnasium vector wrapper reads
+    the cost from final_info and prices it; the chosen plan's cost is each unit."""
+    from adainf_env.tables.toy import make_toy_table
+
+    table = make_toy_table(300, num_blocks=3, seed=0)
+    env = gym.make_vec("AdaInf/Bandit-v0", num_envs=4, table=table, obs_format="flat")
+    ref = gym.make_vec("AdaInf/Bandit-v0", num_envs=4, table=table, obs_format="flat")
+    w = LagrangianVectorWrapper(env, target=0.5, update_every=1)
+    obs, _ = w.reset(seed=0)
+    ref.reset(seed=0)
+    assert obs.shape[1] == env.single_observation_space.shape[0] + 2
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.integers(0, env.single_action_space.n, size=4)
+        lam = w.multipliers.lam[0]
+        obs, rew, term, trunc, infos = w.step(a)
+        _, ref_rew, *_ = ref.step(a)
+        cost = np.asarray(infos["final_info"]["cost"], dtype=np.float64)
+        assert np.allclose(cost, table.plan_cost()[a])
+        assert np.allclose(rew, (ref_rew - lam * cost) / (1 + lam), atol=1e-6)
+        assert np.isclose(w.multipliers.history[-1][1], cost.mean())
+        assert infos["final_obs"].shape == obs.shape
