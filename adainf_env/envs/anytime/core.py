@@ -257,7 +257,8 @@ class AnytimeTable:
 Reader = Callable[[np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 
 
-NOOP = NUM_ACTIONS  # the kernel's pseudo-action of a slot that does not act this step (tables have NUM_ACTIONS + 1 columns)
+# the kernel's pseudo-action of a slot that does not act this step (the tables have NUM_ACTIONS + 1 columns)
+NOOP = NUM_ACTIONS
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -561,7 +562,8 @@ class OneRequest:
         self.mask_over_budget = bool(mask_over_budget)
         self._cost, self._advance, self._bit = kt.cost.tolist(), kt.advance.tolist(), kt.code_bit.tolist()
         self._ends, self._reads, self._next_fresh = kt.ends.tolist(), kt.reads.tolist(), kt.next_fresh.tolist()
-        self._allowed, self._run_cost, self._read_cost = kt.allowed.tolist(), kt.run_cost.tolist(), kt.read_cost.tolist()
+        self._allowed = kt.allowed.tolist()
+        self._run_cost, self._read_cost = kt.run_cost.tolist(), kt.read_cost.tolist()
         self._code_plan = table.code_to_plan.tolist()
         self._every_plan = table.every_code_is_plan
         self._stem = float(table.costs.stem)
@@ -749,7 +751,8 @@ class AnytimeConfig:
         spent, budget, reads = batch.spent, batch.budget, batch.reads
         last_conf, prev_conf, last_pred, prev_pred = batch.last_conf, batch.prev_conf, batch.last_pred, batch.prev_pred
         if idx is not None:
-            row, pos, fresh, code, spent, budget, reads = (x[idx] for x in (row, pos, fresh, code, spent, budget, reads))
+            row, pos, fresh, code = (x[idx] for x in (row, pos, fresh, code))
+            spent, budget, reads = (x[idx] for x in (spent, budget, reads))
             last_conf, prev_conf, last_pred, prev_pred = (x[idx] for x in (last_conf, prev_conf, last_pred, prev_pred))
         n = len(row)
         cost_tab, onehot, bits = self._obs_tables
