@@ -667,18 +667,14 @@ class AnytimeConfig:
         :class:`~adainf_env.envs.anytime.stages.StageBatch` over one."""
         if self.menu is None:
             return RequestBatch(n, self.table, mask_over_budget=self.mask_over_budget)
-        from adainf_env.envs.anytime.stages import StageBatch  # stages builds on this module
-
-        return StageBatch(n, self.table, self.menu, mask_over_budget=self.mask_over_budget)
+        return self.menu.new_batch(n, self.table, mask_over_budget=self.mask_over_budget)  # stages builds on us
 
     def new_one(self) -> "OneRequest":
         """The single env's fast-path request (table mode): a :class:`OneRequest`, or in stage mode a
         :class:`~adainf_env.envs.anytime.stages.StageOne` over one."""
         if self.menu is None:
             return OneRequest(self.table, mask_over_budget=self.mask_over_budget)
-        from adainf_env.envs.anytime.stages import StageOne  # stages builds on this module
-
-        return StageOne(self.table, self.menu, mask_over_budget=self.mask_over_budget)
+        return self.menu.new_one(self.table, mask_over_budget=self.mask_over_budget)
 
     # the options, read where the envs used to keep them as fields
     mode = property(lambda self: self.options.mode)

@@ -206,6 +206,15 @@ class StageTree:
             bad = int(self.code[np.argmax(at.code_to_plan[self.code] < 0)])
             raise ConfigError(f"stage menu: its plan code {bad} is not a plan of the table")
 
+    def new_batch(self, n: int, table: AnytimeTable, *, mask_over_budget: bool = True) -> "StageBatch":
+        """``n`` requests taking stage actions over this menu (:class:`StageBatch`; what
+        :meth:`~adainf_env.envs.anytime.core.AnytimeConfig.new_batch` builds in stage mode)."""
+        return StageBatch(n, table, self, mask_over_budget=mask_over_budget)
+
+    def new_one(self, table: AnytimeTable, *, mask_over_budget: bool = True) -> "StageOne":
+        """One request taking stage actions over this menu, as Python scalars (:class:`StageOne`)."""
+        return StageOne(table, self, mask_over_budget=mask_over_budget)
+
 
 def stage_menu(action_mode: str, stage_menu_option: Any, at: AnytimeTable, table: OutcomeTable | None) -> \
         StageTree | None:
