@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from agents.evaluation.routing_gains import gain_table, make_routing_table, routing_gain_records
+from agents.evaluation.routing_gains import QUICK_SETTINGS, gain_table, make_routing_table, routing_gain_records
 
 LEARNERS = ["ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian"]
 
@@ -33,18 +33,32 @@ def test_the_table_makes_routing_pay(tables, references):
         make_routing_table(10, easy=1.0)
 
 
+def _share(rec, references):
+    lo, hi = references[("lut", rec["budget"])], references[("oracle", rec["budget"])]
+    return (rec["accuracy"] - lo) / (hi - lo)
+
+
+@pytest.mark.parametrize("name", ["ppo", "a2c", "maskable_ppo", "hinge"])
+def test_default_learner_captures_85_percent_of_the_routing_gain(tables, references, name):
+    """The acceptance line: with its shipped defaults (LUT prior on; every plan a candidate), each learner captures
+    ≥ 85 % of the oracle − lut gap at the budgets paying for 1 and 2 of the 4 blocks."""
+    recs = routing_gain_records([name], *tables, budgets=(0.4, 0.6))
+    assert [r["prior"] for r in recs] == [True, True] and recs[0]["selected_step"] > 0
+    for r in recs:
+        assert _share(r, references) >= 0.85, (name, r["budget"], r["accuracy"])
+
+
 CASES = [(n, False, 0.4) for n in LEARNERS] + [(n, False, 0.6) for n in ("a2c", "blockdrop")] + \
-        [("hinge", True, 0.6), ("ppo", True, 0.6), ("reinforce", True, 0.4)]
+        [("reinforce", True, 0.4)]
 
 
 @pytest.mark.parametrize("name,prior,budget", CASES, ids=[f"{n}-{'prior' if p else 'plain'}-{b}" for n, p, b in CASES])
 def test_learner_captures_most_of_the_routing_gain(tables, references, name, prior, budget):
-    recs = routing_gain_records([name], *tables, budgets=(budget,), priors=(prior,))
+    """Short training (QUICK_SETTINGS) is enough for most of the gain, with or without the prior."""
+    recs = routing_gain_records([name], *tables, budgets=(budget,), priors=(prior,), settings=QUICK_SETTINGS)
     assert recs and all(r["prior"] is (prior and name not in ("dqn", "blockdrop")) for r in recs)
     assert recs[0]["selected_step"] > 0
-    lo, hi = references[("lut", budget)], references[("oracle", budget)]
-    share = (recs[0]["accuracy"] - lo) / (hi - lo)
-    assert share >= 0.7, (name, prior, budget, recs[0]["accuracy"], lo, hi)
+    assert _share(recs[0], references) >= 0.7, (name, prior, budget, recs[0]["accuracy"])
 
 
 def test_gain_table_reports_the_captured_share(tables):

@@ -10,7 +10,9 @@ right on all of them (up to feature noise): the oracle − lut gap is what routi
 
 :func:`routing_gain_records` fits schedulers on a calibration draw and evaluates them on a test draw (the harness's
 bandit records); :func:`gain_table` turns the records into a markdown table of accuracy and captured share of the gap.
-``python -m agents.evaluation.routing_gains`` prints the table for every learner with and without the LUT prior.
+``python -m agents.evaluation.routing_gains`` prints the table for every learner with and without the LUT prior, each
+trained with its defaults (``--quick``: the short :data:`QUICK_SETTINGS`); the row ``name+prior`` of a learner whose
+default is ``prior=True`` is its default.
 """
 
 from __future__ import annotations
@@ -26,14 +28,24 @@ from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_co
 from agents.evaluation.harness import evaluate_bandit
 from agents.evaluation.report import summarize
 
-__all__ = ["make_routing_table", "routing_gain_records", "gain_table", "ROUTING_BUDGETS", "QUICK_SETTINGS"]
+__all__ = ["make_routing_table", "routing_gain_records", "gain_table", "ROUTING_BUDGETS", "DEFAULT_SETTINGS",
+           "QUICK_SETTINGS"]
 
 #: Budgets (fractions of the full model) that pay for 1, 2 and 3 of the 4 blocks of the default table.
 ROUTING_BUDGETS: tuple[float, ...] = (0.4, 0.6, 0.8)
 
-#: Short training settings per learner (seconds each on one CPU core) used by the tests and the module's CLI. Every
-#: plan is a candidate (``plans="all"``): on this table the calibration accuracy/cost Pareto front keeps one plan per
-#: cost level — the per-input alternatives are exactly the plans a feature-blind frontier drops.
+#: What the module's CLI (and :func:`routing_gain_records` by default) runs: every learner with its own defaults —
+#: ``prior`` included — except that every plan is a candidate (``plans="all"``): on this table the calibration
+#: accuracy/cost Pareto front keeps one plan per cost level, and the per-input alternatives are exactly the plans a
+#: feature-blind frontier drops. ``blockdrop`` picks blocks, not plans.
+DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
+    **{n: {"plans": "all", "progress": False} for n in ("hinge", "reinforce", "lagrangian")},
+    "blockdrop": {"progress": False},
+    **{n: {"plans": "all"} for n in ("ppo", "a2c", "maskable_ppo", "dqn")},
+}
+
+#: Short training settings per learner (seconds each on one CPU core) for tests that only need *a* learner that
+#: learns; the acceptance numbers (``python -m agents.evaluation.routing_gains``) use :data:`DEFAULT_SETTINGS`.
 QUICK_SETTINGS: dict[str, dict[str, Any]] = {
     "hinge": {"epochs": 15, "plans": "all", "progress": False},
     "reinforce": {"epochs": 15, "plans": "all", "progress": False},
@@ -77,11 +89,12 @@ def routing_gain_records(names: Sequence[str], calib: OutcomeTable, test: Outcom
                          priors: Sequence[bool | None] = (None,),
                          settings: Mapping[str, Mapping[str, Any]] | None = None) -> list[dict[str, Any]]:
     """Fit each scheduler of ``names`` on ``calib`` (per seed and per ``prior`` value — ``None`` = the default;
-    baselines once per seed) and sweep ``budgets`` on ``test``. Learners' records are named ``name+prior`` /
-    ``name-prior`` when both prior values are asked for."""
+    baselines once per seed) with ``settings[name]`` (default :data:`DEFAULT_SETTINGS`: the learners' own defaults
+    on every plan) and sweep ``budgets`` on ``test``. Learners' records are named ``name+prior`` / ``name-prior``
+    when both prior values are asked for."""
     from agents.registry import BASELINES, make_scheduler  # the registry imports every scheduler module
 
-    settings = dict(QUICK_SETTINGS if settings is None else settings)
+    settings = dict(DEFAULT_SETTINGS if settings is None else settings)
     records: list[dict[str, Any]] = []
     for seed in seeds:
         for name in names:
@@ -128,12 +141,13 @@ def gain_table(records: Sequence[Mapping[str, Any]], *, low: str = "lut", high: 
 
 def main(argv: Sequence[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--learners", nargs="+", default=list(QUICK_SETTINGS))
+    p.add_argument("--learners", nargs="+", default=list(DEFAULT_SETTINGS))
     p.add_argument("--seeds", type=int, default=1)
+    p.add_argument("--quick", action="store_true", help="short training (QUICK_SETTINGS) instead of the defaults")
     a = p.parse_args(argv)
     calib, test = make_routing_table(2000, seed=0), make_routing_table(2000, seed=1, split="test")
     recs = routing_gain_records(["lut", "oracle", *a.learners], calib, test, seeds=range(a.seeds),
-                                priors=(True, False))
+                                priors=(True, False), settings=QUICK_SETTINGS if a.quick else DEFAULT_SETTINGS)
     print(gain_table(recs))
 
 

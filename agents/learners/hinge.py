@@ -27,7 +27,7 @@ from adainf_env.feasibility import feasible_with_fallback
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.torch_learner import TorchTableLearner
 
-__all__ = ["HingeScheduler", "hinge_loss"]
+__all__ = ["HingeScheduler", "hinge_loss", "PRIOR_SCALE"]
 
 
 def hinge_loss(logits: torch.Tensor, plan_loss: torch.Tensor, plan_cost: torch.Tensor, budget: torch.Tensor,
@@ -47,17 +47,32 @@ def hinge_loss(logits: torch.Tensor, plan_loss: torch.Tensor, plan_cost: torch.T
     return (pi * per_plan).sum(dim=-1).mean()
 
 
+#: Default scale of hinge's LUT prior (the other torch learners use 3), chosen on calibration data only (reference
+#: calibration table split 60/40, routing table's calibration draw scored on a third draw; 3 seeds): the largest
+#: of 3 / 2 / 1.5 that captures ≥ 85 % of the routing gain on every seed. At 3 the loss's overrun term lets the
+#: softmax put a type's mass on slightly over-budget plans during training, that type's within-budget logits stay
+#: untrained, and the +3 LUT bonus then wins the budget-restricted argmax: one of the 4 routing types stays on the
+#: LUT plan (67 % of the gap at 0.4 for one seed, 87 % mean). At 2 every seed captures ≥ 97 %. docs/learners.md.
+PRIOR_SCALE = 2.0
+
+
 class HingeScheduler(TorchTableLearner):
     """AdaInf hinge-loss scheduler on an outcome table. Keyword arguments: those of
     :class:`~agents.learners.torch_learner.TorchTableLearner` plus ``lam`` (λ, penalty per unit of overrun, ≥ 0),
-    ``target`` ("ce" | "error") and ``train_mask``."""
+    ``target`` ("ce" | "error") and ``train_mask``; ``prior_scale`` defaults to :data:`PRIOR_SCALE`.
+
+    With ``target="ce"`` (the paper's loss) the learner ranks plans by mean cross-entropy, not accuracy: on the
+    reference calibration table the most accurate candidate (cost 0.864, 91.40 %) has mean CE 0.299, the cost-0.49
+    candidate 0.302 (89.94 %) and the cost-0.626 one 0.289 (90.67 %); the full plan (cost 1.0) 0.323 against 0.277 for
+    the cost-0.762 plan. So at budgets ≥ 0.6 hinge settles on cheaper plans than ``lut`` and ends 0.5–1.7 pt below
+    it there — the paper's objective, kept as it is (``target="error"`` trains on the 0/1 error instead)."""
 
     name = "hinge"
 
     def __init__(self, *, lam: float = 10.0, target: str = "ce", train_mask: bool = False, epochs: int = 30,
                  batch_size: int = 256, lr: float = 3e-3, weight_decay: float = 1e-4,
                  hidden: Sequence[int] = (128, 128), plans: str | Sequence[int] = "pareto", val_fraction: float = 0.2,
-                 restrict_to_budget: bool = True, prior: bool | None = None, prior_scale: float = 3.0,
+                 restrict_to_budget: bool = True, prior: bool | None = None, prior_scale: float = PRIOR_SCALE,
                  progress: bool | None = None) -> None:
         super().__init__(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, hidden=hidden,
                          plans=plans, val_fraction=val_fraction, restrict_to_budget=restrict_to_budget,
