@@ -184,11 +184,10 @@ class AnytimeOptions(EnvOptions):
             raise ConfigError(f"stage_menu={menu!r} needs action_mode='stage' (got {self.action_mode!r})")
         if isinstance(menu, Mapping):
             check_menu_sizes(menu)
-        elif menu is not None:
-            from adainf_env.envs.anytime.stages import StageTree  # above this module (it needs the kernel)
-
-            if not isinstance(menu, StageTree):
-                raise ConfigError(f"stage_menu must be None, a dict of menu sizes or a StageTree, got {menu!r}")
+        elif menu is not None and not callable(getattr(menu, "check_fits", None)):
+            # a menu object is a StageTree (adainf_env.envs.anytime.stages, which builds on the kernel above this
+            # module): known here by the method the env calls on it
+            raise ConfigError(f"stage_menu must be None, a dict of menu sizes or a StageTree, got {menu!r}")
         if self.action_type != "plan":
             raise ConfigError("the anytime env's actions are Discrete(4) (run, skip, read, stop): action_type must "
                               f"stay 'plan', got {self.action_type!r}")

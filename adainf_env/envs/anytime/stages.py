@@ -227,12 +227,11 @@ def stage_menu(action_mode: str, stage_menu_option: Any, at: AnytimeTable, table
     if table is None:
         raise ConfigError("action_mode='stage' is for outcome tables; a live source steps block by block: use "
                           "action_mode='block'")
-    if isinstance(stage_menu_option, StageTree):
+    if stage_menu_option is not None and not isinstance(stage_menu_option, Mapping):  # a StageTree (options check)
         stage_menu_option.check_fits(at)
         return stage_menu_option
     sizes = dict(MENU_DEFAULTS)
-    if isinstance(stage_menu_option, Mapping):
-        sizes.update(stage_menu_option)
+    sizes.update(stage_menu_option or {})
     return StageTree(at, table, **sizes)
 
 
