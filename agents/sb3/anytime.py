@@ -51,6 +51,7 @@ from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.base import (AnytimeLearner, held_out_bandit_accuracy, held_out_stream_accuracy,
                                   single_thread)
+from agents.sb3.scheduler import _algo_class
 
 __all__ = ["AnytimeSB3Policy", "AnytimePPOPolicy", "AnytimeA2CPolicy", "AnytimeMaskablePPOPolicy", "ANYTIME_ALGOS",
            "training_env", "ConcatVecEnv", "TRAIN_BUDGETS", "HORIZON"]
@@ -76,17 +77,6 @@ _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
 #: Defaults of the Lagrangian wrapper (its keyword arguments; ``lagrangian=`` updates them).
 _LAGRANGIAN_DEFAULTS: dict[str, Any] = {"lam_init": 1.0, "lam_lr": 0.2, "update_every": 256, "controller": "dual",
                                          "unit_episodes": True}
-
-
-def _algo_class(algo: str) -> type:
-    if algo == "ppo":
-        from stable_baselines3 import PPO
-        return PPO
-    if algo == "a2c":
-        from stable_baselines3 import A2C
-        return A2C
-    from sb3_contrib import MaskablePPO
-    return MaskablePPO
 
 
 class ConcatVecEnv(VecEnv):
