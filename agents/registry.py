@@ -191,7 +191,10 @@ def _import_target(what: str, spec: str) -> type:
 
 def _detect_env(spec: str, cls: type) -> Literal["plan", "anytime"]:
     """The env whose protocol ``cls`` follows; :class:`ConfigError` naming what it lacks when it fits neither."""
-    plan, anytime = missing_members(cls, PLAN_PROTOCOL), missing_members(cls, ANYTIME_PROTOCOL)
+    # outside the Scheduler hierarchy nothing turns select() into the decide() the harness calls: decide is needed
+    protocol = PLAN_PROTOCOL if issubclass(cls, Scheduler) else tuple(
+        "decide" if m == "select|decide" else m for m in PLAN_PROTOCOL)
+    plan, anytime = missing_members(cls, protocol), missing_members(cls, ANYTIME_PROTOCOL)
     if issubclass(cls, Scheduler) and not plan:
         return "plan"
     if issubclass(cls, AnytimePolicy) and not anytime:

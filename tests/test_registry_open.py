@@ -67,6 +67,19 @@ class RunAllThenRead(AnytimePolicy):
 class NotAScheduler:
     def fit(self, table):
         return self
+
+
+class SelectOnly:  # duck-typed, but the harness calls decide(), which only agents.Scheduler derives from select()
+    name, is_bound = "select_only", False
+
+    def fit(self, table, *, seed=0, cost_unit="macs"):
+        return self
+
+    def select(self, features, budgets, state=None):
+        return np.zeros(len(budgets), dtype=np.int64)
+
+    def provenance(self):
+        return {}
 '''
 
 
@@ -112,9 +125,11 @@ def test_user_classes_run_end_to_end_through_compare_schedulers(user_module, any
 def test_protocol_detection_and_refusals(user_module):
     assert registry.resolve("my_scheds:CheapestFit").env == "plan"
     assert registry.resolve("my_scheds:RunAllThenRead").env == "anytime"
-    with pytest.raises(ConfigError, match=r"NotAScheduler is neither.*lacks select\(\) or decide\(\).*lacks begin\(\), "
+    with pytest.raises(ConfigError, match=r"NotAScheduler is neither.*lacks decide\(\), provenance.*lacks begin\(\), "
                                           r"act\(\), soft_budget\(\)"):
         registry.resolve("my_scheds:NotAScheduler")
+    with pytest.raises(ConfigError, match=r"SelectOnly is neither.*as a scheduler .* lacks decide\(\);"):
+        registry.resolve("my_scheds:SelectOnly")
     with pytest.raises(ConfigError, match="defines no Missing"):
         registry.make_scheduler("my_scheds:Missing")
     with pytest.raises(ConfigError, match="importing no_such_pkg.mod failed"):
