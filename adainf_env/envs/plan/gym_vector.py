@@ -28,8 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.errors import ConfigError
-from adainf_env.envs.options import RENDER_MODES, EnvOptions
+from adainf_env.envs.options import EnvOptions
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.plan.batched import PlanBatchedEnv
 from adainf_env.envs.gym_vector_base import CoreVectorEnv, seed_and_options
