@@ -69,9 +69,9 @@ def _actions(rng: np.random.Generator, masks: np.ndarray, masked: bool) -> np.nd
 @pytest.mark.parametrize("table_name", ["reference", "toy"])
 @pytest.mark.parametrize("name, kw, masked", CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_vec_envs_equal_reference(tables, table_name, name, kw, masked):
-    """SB3 vec env and Gymnasium vector env, 48 envs × 150 steps each, against the reference."""
+    """SB3 vec env and Gymnasium vector env, 48 envs × 100 steps each, against the reference."""
     table = tables[table_name]
-    n, steps = 48, 150
+    n, steps = 48, 100
     new, ref = AnytimeVecEnv(table, n, **kw), ReferenceAnytimeVecEnv(table, n, **kw)
     gnew, gref = AnytimeVectorEnv(n, table=table, **kw), ReferenceAnytimeVectorEnv(table, n, **kw)
     new.seed(3)
