@@ -19,7 +19,8 @@ The env is seen through :class:`~agents.sb3.obs.SchedulerObsWrapper` (an SB3 ``V
 Policy (PPO, A2C, MaskablePPO) with ``prior=True``: a residual policy around the look-up table,
 ``logits = W·latent + s·1[k = LUT plan]`` with ``W`` zero-initialised (``s = prior_scale``), so the untrained policy's
 most probable plan within budget is the LUT plan (:mod:`agents.sb3.policy`); ``prior=False`` is SB3's plain MLP
-policy. DQN has no prior (its Q-head is SB3's).
+policy. DQN has no prior (its Q-head is SB3's). ``prior_scale=None`` takes the algorithm's default
+(:data:`DEFAULTS`).
 
 ``select()`` is the deterministic policy (argmax of the action probabilities, or of Q for DQN) restricted to plans
 within the budget (``restrict_to_budget=True``, the default; ``False`` = SB3's unrestricted ``predict``).
@@ -70,21 +71,31 @@ from agents.sb3.obs import ObsBuilder, SchedulerObsWrapper
 from agents.sb3.policy import ALGOS, policy_class
 
 __all__ = ["SB3Scheduler", "PPOScheduler", "A2CScheduler", "DQNScheduler", "MaskablePPOScheduler", "ALGOS",
-           "DEFAULTS", "StepCallback", "ObsBuilder", "SchedulerObsWrapper"]
+           "DEFAULTS", "PRIOR_SCALE", "StepCallback", "ObsBuilder", "SchedulerObsWrapper"]
 
-#: Per-algorithm defaults, chosen on held-out *calibration* rows (never the test split) for a small CPU budget.
-#: ``prior`` (see :data:`~agents.learners.base.PRIOR_DEFAULT`): start as the LUT (residual policy,
-#: :class:`~agents.sb3.policy.LUTPrior`, scale ``prior_scale``): without it PPO has to rediscover from noisy bandit
-#: rewards which of ~15 plans of nearly equal accuracy is best at high budgets. 100k env steps: on the reference table
-#: the held-out score stops improving well before (the stem features say little about which plan a sample needs).
+#: Scale of the LUT prior where :data:`DEFAULTS` names none (see :class:`~agents.sb3.policy.LUTPrior`).
+PRIOR_SCALE = 3.0
+
+#: Per-algorithm defaults, chosen for a small CPU budget on *calibration* data only — the reference calibration table
+#: split 60/40 (fit / score, 3 seeds) and the routing table's calibration draw scored on a third draw
+#: (:mod:`agents.evaluation.routing_gains`) — never a test split. ``prior`` (see
+#: :data:`~agents.learners.base.PRIOR_DEFAULT`): start as the LUT (residual policy, :class:`~agents.sb3.policy.LUTPrior`,
+#: scale ``prior_scale``): without it the learners have to rediscover from noisy bandit rewards which of ~15 plans of
+#: nearly equal accuracy is best at high budgets, and settle on plans of cost ≈ 0.49 at every budget ≥ 0.5.
+#: ``prior_scale`` 5 for PPO: at 3 the policy's ~40 % exploration mass lets PPO's clipped updates drift off the LUT
+#: at the high budgets where ~6 plans lie within 1.5 pt (calibration: −0.17 pt at 1.0 over 3 seeds, −0.50 for one;
+#: at 5: no loss at any budget), while 5 still captures ≥ 94 % of the routing gain at 0.4. MaskablePPO (masked
+#: exploration: no such drift) and A2C (its one-step updates need the exploration) keep 3. 100k env steps: enough for
+#: ≥ 83 % of the routing gain at 0.4 on every seed; on the reference tables the held-out score stops improving well
+#: before (the stem features say little about which plan a sample needs). docs/learners.md has the measurements.
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
+    "ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "prior_scale": 5.0,
             "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0, "gae_lambda": 1.0,
                             "ent_coef": 0.0}},
-    "maskable_ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
+    "maskable_ppo": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "prior_scale": PRIOR_SCALE,
                      "algo_kwargs": {"n_steps": 8, "batch_size": 512, "n_epochs": 4, "gamma": 0.0,
                                      "gae_lambda": 1.0, "ent_coef": 0.0}},
-    "a2c": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3,
+    "a2c": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "prior_scale": PRIOR_SCALE,
             "algo_kwargs": {"n_steps": 1, "gamma": 0.0, "ent_coef": 0.0}},
     "dqn": {"total_timesteps": 100_000, "n_envs": 32, "learning_rate": 1e-3,
             "algo_kwargs": {"buffer_size": 100_000, "learning_starts": 2_000, "batch_size": 256, "gamma": 0.0,
@@ -120,7 +131,7 @@ class SB3Scheduler(LearnerBase):
                  plans: str | Sequence[int] = "pareto", val_fraction: float = 0.2, eval_every: int = 10,
                  restrict_to_budget: bool = True, algo_kwargs: dict[str, Any] | None = None,
                  tensorboard_log: str | None = None, checkpoint_dir: str | None = None,
-                 prior: bool | None = None, prior_scale: float = 3.0, progress: bool = False) -> None:
+                 prior: bool | None = None, prior_scale: float | None = None, progress: bool = False) -> None:
         d = self._defaults(algo)
         self.algo = algo
         self.name = algo  # results name = algorithm name (instance attribute shadows the class default)
@@ -145,6 +156,7 @@ class SB3Scheduler(LearnerBase):
         self.tensorboard_log = tensorboard_log
         self.checkpoint_dir = checkpoint_dir
         self.progress = bool(progress)
+        prior_scale = float(prior_scale if prior_scale is not None else d.get("prior_scale", PRIOR_SCALE))
         if not (math.isfinite(prior_scale) and prior_scale > 0):
             raise ConfigError(f"prior_scale must be a finite number > 0, got {prior_scale}")
         self.prior = resolve_prior(prior, default=PRIOR_DEFAULT, supported=self._prior_supported(), who=algo)
