@@ -12,7 +12,7 @@ Conventions (every script in ``experiments/`` and ``benchmarks/bench_executor.py
   (``parse_config(..., raise_errors=True)``); as a command (``run_script(main)``) that — and any other
   :class:`~adainf_env.errors.AdaInfError` the script raises later (missing file, table mismatch, …) — becomes
   **exit status 2 with one line** ``error: …`` on stderr and no traceback;
-* Ctrl-C (``KeyboardInterrupt``) ends a command with **one line** on stderr and exit status 130: what the run
+* Ctrl-C (``KeyboardInterrupt``) or SIGTERM ends a command with **one line** on stderr and exit status 130: what the run
   directory keeps and the command that resumes it (``--out DIR --resume``), or that nothing was saved yet.
 """
 
@@ -24,7 +24,9 @@ import io
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence, TypeVar
 
@@ -140,9 +142,12 @@ def interrupt_line(argv: Sequence[str], script: str) -> str:
 
 def run_script(main: Callable[..., Any], argv: Sequence[str] | None = None) -> Any:
     """Run a script's ``main(argv)``; bad input (:class:`AdaInfError`) → one ``error:`` line and exit status 2;
-    Ctrl-C → one line (what was saved, the command that resumes) and exit status 130."""
+    Ctrl-C or SIGTERM → one line (what was saved, the command that resumes) and exit status 130."""
     args = list(sys.argv[1:] if argv is None else argv)
     _ACTIVE["run_dir"] = None
+    # SIGTERM (timeout, a batch scheduler, kill) ends the run like Ctrl-C: the same line, the same resume command
+    previous = (signal.signal(signal.SIGTERM, _terminated)
+                if threading.current_thread() is threading.main_thread() else None)
     try:
         return main(None if argv is None else list(argv))
     except AdaInfError as e:
@@ -153,6 +158,13 @@ def run_script(main: Callable[..., Any], argv: Sequence[str] | None = None) -> A
             script = os.path.relpath(script)
         print(interrupt_line(args, script).replace("\n", " "), file=sys.stderr, flush=True)
         sys.exit(130)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

@@ -284,3 +284,26 @@ def test_bad_checkpoint_leaves_no_run_directory(tmp_path, capsys):
                                            str(tmp_path / "runs"), "--no-progress"], capsys)
         assert str(ckpt) in err
         assert not (tmp_path / "runs").exists()
+
+
+def test_sigterm_ends_like_ctrl_c(tmp_path, capsys):
+    """SIGTERM (timeout, a batch scheduler) ends a command with the same one line as Ctrl-C, and the handler is
+    restored afterwards."""
+    from adainf_lab.cli import note_run_dir
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def main(argv):
+        note_run_dir(tmp_path)
+        (tmp_path / "config.json").write_text("{}")
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the signal interrupts this
+        raise AssertionError("SIGTERM did not end the run")
+
+    with pytest.raises(SystemExit) as e:
+        run_script(main, ["--out", str(tmp_path), "--seed", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 130 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"interrupted: {tmp_path} keeps config.json; resume with: python ")
+    assert err.strip().endswith(f"--seed 3 --out {tmp_path} --resume")
+    assert signal.getsignal(signal.SIGTERM) == before
