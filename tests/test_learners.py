@@ -275,8 +275,13 @@ def test_sb3_lut_prior_makes_untrained_policy_the_lut(toy):
             ok = np.flatnonzero(cost <= b + 1e-12)
             lut = ok[np.argmax(acc[ok])]
             assert (s.select(train.features, np.full(train.num_samples, b)) == lut).mean() > 0.99, (algo, b)
-    with pytest.raises(ConfigError):
-        SB3Scheduler(algo="dqn", prior=True)
+    # DQN: the LUT margin — where Q's differences are below prior_scale the greedy choice is the LUT plan
+    dqn = SB3Scheduler(algo="dqn", total_timesteps=256, n_envs=32, learning_rate=1e-12, prior_scale=10.0,
+                       algo_kwargs={"learning_starts": 64}).fit(train, seed=0)
+    assert dqn.prior is True and SB3Scheduler(algo="dqn").prior_scale == 0.3
+    for b in (0.3, 0.6, 1.0):
+        ok = np.flatnonzero(cost <= b + 1e-12)
+        assert (dqn.select(train.features, np.full(train.num_samples, b)) == ok[np.argmax(acc[ok])]).all(), b
     with pytest.raises(ConfigError):
         SB3Scheduler(algo="ppo", prior_scale=-1.0)
     with pytest.raises(ConfigError):

@@ -19,8 +19,10 @@ The env is seen through :class:`~agents.sb3.obs.SchedulerObsWrapper` (an SB3 ``V
 Policy (PPO, A2C, MaskablePPO) with ``prior=True``: a residual policy around the look-up table,
 ``logits = W·latent + s·1[k = LUT plan]`` with ``W`` zero-initialised (``s = prior_scale``), so the untrained policy's
 most probable plan within budget is the LUT plan (:mod:`agents.sb3.policy`); ``prior=False`` is SB3's plain MLP
-policy. DQN has no prior (its Q-head is SB3's). ``prior_scale=None`` takes the algorithm's default
-(:data:`DEFAULTS`).
+policy. DQN with ``prior=True`` (its Q-network is SB3's): a *LUT margin* at choice time — the greedy choice (deployed
+and scored on held-out rows) is ``argmax_k Q(s, k) + prior_scale·1[k = LUT plan at M]``, so the policy leaves the
+LUT plan only where Q says another plan is at least ``prior_scale`` (in reward units: accuracy) better; exploration
+during training is SB3's ε-greedy on Q alone. ``prior_scale=None`` takes the algorithm's default (:data:`DEFAULTS`).
 
 ``select()`` is the deterministic policy (argmax of the action probabilities, or of Q for DQN) restricted to plans
 within the budget (``restrict_to_budget=True``, the default; ``False`` = SB3's unrestricted ``predict``).
@@ -85,7 +87,10 @@ PRIOR_SCALE = 3.0
 #: ``prior_scale`` 5 for PPO: at 3 the policy's ~40 % exploration mass lets PPO's clipped updates drift off the LUT
 #: at the high budgets where ~6 plans lie within 1.5 pt (calibration: −0.17 pt at 1.0 over 3 seeds, −0.50 for one;
 #: at 5: no loss at any budget), while 5 still captures ≥ 94 % of the routing gain at 0.4. MaskablePPO (masked
-#: exploration: no such drift) and A2C (its one-step updates need the exploration) keep 3. 100k env steps: enough for
+#: exploration: no such drift) and A2C (its one-step updates need the exploration) keep 3. DQN: LUT margin 0.3,
+#: learning rate 3e-4, one gradient step per env step (was 1e-3 and 4, no margin: its per-sample Q estimates of
+#: plans ~1 pt apart were noisier than the differences, −2.3 to −4.0 pt against ``lut`` on every budget; margins 0.05 /
+#: 0.15 alone still lost 4.4 / 2.6 pt; together: −0.03 pt, 96 % of the routing gain). 100k env steps: enough for
 #: ≥ 83 % of the routing gain at 0.4 on every seed; on the reference tables the held-out score stops improving well
 #: before (the stem features say little about which plan a sample needs). docs/learners.md has the measurements.
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -97,9 +102,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                                      "gae_lambda": 1.0, "ent_coef": 0.0}},
     "a2c": {"total_timesteps": 100_000, "n_envs": 256, "learning_rate": 1e-3, "prior_scale": PRIOR_SCALE,
             "algo_kwargs": {"n_steps": 1, "gamma": 0.0, "ent_coef": 0.0}},
-    "dqn": {"total_timesteps": 100_000, "n_envs": 32, "learning_rate": 1e-3,
+    "dqn": {"total_timesteps": 100_000, "n_envs": 32, "learning_rate": 3e-4, "prior_scale": 0.3,
             "algo_kwargs": {"buffer_size": 100_000, "learning_starts": 2_000, "batch_size": 256, "gamma": 0.0,
-                            "train_freq": 1, "gradient_steps": 4, "target_update_interval": 1_000,
+                            "train_freq": 1, "gradient_steps": 1, "target_update_interval": 1_000,
                             "exploration_fraction": 0.3, "exploration_final_eps": 0.02}},
 }
 
@@ -181,7 +186,7 @@ class SB3Scheduler(LearnerBase):
         return DEFAULTS[algo]
 
     def _prior_supported(self) -> bool:
-        return self.algo != "dqn"
+        return self.algo in ALGOS  # PPO, A2C, MaskablePPO: residual logits; DQN: the LUT margin on Q
 
     def _sb3_class(self) -> type:
         return _algo_class(self.algo)
@@ -196,7 +201,7 @@ class SB3Scheduler(LearnerBase):
     # ----------------------------------------------------------------- policy construction
     def _policy_kwargs(self) -> dict[str, Any]:
         kw: dict[str, Any] = {"net_arch": list(self.hidden)}
-        if self.prior:
+        if self.prior and self.algo != "dqn":  # DQN's prior is a margin at choice time (_scores), not in the net
             assert self.candidates is not None
             kw.update(lut_prior_dims=len(self.candidates), lut_prior_scale=self.prior_scale)
         return kw
@@ -231,7 +236,10 @@ class SB3Scheduler(LearnerBase):
         o = torch.as_tensor(obs)
         with torch.no_grad():
             if self.algo == "dqn":
-                return self.policy.q_net(o).double()
+                q = self.policy.q_net(o).double()
+                if self.prior:  # the LUT margin: the LUT plan's Q + prior_scale (ObsBuilder puts its one-hot last)
+                    q = q + self.prior_scale * o[:, o.shape[1] - len(self.candidates):].double()
+                return q
             return self.policy.get_distribution(o).distribution.logits.double()
 
     def _select_idx(self, features: np.ndarray, budgets: np.ndarray) -> np.ndarray:
