@@ -22,6 +22,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from adainf_env.errors import ConfigError
+from adainf_env.plans import plan_cost
 
 __all__ = ["MacsProfile", "measure_macs", "plan_macs", "count_macs"]
 
@@ -113,4 +114,4 @@ def plan_macs(costs: MacsProfile, masks: np.ndarray) -> np.ndarray:
         if not np.isin(m, (0, 1)).all():
             raise ConfigError("plan masks must be boolean (or 0/1)")
         m = m.astype(bool)
-    return costs.base + m.astype(np.int64) @ costs.blocks[:, 0]
+    return plan_cost(m, costs.blocks[:, 0], base=costs.base)

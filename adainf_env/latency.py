@@ -36,6 +36,7 @@ import torch
 
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.fileio import atomic_write_json
+from adainf_env.plans import plan_cost
 
 __all__ = [
     "LatencyProfile",
@@ -292,7 +293,7 @@ def plan_latency_ms(profile: LatencyProfile, plan_masks: Any, batch_size: int) -
     s = profile.index(batch_size)
     m = _masks(profile, plan_masks)
     base = profile.stem_ms[s] + profile.head_ms[s] + profile.skip_ms[s].sum()
-    return base + m.astype(np.float64) @ (profile.block_ms[s] - profile.skip_ms[s])
+    return plan_cost(m, profile.block_ms[s] - profile.skip_ms[s], base=base)
 
 
 def plan_latency(profile: LatencyProfile, plan_masks: Any, batch_size: int) -> np.ndarray:

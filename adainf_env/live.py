@@ -15,7 +15,7 @@ import torch
 
 from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.errors import ConfigError
-from adainf_env.tables.outcomes import masks_from_codes
+from adainf_env.plans import masks_from_codes
 
 __all__ = ["LiveSource", "LiveRunner"]
 

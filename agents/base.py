@@ -34,7 +34,8 @@ import numpy as np
 from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.plans import codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable
 
 __all__ = ["Scheduler", "AnytimePolicy", "Decisions", "PlanSpace", "check_budgets", "PLAN_PROTOCOL",
            "ANYTIME_PROTOCOL", "missing_members", "read_saved"]

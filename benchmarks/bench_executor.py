@@ -39,7 +39,7 @@ from adainf_env.errors import ConfigError
 from adainf_env.executor import AdaptiveExecutor
 from adainf_env.fileio import atomic_write_json
 from adainf_env.latency import device_name, plan_latency_ms, profile_latency, save_profile, validate_latency_model
-from adainf_env.tables.outcomes import masks_from_codes
+from adainf_env.plans import masks_from_codes
 
 __all__ = ["Config", "main", "tilted_plan_probs"]
 

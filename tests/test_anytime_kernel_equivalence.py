@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from _anytime_reference import ReferenceAnytimeEnv, ReferenceAnytimeVecEnv, ReferenceAnytimeVectorEnv
-from adainf_env.envs.anytime.core import NUM_ACTIONS, toy_anytime_table
+from adainf_env.envs.anytime.core import NUM_ACTIONS
+from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.env import AnytimeEnv
 from adainf_env.envs.anytime.gym_vector import AnytimeVectorEnv
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv

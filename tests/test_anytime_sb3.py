@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import toy_anytime_table
+from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.errors import ConfigError
 from agents.evaluation.anytime_harness import evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.registry import anytime_policy_class

@@ -8,9 +8,11 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch, toy_anytime_table
+from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.env import AnytimeEnv
-from adainf_env.envs.anytime.stages import STAGE_STOP, StageBatch, StageTree, script_costs, top_block
+from adainf_env.envs.anytime.stages import STAGE_STOP, StageBatch, StageTree, script_costs
+from adainf_env.plans import top_block
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv, make_anytime_vec_env
 from adainf_env.envs.core import ActionError
 from adainf_env.envs.registration import ANYTIME_ID
@@ -89,7 +91,7 @@ def test_stage_batch_replays_as_block_actions(toy, menu):
 
 def test_script_costs_of_single_plans_are_table_costs(toy):
     at = AnytimeTable.from_table(toy)
-    from adainf_env.tables.outcomes import codes_from_masks
+    from adainf_env.plans import codes_from_masks
 
     codes = codes_from_masks(toy.plan_masks)
     np.testing.assert_allclose(script_costs(at, codes[:, None])[:, 0], toy.plan_cost(), atol=1e-12)

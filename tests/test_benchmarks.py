@@ -22,7 +22,7 @@ def _last_json(args: list[str]) -> dict:
 
 
 def test_bench_env_reports_ratio_and_vec_rate(tmp_path):
-    from adainf_env.envs.anytime.core import toy_anytime_table
+    from adainf_env.tables.toy import toy_anytime_table
     from adainf_env.tables.outcomes import save_table
 
     # The toy with a per-block cost breakdown: the anytime part of the benchmark charges each block and read.

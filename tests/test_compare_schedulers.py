@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from adainf_env.envs.anytime.core import toy_anytime_table
+from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.tables.outcomes import save_table
 from adainf_env.tables.toy import make_toy_table

@@ -11,7 +11,7 @@ import torch
 from _tiny_backbones import TinyResNet, TinyTokenNet
 from adainf_env.costs import MacsProfile, count_macs, measure_macs, plan_macs
 from adainf_env.errors import ConfigError
-from adainf_env.tables.outcomes import masks_from_codes
+from adainf_env.plans import masks_from_codes
 
 
 def _conv_macs(conv: torch.nn.Conv2d, out_hw: tuple[int, int]) -> int:

@@ -14,7 +14,7 @@ import torch
 from adainf_env.costs import measure_macs, plan_macs
 from adainf_env.errors import ConfigError
 from adainf_env.executor import AdaptiveExecutor, ExecResult
-from adainf_env.tables.outcomes import masks_from_codes
+from adainf_env.plans import masks_from_codes
 from _numerics import assert_argmax_agrees, assert_close_scaled
 from _tiny_backbones import TinyResNet, TinyTokenNet
 

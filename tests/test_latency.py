@@ -26,7 +26,7 @@ from adainf_env.latency import (
     time_callable,
     validate_latency_model,
 )
-from adainf_env.tables.outcomes import masks_from_codes
+from adainf_env.plans import masks_from_codes
 from _tiny_backbones import TinyResNet
 
 

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from adainf_env import load_table, save_table
 from adainf_env.errors import AdaInfError, TableFormatError, TableMismatchError, UnsafeFileError
-from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.plans import masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta
 
 
 def _table(n: int = 6, b: int = 3, seed: int = 0, **meta) -> OutcomeTable:

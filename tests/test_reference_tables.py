@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from adainf_env.tables.outcomes import find_split_tables, masks_from_codes
+from adainf_env.plans import masks_from_codes
+from adainf_env.tables.outcomes import find_split_tables
 from adainf_env.tables.reference import REFERENCE_DIR, load_reference_table, reference_table_path
 
 

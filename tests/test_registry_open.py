@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import toy_anytime_table
+from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.errors import ConfigError
 from adainf_env.tables.outcomes import save_table
 from adainf_env.tables.toy import make_toy_table

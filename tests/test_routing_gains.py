@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from adainf_env.errors import ConfigError
-from agents.evaluation.routing_gains import QUICK_SETTINGS, gain_table, make_routing_table, routing_gain_records
+from adainf_env.tables.toy import make_routing_table
+from agents.evaluation.routing_gains import QUICK_SETTINGS, gain_table, routing_gain_records
 
 LEARNERS = ["ppo", "a2c", "dqn", "maskable_ppo", "reinforce", "blockdrop", "hinge", "lagrangian"]
 

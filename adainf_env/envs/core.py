@@ -30,7 +30,8 @@ from gymnasium import spaces
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
 from adainf_env.envs.options import EnvOptions
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks, load_table
+from adainf_env.plans import MAX_CODE_BLOCKS, codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable, load_table
 from adainf_env.tables.reference import reference_table_path
 
 __all__ = ["ActionError", "AnytimeConfigViews", "BatchCore", "ConfigViews", "EnvConfig", "PlanConfigViews", "RNG_CHUNK",
@@ -340,10 +341,11 @@ class EnvConfig:
         process = make_budget_process(options.budget).bind(float(cost.min()))
 
         plan_masks = np.asarray(plan_masks, dtype=bool)
-        codes = codes_from_masks(plan_masks) if plan_masks.shape[1] <= 62 else None
+        codes = codes_from_masks(plan_masks) if plan_masks.shape[1] <= MAX_CODE_BLOCKS else None
         if codes is None:
             if options.action_type == "mask":
-                raise ConfigError("MultiBinary actions need ≤ 62 blocks")
+                raise ConfigError(f"MultiBinary actions need ≤ {MAX_CODE_BLOCKS} blocks, the plans have "
+                                  f"{plan_masks.shape[1]}")
             codes = np.arange(cost.size, dtype=np.int64)
         order = np.argsort(codes, kind="stable")
         act_space: spaces.Space = (spaces.Discrete(int(cost.size)) if options.action_type == "plan"
@@ -393,7 +395,7 @@ class EnvConfig:
         if m.dtype != bool:
             if not np.issubdtype(m.dtype, np.number) or not np.isin(m, (0, 1)).all():
                 raise ActionError("block-mask action must contain only 0/1 (or booleans)")
-        codes = (m.astype(np.int64) << np.arange(b, dtype=np.int64)).sum(axis=1)
+        codes = codes_from_masks(m)
         pos = np.minimum(np.searchsorted(self.codes_sorted, codes), self.num_plans - 1)
         bad = self.codes_sorted[pos] != codes
         if bad.any():

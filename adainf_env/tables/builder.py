@@ -44,7 +44,8 @@ from tqdm.auto import tqdm
 from adainf_env.costs import MacsProfile, measure_macs, plan_macs
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.plans import masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable, default_meta
 
 __all__ = [
     "build_table",

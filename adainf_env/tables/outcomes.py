@@ -38,32 +38,21 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.version import adainf_version
 from adainf_env.fileio import atomic_write, safe_np_load, sha256_arrays
+from adainf_env.plans import masks_from_codes, plan_cost
 from adainf_env.tables.reference_meta import REFERENCE_META_NAME, SHIPPED_REFERENCE_DIR, ReferenceMeta, reference_meta_for
 
-__all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables", "masks_from_codes", "codes_from_masks"]
+__all__ = ["OutcomeTable", "load_table", "save_table", "find_split_tables"]
 
 FORMAT_VERSION = 1
 _ARRAY_KEYS = ("pred", "loss", "conf", "features", "label", "sample_index", "plan_masks", "plan_macs")
 _REFERENCE_KEYS = {"pred", "loss", "conf", "stem_feat", "label"}
-
-
-def masks_from_codes(codes: Sequence[int] | np.ndarray, num_blocks: int) -> np.ndarray:
-    """Plan codes (bit i set ⇔ block i executed, LSB = block 0) → bool masks [P, B]."""
-    codes = np.asarray(codes, dtype=np.int64)
-    return ((codes[:, None] >> np.arange(num_blocks)) & 1).astype(bool)
-
-
-def codes_from_masks(masks: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`masks_from_codes` (B ≤ 62)."""
-    masks = np.asarray(masks, dtype=bool)
-    return (masks.astype(np.int64) << np.arange(masks.shape[1])).sum(axis=1)
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
@@ -407,7 +396,7 @@ def _from_reference_arrays(raw: dict[str, np.ndarray], path: Path) -> OutcomeTab
         raise TableFormatError(f"{path}: {n} rows, its metadata says {entry.rows}")
     masks = masks_from_codes(np.arange(num_plans), ref.num_blocks)
     always = ref.stem_macs + ref.fc_macs + int(ref.block_macs[:, 1].sum())  # stem, head and every shortcut run
-    plan_macs = always + masks.astype(np.int64) @ ref.block_macs[:, 0]
+    plan_macs = plan_cost(masks, ref.block_macs[:, 0], base=always)
     summary = _reference_summary(ref)
     meta = default_meta(
         backbone=ref.backbone,

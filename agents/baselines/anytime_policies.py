@@ -32,15 +32,16 @@ from typing import Any
 import numpy as np
 
 from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, RequestBatch
-from adainf_env.envs.anytime.stages import script_costs, top_block  # the env's stage helpers
+from adainf_env.envs.anytime.stages import script_costs  # the env's stage helpers
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier
+from adainf_env.plans import extensions, top_block
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import AnytimePolicy
 from agents.baselines.static import HullMixScheduler, LUTScheduler, OracleScheduler
 
 __all__ = ["ScriptedPolicy", "step_toward", "ConfidenceCascadePolicy", "AgreementCascadePolicy", "LUTPolicy",
-           "HullMixPolicy", "OraclePolicy", "RandomPolicy", "script_costs", "top_block"]
+           "HullMixPolicy", "OraclePolicy", "RandomPolicy", "script_costs"]
 
 
 def step_toward(batch: RequestBatch, rows: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -138,13 +139,6 @@ def _cost_to_read(batch: RequestBatch, idx: np.ndarray, target: np.ndarray) -> n
     return out[idx]
 
 
-def _extensions(codes: np.ndarray, a: int) -> np.ndarray:
-    """Plan codes that extend a's decisions up to its last executed block, and run at least one more block."""
-    hi = int(top_block(np.array([a]))[0])
-    mask = (1 << hi) - 1
-    return codes[((codes & mask) == a) & (codes != a) & (top_block(codes) > hi)]
-
-
 class _FittedConfigs(ScriptedPolicy):
     """Policies choosing one configuration per request from a calibration table of (exp cost, worst cost, accuracy)."""
 
@@ -205,7 +199,7 @@ class ConfidenceCascadePolicy(_FittedConfigs):
         cfg: dict[str, list] = {k: [] for k in ("a", "b", "tau", "exp_cost", "max_cost", "accuracy")}
         pairs = [(int(self.codes[p]), int(self.codes[p])) for p in front]
         for p in front:
-            pairs += [(int(self.codes[p]), int(c)) for c in _extensions(self.codes, int(self.codes[p]))]
+            pairs += [(int(self.codes[p]), int(c)) for c in extensions(self.codes, int(self.codes[p]))]
         plan_of = self.at.code_to_plan
         sc = script_costs(self.at, np.array([[a, b if b != a else -1] for a, b in pairs]))
         for (a, b), (c1, c2) in zip(pairs, sc):
@@ -269,8 +263,8 @@ class AgreementCascadePolicy(_FittedConfigs):
         plan_of = self.at.code_to_plan
         triples = [(int(self.codes[p]), -1, -1) for p in pareto_frontier(self.cost, acc)]
         for a in self._front_of(self.codes, acc):
-            for b in self._front_of(_extensions(self.codes, a), acc) if len(_extensions(self.codes, a)) else []:
-                ext = _extensions(self.codes, b)
+            for b in self._front_of(extensions(self.codes, a), acc) if len(extensions(self.codes, a)) else []:
+                ext = extensions(self.codes, b)
                 for c in self._front_of(ext, acc) if len(ext) else []:
                     triples.append((a, b, c))
         tri = np.array(triples, dtype=np.int64)

@@ -1,12 +1,13 @@
-"""A table where per-input routing provably pays under a hard per-request budget, and what each scheduler gains there.
+"""What each scheduler gains on a table where per-input routing provably pays under a hard per-request budget.
 
 On :func:`adainf_env.tables.toy.make_toy_table` (nested requirements: type t needs blocks 0..t−1) the look-up table is
 already optimal under a hard budget — the largest plan that fits covers every type that any plan within the budget
-covers — so learners can only tie with ``lut`` there. :func:`make_routing_table` breaks that: sample type t is
-classified correctly exactly when block t runs (plus a share of "easy" samples every plan gets right), all blocks cost
-the same, and the type is visible in the features (one-hot + Gaussian noise). At a budget that pays for k of B blocks
-the best static plan is right on ``easy + (1 − easy)·k/B`` of the samples, while running each sample's own block is
-right on all of them (up to feature noise): the oracle − lut gap is what routing by the features is worth.
+covers — so learners can only tie with ``lut`` there. :func:`adainf_env.tables.toy.make_routing_table` breaks that:
+sample type t is classified correctly exactly when block t runs (plus a share of "easy" samples every plan gets right),
+all blocks cost the same, and the type is visible in the features (one-hot + Gaussian noise). At a budget that pays
+for k of B blocks the best static plan is right on ``easy + (1 − easy)·k/B`` of the samples, while running each
+sample's own block is right on all of them (up to feature noise): the oracle − lut gap is what routing by the features
+is worth.
 
 :func:`routing_gain_records` fits schedulers on a calibration draw and evaluates them on a test draw (the harness's
 bandit records); :func:`gain_table` turns the records into a markdown table of accuracy and captured share of the gap.
@@ -21,14 +22,13 @@ import argparse
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
-
 from adainf_env.errors import ConfigError
-from adainf_env.tables.outcomes import OutcomeTable, default_meta, masks_from_codes
+from adainf_env.tables.outcomes import OutcomeTable
+from adainf_env.tables.toy import make_routing_table
 from agents.evaluation.harness import evaluate_bandit
 from agents.evaluation.report import summarize
 
-__all__ = ["make_routing_table", "routing_gain_records", "gain_table", "ROUTING_BUDGETS", "DEFAULT_SETTINGS",
+__all__ = ["routing_gain_records", "gain_table", "ROUTING_BUDGETS", "DEFAULT_SETTINGS",
            "QUICK_SETTINGS"]
 
 #: Budgets (fractions of the full model) that pay for 1, 2 and 3 of the 4 blocks of the default table.
@@ -56,32 +56,6 @@ QUICK_SETTINGS: dict[str, dict[str, Any]] = {
     "maskable_ppo": {"total_timesteps": 16_384, "n_envs": 64, "eval_every": 4, "plans": "all"},
     "dqn": {"total_timesteps": 16_384, "n_envs": 32, "plans": "all"},
 }
-
-
-def make_routing_table(num_samples: int = 2000, *, num_blocks: int = 4, easy: float = 0.2, noise: float = 0.3,
-                       num_classes: int = 5, seed: int = 0, split: str = "calib") -> OutcomeTable:
-    """The routing table (all 2^B plans; every block and the stem + head cost one unit each). A share ``easy`` of
-    the samples is right under every plan; each other sample has a type t (uniform over the B blocks) and is right
-    exactly when block t runs. Features: one-hot of the type (an extra column for easy samples) + N(0, noise²)."""
-    if not 1 <= num_blocks <= 10 or not 0.0 <= easy < 1.0 or noise < 0 or num_samples < 1:
-        raise ConfigError(f"make_routing_table: need 1 ≤ num_blocks ≤ 10, 0 ≤ easy < 1, noise ≥ 0, num_samples ≥ 1; "
-                          f"got {num_blocks}, {easy}, {noise}, {num_samples}")
-    rng = np.random.default_rng(seed)
-    masks = masks_from_codes(np.arange(1 << num_blocks), num_blocks)
-    plan_macs = 1000 + 1000 * masks.sum(axis=1).astype(np.int64)
-    is_easy = rng.random(num_samples) < easy
-    types = np.where(is_easy, num_blocks, rng.integers(0, num_blocks, size=num_samples))
-    correct = np.where(is_easy[:, None], True, masks[:, np.minimum(types, num_blocks - 1)].T)  # [N, P]
-    label = rng.integers(0, num_classes, size=num_samples)
-    pred = np.where(correct, label[:, None], (label[:, None] + 1) % num_classes).astype(np.uint8)
-    features = (np.eye(num_blocks + 1, dtype=np.float32)[types]
-                + noise * rng.standard_normal((num_samples, num_blocks + 1)).astype(np.float32))
-    meta = default_meta(backbone="routing_toy", checkpoint_sha256=None, dataset="routing_toy", split=split,
-                        num_classes=num_classes, full_macs=int(plan_macs.max()), plan_space="all", toy_seed=seed)
-    return OutcomeTable(pred=pred, loss=np.where(correct, 0.05, 2.5).astype(np.float32),
-                        conf=np.where(correct, 0.95, 0.40).astype(np.float32), features=features,
-                        label=label.astype(np.int64), sample_index=np.arange(num_samples, dtype=np.int64),
-                        plan_masks=masks, plan_macs=plan_macs, meta=meta)
 
 
 def routing_gain_records(names: Sequence[str], calib: OutcomeTable, test: OutcomeTable, *,

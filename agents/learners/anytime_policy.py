@@ -52,8 +52,9 @@ from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
+from adainf_env.plans import extension_mask, top_block
 from adainf_env.tables.outcomes import OutcomeTable
-from agents.baselines.anytime_policies import script_costs, step_toward, top_block
+from agents.baselines.anytime_policies import script_costs, step_toward
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.base import AnytimeLearner, held_out_bandit_accuracy, held_out_stream_accuracy, single_thread
 from agents.learners.policy_nets import FeatureScaler
@@ -211,9 +212,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         sc = script_costs(at, pairs)
         inc = (sc[:, 1] - sc[:, 0]).reshape(states.size, k)
         self._inc = np.vstack([start[None, :], inc])  # [1 + |states|, K]
-        hi = top_block(states)
-        low = (1 << hi) - 1
-        ext = ((cand[None, :] & low[:, None]) == states[:, None]) & (cand[None, :] != states[:, None])
+        ext = extension_mask(cand, states)
         self._ext = np.vstack([np.ones((1, k), dtype=bool), ext])  # which candidates extend each state's plan
 
     def _state_index(self, batch: RequestBatch, idx: np.ndarray) -> np.ndarray:

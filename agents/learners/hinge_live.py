@@ -51,6 +51,7 @@ from torch import nn
 from adainf_env.backbones.base import SkippableBackbone
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
+from adainf_env.plans import masks_from_codes, plan_cost
 from agents.learners.policy_nets import BlockPolicy
 
 __all__ = ["FINETUNE_MODES", "LoRALinear", "LoRAConv2d", "add_lora", "merge_lora", "gumbel_sigmoid_st",
@@ -220,8 +221,8 @@ class LiveHingeTrainer:
             self.lr_schedules = [torch.optim.lr_scheduler.LambdaLR(
                 o, lambda s: warmup_cosine(s, total_steps=int(total_steps), warmup_steps=self.warmup_steps))
                 for o in self.opts]
-        codes = torch.arange(1 << backbone.num_blocks)
-        self._all_masks = ((codes[:, None] >> torch.arange(backbone.num_blocks)) & 1).bool()  # plan-code order
+        nb = backbone.num_blocks
+        self._all_masks = torch.as_tensor(masks_from_codes(np.arange(1 << nb), nb))  # plan-code order
 
     # ------------------------------------------------------------------ helpers
     def _stem_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +237,9 @@ class LiveHingeTrainer:
         self.policy.scaler.fit(f.cpu().numpy())
 
     def plan_cost(self, gates: torch.Tensor) -> torch.Tensor:
-        return self.base_cost + gates @ self.block_cost.to(device=gates.device, dtype=gates.dtype)
+        """[N] cost of gates [N, B] (relaxed or hard, differentiable): the additive model of
+        :func:`adainf_env.plans.plan_cost`, on the gates' device and dtype."""
+        return plan_cost(gates, self.block_cost, base=self.base_cost)
 
     def all_plan_costs(self) -> np.ndarray:
         """[2^B] cost (fraction of the full model) of every plan, in plan-code order (bit b = block b executed)."""

@@ -24,7 +24,8 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import feasible_with_fallback
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.plans import codes_from_masks
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.policy_nets import BlockPolicy
 from agents.learners.torch_learner import TorchTableLearner
 

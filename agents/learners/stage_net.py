@@ -14,8 +14,8 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import pareto_frontier
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
-from agents.baselines.anytime_policies import top_block
+from adainf_env.plans import codes_from_masks, extension_mask
+from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.policy_nets import mlp
 
 __all__ = ["CANDIDATE_SETS", "STOP_ACTION", "candidate_codes", "chain_sum", "StageNet", "Rollout"]
@@ -36,11 +36,9 @@ def candidate_codes(table: OutcomeTable, mode: str = "pareto_ext") -> np.ndarray
     cost, acc = table.plan_cost(), table.accuracy_by_plan()
     front = pareto_frontier(cost, acc)
     keep = set(int(codes[p]) for p in front)
-    tops = top_block(codes)
     for p in front:
         a = int(codes[p])
-        hi = int(top_block(np.array([a]))[0])
-        ext = np.flatnonzero(((codes & ((1 << hi) - 1)) == a) & (codes != a) & (tops > hi))
+        ext = np.flatnonzero(extension_mask(codes, a))
         if ext.size:
             keep.update(int(codes[e]) for e in ext[pareto_frontier(cost[ext], acc[ext])])
     return np.array(sorted(keep), dtype=np.int64)

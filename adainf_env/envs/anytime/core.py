@@ -42,11 +42,12 @@ from adainf_env.envs.core import ActionError, action_vector, observation_parts, 
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.envs.options import AnytimeOptions
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.plans import codes_from_masks, masks_from_codes, plan_cost, top_block
+from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.reward import overrun_paid, step_reward
 
 __all__ = ["RUN", "SKIP", "READ", "STOP", "NUM_ACTIONS", "ACTION_NAMES", "BlockCosts", "attach_block_macs",
-           "AnytimeTable", "RequestBatch", "StepResult", "MAX_BLOCKS", "toy_anytime_table"]
+           "AnytimeTable", "RequestBatch", "StepResult", "MAX_BLOCKS"]
 
 RUN, SKIP, READ, STOP = 0, 1, 2, 3
 NUM_ACTIONS = 4
@@ -90,8 +91,7 @@ class BlockCosts:
 
     def plan_cost(self, masks: np.ndarray) -> np.ndarray:
         """[P] cost of each plan of ``masks`` [P, B] run alone (stem, every shortcut, its residuals, one head)."""
-        m = np.asarray(masks, dtype=np.float64)
-        return self.stem + self.head + float(self.shortcut.sum()) + m @ self.residual
+        return plan_cost(masks, self.residual, base=self.stem + self.head + float(self.shortcut.sum()))
 
     @property
     def max_request_cost(self) -> float:
@@ -160,28 +160,6 @@ def attach_block_macs(table: OutcomeTable, *, stem: int, blocks: Any, head: int)
     out = dataclasses.replace(table, meta=meta)
     BlockCosts.from_table(out)
     return out
-
-
-def toy_anytime_table(num_samples: int = 2000, *, num_blocks: int = 4, seed: int = 0, split: str = "calib",
-                      noise: float = 0.1) -> OutcomeTable:
-    """:func:`adainf_env.tables.toy.make_toy_table` with a per-block cost breakdown that has projection shortcuts.
-
-    Block i's residual costs (i+1)·1000 MACs, every odd block has a 150·(i+1)-MAC shortcut, stem 300, head 200, so
-    reads, reuse and "nothing paid twice" all matter. The toy's confidences (0.95 when the plan is right, else 0.40)
-    make an early read informative: a cascade can learn to stop exactly when the cheap plan is right.
-    """
-    from adainf_env.tables.toy import make_toy_table
-
-    t = make_toy_table(num_samples, num_blocks=num_blocks, seed=seed, split=split, noise=noise)
-    res = np.arange(1, num_blocks + 1, dtype=np.int64) * 1000
-    sc = np.where(np.arange(num_blocks) % 2 == 1, 150 * np.arange(1, num_blocks + 1), 0).astype(np.int64)
-    stem, head = 300, 200
-    plan_macs = stem + head + int(sc.sum()) + t.plan_masks.astype(np.int64) @ res
-    meta = dict(t.meta)
-    meta["full_macs"] = int(plan_macs.max())
-    meta.pop("content_sha256", None)
-    t = dataclasses.replace(t, plan_macs=plan_macs, meta=meta)
-    return attach_block_macs(t, stem=stem, blocks=np.stack([res, sc], axis=1), head=head)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -436,7 +414,7 @@ class RequestBatch:
         target = np.asarray(target, dtype=np.int64)
         below = (1 << self.pos) - 1
         ok = (target & below) == self.code
-        hi = np.where(target > 0, np.floor(np.log2(np.maximum(target, 1))).astype(np.int64) + 1, 0)
+        hi = top_block(target)
         cost = np.zeros(self.n)
         chain = self.chain
         code = self.code.copy()
@@ -736,7 +714,7 @@ class AnytimeConfig:
         onehot[s, np.minimum(pos, b)] = 1.0
         bits = None
         if b <= 12:
-            bits = ((np.arange(1 << b)[:, None] >> np.arange(b)) & 1).astype(np.float32)
+            bits = masks_from_codes(np.arange(1 << b), b).astype(np.float32)
         return costs, onehot, bits
 
     def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None, idx: np.ndarray | None = None) -> Any:
@@ -770,7 +748,7 @@ class AnytimeConfig:
         parts["costs"] = c
         parts["position"] = onehot.take(s, axis=0)
         parts["decisions"] = bits.take(code, axis=0) if bits is not None else \
-            ((code[:, None] >> np.arange(b)) & 1).astype(np.float32)
+            masks_from_codes(code, b).astype(np.float32)
         parts["readout"] = r
         if self.menu is not None:
             parts["menu"] = batch.menu_observation(idx)

@@ -11,9 +11,10 @@ after it, and a RUN right after a read reuses the read's shortcut.
 The menu is a tree (:class:`StageTree`), fixed from a calibration table's plan accuracies and costs only. Node 0 is a
 request's start; its children are up to ``first_pool`` plans of the accuracy/cost Pareto front, evenly spread over
 it. After the plan ``c`` of node ``s`` was read, the children of ``s`` are up to ``ext_pool`` Pareto plans among
-``c``'s *extensions* (plans that keep ``c``'s decisions up to its last executed block and run at least one more, so
-everything computed is reused); a request takes at most ``max_stages`` stages. The stage learner
-(:mod:`agents.learners.anytime_stage`) and the env's ``action_mode="stage"`` share this one definition.
+``c``'s *extensions* (:func:`adainf_env.plans.extensions`: plans that keep ``c``'s decisions up to its last
+executed block and run at least one more, so everything computed is reused); a request takes at most
+``max_stages`` stages. The stage learner (:mod:`agents.learners.anytime_stage`) and the env's
+``action_mode="stage"`` share this one definition.
 
 Stage actions (``Discrete(1 + K)``, ``K`` = the most children of any node): ``0`` = STOP (answer with the last answer
 read — reading the current plan first if it has not been read, as the block STOP does), ``k ≥ 1`` = the ``k``-th
@@ -33,21 +34,16 @@ from adainf_env.envs.core import ActionError, action_vector
 from adainf_env.envs.options import check_menu_sizes
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, pareto_frontier
-from adainf_env.tables.outcomes import OutcomeTable, codes_from_masks
+from adainf_env.plans import codes_from_masks, extensions, top_block
+from adainf_env.tables.outcomes import OutcomeTable
 
-__all__ = ["top_block", "advance", "script_costs", "StageTree", "StageBatch", "StageOne", "stage_menu",
+__all__ = ["advance", "script_costs", "StageTree", "StageBatch", "StageOne", "stage_menu",
            "MENU_DEFAULTS", "STAGE_STOP"]
 
 #: The stage action that stops (answers with the last answer read).
 STAGE_STOP = 0
 #: Menu sizes of :class:`StageTree` when none are given (those of the stage learner).
 MENU_DEFAULTS = {"first_pool": 16, "ext_pool": 4, "max_stages": 3}
-
-
-def top_block(codes: np.ndarray) -> np.ndarray:
-    """[K] one past the highest executed block of each plan code (0 for plan 0): where a read of it can happen."""
-    c = np.asarray(codes, dtype=np.int64)
-    return np.where(c > 0, np.floor(np.log2(np.maximum(c, 1))).astype(np.int64) + 1, 0)
 
 
 def advance(batch: RequestBatch, target: np.ndarray, reader: Reader, only: np.ndarray,
@@ -133,11 +129,9 @@ class StageTree:
         by_cost = lambda c: c[np.argsort(cost[at.code_to_plan[c]], kind="stable")]  # noqa: E731
         first = by_cost(codes[pareto_frontier(cost, acc)])
         first = _spread(first, first_pool)
-        tops = top_block(codes)
 
-        def extensions(c: int) -> np.ndarray:
-            hi = int(top_block(np.array([c]))[0])
-            e = codes[((codes & ((1 << hi) - 1)) == c) & (codes != c) & (tops > hi)]
+        def menu_after(c: int) -> np.ndarray:
+            e = extensions(codes, c)
             if e.size == 0:
                 return e
             p = at.code_to_plan[e]
@@ -155,7 +149,7 @@ class StageTree:
             depth.append(depth[par] + 1)
             parent.append(par)
             paths.append(paths[par] + [c])
-            nxt = list(extensions(c)) if depth[-1] < max_stages else []
+            nxt = list(menu_after(c)) if depth[-1] < max_stages else []
             kids.append(nxt)
             frontier.extend((s, int(x)) for x in nxt)
         n = len(node_code)
