@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from adainf_env.errors import ConfigError
 from adainf_env.plans import plan_cost
 
-__all__ = ["MacsProfile", "measure_macs", "plan_macs", "count_macs"]
+__all__ = ["MacsProfile", "measure_macs", "plan_macs", "plan_macs_fraction", "count_macs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,3 +115,9 @@ def plan_macs(costs: MacsProfile, masks: np.ndarray) -> np.ndarray:
             raise ConfigError("plan masks must be boolean (or 0/1)")
         m = m.astype(bool)
     return plan_cost(m, costs.blocks[:, 0], base=costs.base)
+
+
+def plan_macs_fraction(costs: MacsProfile, masks: np.ndarray) -> np.ndarray:
+    """[P] float64 MACs of each plan in ``masks`` as a fraction of the full model's (the ``"macs"`` cost unit of the
+    envs and schedulers): :func:`plan_macs` / ``costs.full``."""
+    return plan_macs(costs, masks).astype(np.float64) / float(costs.full)

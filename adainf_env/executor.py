@@ -31,7 +31,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from adainf_env.costs import measure_macs, plan_macs
+from adainf_env.costs import measure_macs, plan_macs_fraction
 from adainf_env.errors import ConfigError
 
 __all__ = ["AdaptiveExecutor", "ExecResult", "SchedulerFn", "STRATEGIES", "GROUP_MIN_ROWS_PER_PLAN"]
@@ -90,8 +90,7 @@ def _checked_plan_masks(plan_masks: Any, backbone: torch.nn.Module) -> np.ndarra
 def _checked_plan_cost(plan_cost: Any, backbone: torch.nn.Module, masks: np.ndarray) -> tuple[np.ndarray, str]:
     """``(cost [P] float64, unit)``: the given costs ("given"), or MACs fractions measured on the backbone."""
     if plan_cost is None:
-        macs = measure_macs(backbone)
-        plan_cost, unit = plan_macs(macs, masks).astype(np.float64) / float(macs.full), "macs"
+        plan_cost, unit = plan_macs_fraction(measure_macs(backbone), masks), "macs"
     else:
         unit = "given"
     cost = np.asarray(plan_cost, dtype=np.float64)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainf_env.costs import measure_macs, plan_macs
+from adainf_env.costs import measure_macs, plan_macs_fraction
 from adainf_env.errors import ConfigError
 from adainf_env.plans import masks_from_codes
 
@@ -69,8 +69,7 @@ class LiveRunner:
                 raise ConfigError(f"live plan_masks must be 0/1 [P, {nb}], got shape {masks.shape}")
             masks = masks.astype(bool)
         if src.plan_cost is None:
-            prof = measure_macs(bb)
-            cost = plan_macs(prof, masks) / float(prof.full)
+            cost = plan_macs_fraction(measure_macs(bb), masks)
         else:
             cost = np.asarray(src.plan_cost, dtype=np.float64)
             if cost.shape != (masks.shape[0],):

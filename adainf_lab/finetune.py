@@ -48,7 +48,7 @@ import numpy as np
 import torch
 
 from adainf_env.backbones import load_backbone
-from adainf_env.costs import measure_macs, plan_macs
+from adainf_env.costs import measure_macs, plan_macs_fraction
 from adainf_env.data import load_images, make_splits
 from adainf_env.errors import CheckpointError, ConfigError, TableMismatchError
 from adainf_env.executor import AdaptiveExecutor
@@ -447,7 +447,7 @@ def _run(cfg, sizes, device, run_dir, train, test, fit_idx, calib_idx, calib_spl
     backbone = load_backbone(cfg.backbone, cfg.checkpoint, device=device, width=cfg.width).eval()
     masks = all_plans(backbone.num_blocks)
     macs = measure_macs(backbone)
-    plan_cost = plan_macs(macs, masks).astype(np.float64) / macs.full
+    plan_cost = plan_macs_fraction(macs, masks)
     orig_calib, orig_test, tables_src = _original_tables(cfg, backbone, train, test, calib_idx, calib_split,
                                                          test_idx, device, sizes, log)
     if not np.allclose(orig_calib.plan_cost("macs"), plan_cost, rtol=1e-6, atol=1e-9):

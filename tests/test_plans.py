@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from adainf_env.costs import MacsProfile, plan_macs, plan_macs_fraction
 from adainf_env.envs.anytime.core import AnytimeTable, BlockCosts
 from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.errors import ConfigError
@@ -99,6 +100,17 @@ def test_block_costs_and_the_toy_tables_follow_the_one_cost_model():
     assert np.array_equal(toy.plan_macs, plan_cost(toy.plan_masks, 1000 * np.arange(1, B + 1), base=1000))
     route = make_routing_table(50, num_blocks=B)
     assert np.array_equal(route.plan_macs, plan_cost(route.plan_masks, np.full(B, 1000), base=1000))
+
+
+def test_measured_macs_follow_the_one_cost_model():
+    prof = MacsProfile(stem=300, blocks=np.array([[1000, 0], [2000, 300], [3000, 0], [4000, 600], [5000, 0]]),
+                       head=200, input_size=(3, 32, 32))
+    masks = masks_from_codes(CODES, B)
+    macs = plan_macs(prof, masks)
+    assert macs.dtype == np.int64 and macs.tolist() == plan_cost(masks, prof.blocks[:, 0], base=1400).tolist()
+    assert macs[-1] == prof.full == 15000 + 1400
+    frac = plan_macs_fraction(prof, masks)
+    assert frac.dtype == np.float64 and np.array_equal(frac, macs / prof.full) and frac[-1] == 1.0
 
 
 def test_the_stage_menu_offers_only_extensions():
