@@ -62,7 +62,12 @@ __all__ = [
     "load_trace",
     "check_budget_value",
     "BUDGET_PROCESSES",
+    "DEFAULT_BUCKET_CAP",
 ]
+
+#: A token bucket's default capacity (one full-model run): the default of :class:`TokenBucket`, of the envs'
+#: ``bucket=True`` and of :class:`adainf_env.stream.StreamSpec`.
+DEFAULT_BUCKET_CAP = 1.0
 
 
 def check_budget_value(value: Any, what: str = "budget") -> float:
@@ -338,7 +343,7 @@ class TokenBucket:
     """
 
     rate: float | None = None
-    cap: float = 1.0
+    cap: float = DEFAULT_BUCKET_CAP
     initial: float = 0.0
 
     def __post_init__(self) -> None:

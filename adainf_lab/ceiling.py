@@ -23,6 +23,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from adainf_env.stream import StreamSpec
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Decisions, Scheduler, check_budgets
 from agents.evaluation.harness import evaluate_stream, stream_process_for
@@ -84,10 +85,9 @@ class LabelRouter(Scheduler):
 
 
 def _stream(sched: Scheduler, test: OutcomeTable, avg_budget: float, floor: float, seed: int, *,
-            bucket_cap: float, num_streams: int, horizon: int) -> dict[str, float]:
+            stream: StreamSpec) -> dict[str, float]:
     proc = stream_process_for("shared", avg_budget, floor)
-    r = evaluate_stream(sched, test, proc, shared=True, bucket_cap=bucket_cap, seed=seed, num_streams=num_streams,
-                        horizon=horizon, budget_label=avg_budget)
+    r = evaluate_stream(sched, test, proc, shared=True, seed=seed, stream=stream, budget_label=avg_budget)
     return {"accuracy": r["accuracy"], "mean_cost": r["mean_cost"], "overrun_rate": r["overrun_rate"]}
 
 
@@ -104,26 +104,30 @@ def _setting_stats(rs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def ceiling_analysis(calib: OutcomeTable, test: OutcomeTable, *, avg_budget: float, seeds: int,
-                     router_kwargs: Mapping[str, Any] | None = None, bucket_cap: float = 1.0, num_streams: int = 50,
-                     horizon: int = 200, near: float = 0.15) -> dict[str, Any]:
-    """Every number of the analysis (see module docstring) over seeds ``0 … seeds−1``, as a JSON-able dict."""
+                     router_kwargs: Mapping[str, Any] | None = None, bucket_cap: float | None = None,
+                     num_streams: int | None = None, horizon: int | None = None, near: float = 0.15,
+                     stream: StreamSpec | None = None) -> dict[str, Any]:
+    """Every number of the analysis (see module docstring) over seeds ``0 … seeds−1``, as a JSON-able dict.
+
+    The streams: ``stream`` (default :data:`adainf_env.stream.DEFAULT_STREAM`) with ``bucket_cap`` /
+    ``num_streams`` / ``horizon`` overriding its fields where given."""
     kw = dict(router_kwargs or {})
     floor = float(calib.plan_cost().min())
-    stream = dict(bucket_cap=bucket_cap, num_streams=num_streams, horizon=horizon)
+    spec = StreamSpec.of(stream, num_streams=num_streams, horizon=horizon, bucket_cap=bucket_cap)
     rows: dict[str, list[dict[str, float]]] = {k: [] for k in SETTINGS}
     auc_calib, auc_test = [], []
     cand = None
     for seed in range(seeds):
         hull = make_scheduler("hull_mix").fit(calib, seed=seed)
-        rows["hull_mix"].append(_stream(hull, test, avg_budget, floor, seed, **stream))
+        rows["hull_mix"].append(_stream(hull, test, avg_budget, floor, seed, stream=spec))
         lag = make_scheduler("lagrangian", progress=False, **kw).fit(calib, seed=seed)
-        rows["lagrangian"].append(_stream(lag, test, avg_budget, floor, seed, **stream))
+        rows["lagrangian"].append(_stream(lag, test, avg_budget, floor, seed, stream=spec))
         # the bound: correctness model and price fitted on the evaluated (test) split, same candidate plans
         lag_t = make_scheduler("lagrangian", progress=False, **{**kw, "plans": [int(p) for p in lag.candidates]})
         lag_t.fit(test, seed=seed)
-        rows["lagrangian_fit_on_test (bound)"].append(_stream(lag_t, test, avg_budget, floor, seed, **stream))
+        rows["lagrangian_fit_on_test (bound)"].append(_stream(lag_t, test, avg_budget, floor, seed, stream=spec))
         rows["label_router (bound)"].append(_stream(LabelRouter().fit(test, seed=seed), test, avg_budget, floor,
-                                                    seed, **stream))
+                                                    seed, stream=spec))
         auc_calib.append(_aucs(lag, test))
         by_plan = dict(zip(lag_t.candidates.tolist(), _aucs(lag_t, test)))
         auc_test.append(np.array([by_plan[int(p)] for p in lag.candidates]))
@@ -134,7 +138,7 @@ def ceiling_analysis(calib: OutcomeTable, test: OutcomeTable, *, avg_budget: flo
     cost = calib.plan_cost()[cand]
     ac, at = np.mean(auc_calib, axis=0), np.mean(auc_test, axis=0)
     close = np.abs(cost - avg_budget) <= near
-    return {"avg_budget": avg_budget, "bucket_cap": bucket_cap, "seeds": seeds, "settings": settings,
+    return {"avg_budget": avg_budget, "bucket_cap": spec.bucket_cap, "seeds": seeds, "settings": settings,
             "auc": {"plans": [int(p) for p in cand], "cost": cost.tolist(),
                     "test_accuracy": [float(test.correct[:, p].mean()) for p in cand],
                     "fit_calib": ac.tolist(), "fit_test_bound": at.tolist(),

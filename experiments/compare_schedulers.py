@@ -48,6 +48,7 @@ from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.budgets import make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.fileio import atomic_write
+from adainf_env.stream import DEFAULT_STREAM
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.config import check_seed, show_progress
@@ -100,9 +101,11 @@ class CompareConfig:
     stream_variants: tuple[Literal["shared", "periodic", "random_walk"], ...] = dataclasses.field(
         default=("shared", "periodic"),
         metadata={"help": "stream settings: shared (token bucket, average budget), periodic, random_walk"})
-    num_streams: int = dataclasses.field(default=50, metadata={"help": "parallel streams per stream evaluation"})
-    horizon: int = dataclasses.field(default=200, metadata={"help": "requests per stream"})
-    bucket_cap: float = dataclasses.field(default=1.0, metadata={"help": "token-bucket capacity (full-model units)"})
+    num_streams: int = dataclasses.field(default=DEFAULT_STREAM.num_streams,
+                                         metadata={"help": "parallel streams per stream evaluation"})
+    horizon: int = dataclasses.field(default=DEFAULT_STREAM.horizon, metadata={"help": "requests per stream"})
+    bucket_cap: float = dataclasses.field(default=DEFAULT_STREAM.bucket_cap,
+                                          metadata={"help": "token-bucket capacity (full-model units)"})
     cost_unit: Literal["macs", "latency"] = dataclasses.field(default="macs", metadata={
         "help": "what a budget is a fraction of: the full model's MACs, or its latency (needs a latency profile)"})
     scheduler_kwargs: str = dataclasses.field(

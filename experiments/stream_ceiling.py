@@ -17,6 +17,7 @@ from typing import Any
 
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write_json
+from adainf_env.stream import DEFAULT_STREAM
 from adainf_lab.ceiling import ceiling_analysis, format_ceiling, roc_auc
 from adainf_lab.cli import parse_config, run_script
 from adainf_lab.scheduler_options import SchedulerOptions
@@ -33,9 +34,11 @@ class CeilingConfig:
         "help": "directory with table_calib.npz and table_test.npz, or 'reference' (the tables shipped in the package)"})
     avg_budget: float = dataclasses.field(default=0.2, metadata={"help": "average budget (token-bucket refill)"})
     seeds: int = dataclasses.field(default=3, metadata={"help": "seeds 0 … seeds−1 (fit and stream order)"})
-    num_streams: int = dataclasses.field(default=50, metadata={"help": "parallel streams per evaluation"})
-    horizon: int = dataclasses.field(default=200, metadata={"help": "requests per stream"})
-    bucket_cap: float = dataclasses.field(default=1.0, metadata={"help": "token-bucket capacity (full-model units)"})
+    num_streams: int = dataclasses.field(default=DEFAULT_STREAM.num_streams,
+                                         metadata={"help": "parallel streams per evaluation"})
+    horizon: int = dataclasses.field(default=DEFAULT_STREAM.horizon, metadata={"help": "requests per stream"})
+    bucket_cap: float = dataclasses.field(default=DEFAULT_STREAM.bucket_cap,
+                                          metadata={"help": "token-bucket capacity (full-model units)"})
     epochs: int | None = dataclasses.field(default=None, metadata={
         "help": "training epochs of the lagrangian router's correctness model (None: its default)"})
     scheduler: SchedulerOptions = dataclasses.field(default_factory=SchedulerOptions, metadata={

@@ -10,18 +10,16 @@ budget draws for a seed, ``num_streams`` streams of ``horizon`` requests, the bu
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
 
 from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
-from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.feasibility import COST_TOL
+from adainf_env.stream import StreamSpec, draw_streams, run_streams
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import AnytimePolicy, check_budgets
 from agents.evaluation.metrics import BUDGET_GRID as BANDIT_BUDGETS
-from agents.evaluation.stream_processes import check_stream_size
 
 __all__ = ["serve_requests", "evaluate_anytime_bandit", "anytime_stream_trace", "evaluate_anytime_stream"]
 
@@ -93,62 +91,47 @@ def evaluate_anytime_bandit(policy: AnytimePolicy, table: OutcomeTable, budgets:
 
 
 def anytime_stream_trace(policy: AnytimePolicy, table: OutcomeTable, process: Any, *, shared: bool = False,
-                         bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50,
-                         horizon: int = 200) -> dict[str, np.ndarray]:
+                         bucket_cap: float | None = None, seed: int = 0, num_streams: int | None = None,
+                         horizon: int | None = None, stream: StreamSpec | None = None) -> dict[str, np.ndarray]:
     """Every request of ``num_streams`` streams of ``horizon`` requests along a budget ``process`` (through a token
     bucket when ``shared``) → ``[num_streams, horizon]`` arrays: ``row``, ``plan`` (answered), ``cost`` (paid),
     ``correct``, ``reads``, ``conf`` (confidence of the answer read), ``blocks`` (blocks run), ``given`` (budget
-    available), ``proc`` (the process's budget). Same draws as :func:`agents.evaluation.harness.evaluate_stream`
-    for a seed."""
-    check_stream_size(num_streams, horizon)
+    available), ``proc`` (the process's budget). The size and bucket are ``stream`` (default
+    :data:`adainf_env.stream.DEFAULT_STREAM`) with ``num_streams`` / ``horizon`` / ``bucket_cap`` overriding its
+    fields where given; the draws and loop of :mod:`adainf_env.stream`, so the same draws as
+    :func:`agents.evaluation.harness.evaluate_stream` for a seed. Without a bucket the policy gets no stream state."""
+    spec = StreamSpec.of(stream, num_streams=num_streams, horizon=horizon, bucket_cap=bucket_cap)
     at = AnytimeTable.from_table(table)
     floor = float(at.costs.plan_cost(np.zeros((1, at.num_blocks)))[0])
-    proc = make_budget_process(process).bind(floor)
-    bucket = TokenBucket(cap=float(bucket_cap)) if shared else None
-    rng = np.random.default_rng([int(seed), 0xADA1])
-    k_, t_ = int(num_streams), int(horizon)
-    reps = math.ceil(k_ * t_ / table.num_samples)
-    rows = np.concatenate([rng.permutation(table.num_samples) for _ in range(reps)])[: k_ * t_].reshape(k_, t_)
+    rows, proc_b, proc = draw_streams(table.num_samples, process, floor=floor, seed=seed, spec=spec)
     served = ("plan", "cost", "correct", "reads", "conf", "blocks")
-    res = {k: np.empty((k_, t_), dtype=d) for k, d in (("plan", np.int64), ("cost", float), ("correct", bool),
-                                                       ("reads", np.int64), ("conf", float), ("blocks", np.int64),
-                                                       ("given", float), ("proc", float))}
-    res["row"] = rows
-    level = np.zeros(k_)
-    b_prev, aux = proc.start(rng.random(k_))
-    for t in range(t_):
-        u = rng.random(k_)
-        b = b_prev if t == 0 else proc.next(np.full(k_, t), b_prev, aux, u)
-        b_prev = b
-        if bucket is not None:
-            level = bucket.refill(level, b)
-            avail = bucket.available(level)
-            state = {"level": level.copy(), "available": avail.copy(), "avg_budget": b.copy(),
-                     "process_budget": b.copy(), "cap": float(bucket_cap), "step": t, "horizon": t_}
-        else:
-            avail = b
-            state = None
-        # a drained bucket still lets a request answer with the cheapest read (counted as an overrun)
-        r = serve_requests(policy, table, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
+    res = {k: np.empty(rows.shape, dtype=d) for k, d in (("plan", np.int64), ("cost", float), ("correct", bool),
+                                                         ("reads", np.int64), ("conf", float),
+                                                         ("blocks", np.int64))}
+
+    def serve(t: int, rows_t: np.ndarray, budgets_t: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        r = serve_requests(policy, table, rows_t, budgets_t, state=state if shared else None, at=at)
         for k in served:
             res[k][:, t] = r[k]
-        res["given"][:, t] = avail
-        res["proc"][:, t] = b
-        if bucket is not None:
-            level = bucket.spend(level, r["cost"])
+        return r["cost"]
+
+    res["given"] = run_streams(serve, rows, proc_b, bucket=spec.bucket() if shared else None)
+    res["proc"] = proc_b
+    res["row"] = rows
     res["variant"] = np.array("shared" if shared else proc.name)
     return res
 
 
 def evaluate_anytime_stream(policy: AnytimePolicy, table: OutcomeTable, process: Any, *, shared: bool = False,
-                            bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
-                            budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
+                            bucket_cap: float | None = None, seed: int = 0, num_streams: int | None = None,
+                            horizon: int | None = None, budget_label: float | None = None,
+                            variant: str | None = None, stream: StreamSpec | None = None) -> dict[str, Any]:
     """``num_streams`` streams of ``horizon`` requests along a budget ``process`` (through a token bucket when
     ``shared``) → one record (:func:`anytime_stream_trace` summarised)."""
     if budget_label is not None:
         check_budgets(np.asarray([budget_label]))
     res = anytime_stream_trace(policy, table, process, shared=shared, bucket_cap=bucket_cap, seed=seed,
-                               num_streams=num_streams, horizon=horizon)
+                               num_streams=num_streams, horizon=horizon, stream=stream)
     label = float(budget_label) if budget_label is not None else round(float(res["proc"].mean()), 4)
     rec = _record(policy, table, setting="stream", variant=variant or str(res["variant"]), budget=label, seed=seed,
                   plan=res["plan"], cost=res["cost"], correct=res["correct"], given=res["given"], reads=res["reads"])

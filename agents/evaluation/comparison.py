@@ -30,11 +30,12 @@ from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.budgets import make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json, safe_np_load
+from adainf_env.stream import StreamSpec
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.evaluation.anytime_harness import anytime_stream_trace, evaluate_anytime_bandit, evaluate_anytime_stream
 from agents.evaluation.harness import BANDIT_BUDGETS, check_budget_list, evaluate_bandit, evaluate_stream
 from agents.evaluation.learning_curves import learner_curve
-from agents.evaluation.stream_processes import SWEPT_VARIANTS, check_stream_size, stream_process_for
+from agents.evaluation.stream_processes import SWEPT_VARIANTS, stream_process_for
 from agents.progress import progress_disabled
 from agents.registry import (ANYTIME_BASELINES, ANYTIME_SCHEDULERS, BASELINES, anytime_policy_class,
                              make_anytime_policy, make_scheduler, scheduler_class, scheduler_env)
@@ -75,6 +76,11 @@ class ComparisonJob:
     torch_threads: int | None = None  # set torch's intra-op threads first (worker processes: 1)
     trace_process: str | None = None  # anytime env: also trace every request along this budget process
     trace_shared: bool = True  # the traced process refills a token bucket (else it is each request's budget)
+
+    @property
+    def stream(self) -> StreamSpec:
+        """The stream evaluations' size and bucket (the job keeps the three numbers as plain data for its store)."""
+        return StreamSpec(num_streams=self.num_streams, horizon=self.horizon, bucket_cap=self.bucket_cap)
 
 
 @dataclasses.dataclass
@@ -118,21 +124,19 @@ def comparison_job(job: ComparisonJob) -> JobResult:
     for variant in job.stream_variants:
         if variant not in SWEPT_VARIANTS:
             # a process given as a spec (e.g. "trace:PATH"): evaluated once, labelled with its realised mean
-            recs.append(stream(sched, job.test, variant, seed=seed, num_streams=job.num_streams, horizon=job.horizon))
+            recs.append(stream(sched, job.test, variant, seed=seed, stream=job.stream))
             continue
         for b in job.stream_budgets:
             recs.append(stream(sched, job.test, stream_process_for(variant, b, floor), shared=(variant == "shared"),
-                               bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
-                               horizon=job.horizon, budget_label=b, variant=variant))
+                               seed=seed, stream=job.stream, budget_label=b, variant=variant))
     records = [{**r, "fit_s": round(fit_s, 3)} for r in recs]
     saved = trace = None
     if job.save and job.env == "plan":
         with tempfile.TemporaryDirectory() as d:  # Scheduler.save writes a file; the bytes travel back instead
             saved = sched.save(Path(d) / "scheduler.npz").read_bytes()
     if job.trace_process is not None and job.env == "anytime":
-        trace = anytime_stream_trace(sched, job.test, job.trace_process, shared=job.trace_shared,
-                                     bucket_cap=job.bucket_cap, seed=seed, num_streams=job.num_streams,
-                                     horizon=job.horizon)
+        trace = anytime_stream_trace(sched, job.test, job.trace_process, shared=job.trace_shared, seed=seed,
+                                     stream=job.stream)
     return JobResult(name=job.name, seed=seed, records=records, saved=saved, trace=trace,
                      curve=learner_curve(sched, job.name, job.env))
 
@@ -146,9 +150,10 @@ def comparison_jobs(
     bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
     stream_budgets: Sequence[float] = BANDIT_BUDGETS,
     stream_variants: Sequence[str] = ("shared", "periodic"),
-    num_streams: int = 50,
-    horizon: int = 200,
-    bucket_cap: float = 1.0,
+    num_streams: int | None = None,
+    horizon: int | None = None,
+    bucket_cap: float | None = None,
+    stream: StreamSpec | None = None,
     scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     cost_unit: str = "macs",
     save: bool = False,
@@ -163,7 +168,9 @@ def comparison_jobs(
     anytime policies without a per-block cost breakdown are :class:`ConfigError` before anything is fitted.
     ``trace_process`` (a budget-process spec, e.g. ``step:values=0.2/0.45,every=50``): the anytime jobs of the first
     seed also return a per-request trace along it (where each request stopped, what it read), refilling a token
-    bucket (``trace_shared``) or as each request's own budget.
+    bucket (``trace_shared``) or as each request's own budget. The stream evaluations' size and bucket: ``stream``
+    (default :data:`adainf_env.stream.DEFAULT_STREAM`) with ``num_streams`` / ``horizon`` / ``bucket_cap`` overriding
+    its fields where given.
     """
     bandit_budgets = check_budget_list(bandit_budgets, "bandit budgets") if bandit_budgets else []
     stream_budgets = check_budget_list(stream_budgets, "stream budgets") if stream_budgets else []
@@ -180,7 +187,7 @@ def comparison_jobs(
     unknown = set(kwargs) - set(names)
     if unknown:
         raise ConfigError(f"scheduler_kwargs given for schedulers not compared: {sorted(unknown)}")
-    check_stream_size(num_streams, horizon)
+    spec = StreamSpec.of(stream, num_streams=num_streams, horizon=horizon, bucket_cap=bucket_cap)
     if torch_threads is not None and (isinstance(torch_threads, bool) or not isinstance(torch_threads, int)
                                       or torch_threads < 1):
         raise ConfigError(f"torch_threads must be an integer ≥ 1 or None, got {torch_threads!r}")
@@ -191,8 +198,8 @@ def comparison_jobs(
         raise ConfigError("no seeds")
     return [ComparisonJob(name=n, env=envs[n], seed=int(s), calib=calib, test=test, kwargs=dict(kwargs.get(n, {})),
                           bandit_budgets=tuple(bandit_budgets), stream_budgets=tuple(stream_budgets),
-                          stream_variants=tuple(stream_variants), num_streams=int(num_streams), horizon=int(horizon),
-                          bucket_cap=float(bucket_cap), cost_unit=cost_unit, save=save, torch_threads=torch_threads,
+                          stream_variants=tuple(stream_variants), num_streams=spec.num_streams, horizon=spec.horizon,
+                          bucket_cap=spec.bucket_cap, cost_unit=cost_unit, save=save, torch_threads=torch_threads,
                           trace_process=trace_process if s == seeds[0] and envs[n] == "anytime" else None,
                           trace_shared=bool(trace_shared))
             for s in seeds for n in names]
@@ -212,9 +219,10 @@ def run_comparison(
     bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
     stream_budgets: Sequence[float] = BANDIT_BUDGETS,
     stream_variants: Sequence[str] = ("shared", "periodic"),
-    num_streams: int = 50,
-    horizon: int = 200,
-    bucket_cap: float = 1.0,
+    num_streams: int | None = None,
+    horizon: int | None = None,
+    bucket_cap: float | None = None,
+    stream: StreamSpec | None = None,
     scheduler_kwargs: Mapping[str, Mapping[str, Any]] | None = None,
     cost_unit: str = "macs",
     progress: bool = True,
@@ -235,7 +243,7 @@ def run_comparison(
     """
     jobs = comparison_jobs(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
                            stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
-                           horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=scheduler_kwargs,
+                           horizon=horizon, bucket_cap=bucket_cap, stream=stream, scheduler_kwargs=scheduler_kwargs,
                            cost_unit=cost_unit, save=save_dir is not None, torch_threads=torch_threads)
     results = run_comparison_jobs(jobs, runner=runner, progress=progress)
     if save_dir is not None:
@@ -367,8 +375,9 @@ def save_fitted(results: Sequence[JobResult], save_dir: str | os.PathLike) -> li
 def run_anytime_comparison(names: Sequence[str], calib: OutcomeTable, test: OutcomeTable, *,
                            seeds: Sequence[int] = (0,), bandit_budgets: Sequence[float] = BANDIT_BUDGETS,
                            stream_budgets: Sequence[float] = BANDIT_BUDGETS,
-                           stream_variants: Sequence[str] = ("shared", "periodic"), num_streams: int = 50,
-                           horizon: int = 200, bucket_cap: float = 1.0,
+                           stream_variants: Sequence[str] = ("shared", "periodic"), num_streams: int | None = None,
+                           horizon: int | None = None, bucket_cap: float | None = None,
+                           stream: StreamSpec | None = None,
                            policy_kwargs: dict[str, dict[str, Any]] | None = None, progress: bool = False,
                            runner: JobRunner | None = None) -> list[dict[str, Any]]:
     """Fit each anytime policy on ``calib`` per seed, evaluate on ``test`` (bandit sweep + stream variants).
@@ -382,5 +391,5 @@ def run_anytime_comparison(names: Sequence[str], calib: OutcomeTable, test: Outc
                           "(plan-env schedulers: run_comparison)")
     return run_comparison(names, calib, test, seeds=seeds, bandit_budgets=bandit_budgets,
                           stream_budgets=stream_budgets, stream_variants=stream_variants, num_streams=num_streams,
-                          horizon=horizon, bucket_cap=bucket_cap, scheduler_kwargs=policy_kwargs,
+                          horizon=horizon, bucket_cap=bucket_cap, stream=stream, scheduler_kwargs=policy_kwargs,
                           progress=progress, runner=runner)

@@ -34,30 +34,30 @@ between two runs of the same jobs).
 
 Costs and budgets are fractions of the full model in the cost unit the scheduler was fitted with (MACs by default).
 
-Stream evaluation runs ``num_streams`` independent streams of ``horizon`` requests side by side, so a scheduler is
-asked for one batch of decisions per time step (the requests of step t of every stream) and its stream state is per
-stream. Sample order: a seeded permutation of the table's rows (without replacement while rows last).
+Stream evaluation runs ``num_streams`` independent streams of ``horizon`` requests side by side (the request stream
+of :mod:`adainf_env.stream`: its :class:`~adainf_env.stream.StreamSpec`, draws and loop), so a scheduler is asked for
+one batch of decisions per time step (the requests of step t of every stream) and its stream state is per stream.
+Sample order: a seeded permutation of the table's rows (without replacement while rows last).
 
 Stream state passed to ``Scheduler.select``/``decide`` (dict of [K] float64 arrays unless noted):
 ``level`` bucket level after this request's refill (shared only, else the budget), ``available`` = the budget given,
 ``avg_budget`` the average budget (shared only; None otherwise), ``process_budget`` the process's budget for this
-request, ``cap`` the bucket capacity (float), ``step`` (int) and ``horizon`` (int).
+request, ``cap`` the bucket capacity (float; nan without a bucket), ``step`` (int) and ``horizon`` (int).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from adainf_env.budgets import TokenBucket, make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import overrun, overrun_amount
+from adainf_env.stream import StreamSpec, draw_streams, run_streams
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import Scheduler, check_budgets
 from agents.evaluation.metrics import BUDGET_GRID
-from agents.evaluation.stream_processes import check_stream_size, stream_process_for
+from agents.evaluation.stream_processes import stream_process_for
 
 __all__ = [
     "RECORD_FIELDS",
@@ -153,52 +153,33 @@ def evaluate_bandit(scheduler: Scheduler, table: OutcomeTable, budgets: Sequence
 
 # --------------------------------------------------------------------------------------------------- stream
 def evaluate_stream(scheduler: Scheduler, table: OutcomeTable, process: Any, *, shared: bool = False,
-                    bucket_cap: float = 1.0, seed: int = 0, num_streams: int = 50, horizon: int = 200,
-                    budget_label: float | None = None, variant: str | None = None) -> dict[str, Any]:
+                    bucket_cap: float | None = None, seed: int = 0, num_streams: int | None = None,
+                    horizon: int | None = None, budget_label: float | None = None, variant: str | None = None,
+                    stream: StreamSpec | None = None) -> dict[str, Any]:
     """Run ``num_streams`` streams of ``horizon`` requests along a budget ``process`` → one record.
 
+    The stream's size and bucket are ``stream`` (default :data:`adainf_env.stream.DEFAULT_STREAM`, 50 × 200, cap 1)
+    with ``num_streams`` / ``horizon`` / ``bucket_cap`` overriding its fields where given; draws and loop are
+    :func:`adainf_env.stream.draw_streams` and :func:`adainf_env.stream.run_streams`.
     ``shared=True``: requests share a compute budget — a :class:`adainf_env.budgets.TokenBucket` refilled by the
     process's budget per request (pass ``fixed:avg`` for an average budget), capped at ``bucket_cap``; the budget given
     to the scheduler is what is in the bucket (at most 1). Otherwise each request's budget is the process's value.
     The record's ``budget`` is ``budget_label`` (the nominal average) or else the realised mean process budget.
     """
-    check_stream_size(num_streams, horizon)
+    spec = StreamSpec.of(stream, num_streams=num_streams, horizon=horizon, bucket_cap=bucket_cap)
     if budget_label is not None:
         check_budgets(np.asarray([budget_label]))
     cost_all = scheduler.plan_space.plan_cost if scheduler.plan_space is not None else table.plan_cost()
-    proc = make_budget_process(process).bind(float(cost_all.min()))
-    bucket = TokenBucket(cap=float(bucket_cap)) if shared else None
-    rng = np.random.default_rng([int(seed), 0xADA1])
-    k_, t_ = int(num_streams), int(horizon)
-    n_req = k_ * t_
-    reps = math.ceil(n_req / table.num_samples)
-    rows = np.concatenate([rng.permutation(table.num_samples) for _ in range(reps)])[:n_req].reshape(k_, t_)
-    plans = np.empty((k_, t_), dtype=np.int64)
-    costs = np.empty((k_, t_))
-    given = np.empty((k_, t_))
-    proc_b = np.empty((k_, t_))
-    level = np.zeros(k_)
-    b_prev, aux = proc.start(rng.random(k_))
-    for t in range(t_):
-        u = rng.random(k_)  # one uniform per request, as the env's budget processes expect
-        b = b_prev if t == 0 else proc.next(np.full(k_, t), b_prev, aux, u)
-        b_prev = b
-        proc_b[:, t] = b
-        if bucket is not None:
-            level = bucket.refill(level, b)
-            avail = bucket.available(level)
-            state = {"level": level.copy(), "available": avail, "avg_budget": b.copy(), "process_budget": b.copy(),
-                     "cap": float(bucket_cap), "step": t, "horizon": t_}
-        else:
-            avail = b
-            state = {"level": b.copy(), "available": b.copy(), "avg_budget": None, "process_budget": b.copy(),
-                     "cap": float("nan"), "step": t, "horizon": t_}
-        # a bucket drained to exactly 0 still lets the request run its cheapest plan (counted as an overrun)
-        avail_ok = np.maximum(avail, 1e-12)
-        dec = scheduler.decide(table, rows[:, t], avail_ok, state)
-        plans[:, t], costs[:, t], given[:, t] = dec.plan, dec.cost, avail
-        if bucket is not None:
-            level = bucket.spend(level, dec.cost)
+    rows, proc_b, proc = draw_streams(table.num_samples, process, floor=float(cost_all.min()), seed=seed, spec=spec)
+    plans = np.empty(rows.shape, dtype=np.int64)
+    costs = np.empty(rows.shape)
+
+    def serve(t: int, rows_t: np.ndarray, budgets_t: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        dec = scheduler.decide(table, rows_t, budgets_t, state)
+        plans[:, t], costs[:, t] = dec.plan, dec.cost
+        return costs[:, t]
+
+    given = run_streams(serve, rows, proc_b, bucket=spec.bucket() if shared else None)
     label = float(budget_label) if budget_label is not None else round(float(proc_b.mean()), 4)
     rec = _record(scheduler, table, setting="stream", variant=variant or ("shared" if shared else proc.name),
                   budget=label, seed=seed, rows=rows, plans=plans, costs=costs, given=given)

@@ -8,12 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
-
 from adainf_env.budgets import FixedBudget, PeriodicBudget, RandomWalkBudget, make_budget_process
-from adainf_env.errors import ConfigError
 
-__all__ = ["SWEPT_VARIANTS", "check_stream_size", "stream_process_for"]
+__all__ = ["SWEPT_VARIANTS", "stream_process_for"]
 
 #: Stream variants swept over the average-budget grid; any other variant is a process spec evaluated once.
 SWEPT_VARIANTS: tuple[str, ...] = ("shared", "periodic", "random_walk")
@@ -39,9 +36,3 @@ def stream_process_for(kind: str, avg_budget: float, floor: float, **kw: Any):
         return RandomWalkBudget(sigma=kw.get("sigma", 0.03), low=avg - delta, high=avg + delta, start_value=avg)
     return make_budget_process(kind)
 
-
-def check_stream_size(num_streams: Any, horizon: Any) -> None:
-    """:class:`ConfigError` unless ``num_streams`` and ``horizon`` (a stream evaluation's size) are integers ≥ 1."""
-    for k, v in (("num_streams", num_streams), ("horizon", horizon)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ConfigError(f"{k} must be an integer ≥ 1, got {v!r}")
