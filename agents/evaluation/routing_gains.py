@@ -79,7 +79,7 @@ def routing_gain_records(names: Sequence[str], calib: OutcomeTable, test: Outcom
                 try:
                     sched = make_scheduler(name, **kw)
                 except ConfigError:
-                    if prior:  # a policy with no LUT prior (blockdrop, dqn): reported without it only
+                    if prior:  # a policy with no LUT prior (blockdrop): reported without it only
                         continue
                     raise
                 sched.fit(calib, seed=int(seed))
