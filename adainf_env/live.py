@@ -15,7 +15,7 @@ import torch
 
 from adainf_env.costs import measure_macs, plan_macs_fraction
 from adainf_env.errors import ConfigError
-from adainf_env.plans import masks_from_codes
+from adainf_env.plans import all_plans
 
 __all__ = ["LiveSource", "LiveRunner"]
 
@@ -62,7 +62,7 @@ class LiveRunner:
             if nb > 12:
                 raise ConfigError(f"live backbone has {nb} blocks: pass LiveSource(plan_masks=[P, {nb}]) (2^{nb} is "
                                   "too many plans)")
-            masks = masks_from_codes(np.arange(1 << nb), nb)
+            masks = all_plans(nb)
         else:
             masks = np.asarray(src.plan_masks)
             if masks.ndim != 2 or masks.shape[1] != nb or not np.isin(masks, (0, 1)).all():

@@ -9,6 +9,7 @@ written two ways, and every module converts between them here:
 
 Helpers:
 
+* :func:`all_plans` — the complete plan space (every 2^B plan, row p = code p);
 * :func:`masks_from_codes` / :func:`codes_from_masks` — the two conversions (inverse of each other);
 * :func:`top_block` — one past a plan's highest executed block: where its last decision is made, so where a read of
   it can happen in the anytime env (0 for plan 0);
@@ -34,11 +35,13 @@ import numpy as np
 
 from adainf_env.errors import ConfigError
 
-__all__ = ["MAX_CODE_BLOCKS", "masks_from_codes", "codes_from_masks", "top_block", "extension_mask", "extensions",
-           "plan_cost"]
+__all__ = ["MAX_CODE_BLOCKS", "ALL_PLANS_MAX_BLOCKS", "all_plans", "masks_from_codes", "codes_from_masks",
+           "top_block", "extension_mask", "extensions", "plan_cost"]
 
 #: The most blocks a plan code (int64, sign bit unused) can describe.
 MAX_CODE_BLOCKS = 62
+#: The most blocks :func:`all_plans` enumerates (2^20 plans).
+ALL_PLANS_MAX_BLOCKS = 20
 
 
 def masks_from_codes(codes: Sequence[int] | np.ndarray, num_blocks: int) -> np.ndarray:
@@ -46,6 +49,16 @@ def masks_from_codes(codes: Sequence[int] | np.ndarray, num_blocks: int) -> np.n
     ``num_blocks``. Bits at or above ``num_blocks`` are ignored."""
     codes = np.asarray(codes, dtype=np.int64)
     return ((codes[:, None] >> np.arange(num_blocks)) & 1).astype(bool)
+
+
+def all_plans(num_blocks: int) -> np.ndarray:
+    """The complete plan space: all 2^B plans as bool masks ``[2^B, B]``, row p = plan code p (the reference tables'
+    column order). ``num_blocks`` outside [1, :data:`ALL_PLANS_MAX_BLOCKS`] → :class:`ConfigError`."""
+    if isinstance(num_blocks, bool) or not isinstance(num_blocks, (int, np.integer)) or \
+            not 1 <= num_blocks <= ALL_PLANS_MAX_BLOCKS:
+        raise ConfigError(f"all_plans: num_blocks must be an integer in [1, {ALL_PLANS_MAX_BLOCKS}], "
+                          f"got {num_blocks!r}")
+    return masks_from_codes(np.arange(1 << int(num_blocks)), int(num_blocks))
 
 
 def codes_from_masks(masks: np.ndarray) -> np.ndarray:

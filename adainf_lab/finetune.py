@@ -55,7 +55,8 @@ from adainf_env.executor import AdaptiveExecutor
 from adainf_env.feasibility import lut_choice
 from adainf_env.fileio import atomic_torch_save, atomic_write_json, safe_torch_load, save_figure, sha256_file
 from adainf_env.tables.outcomes import OutcomeTable, find_split_tables, load_table, save_table
-from adainf_env.tables.builder import all_plans, build_table
+from adainf_env.plans import all_plans
+from adainf_env.tables.builder import build_table
 from adainf_lab.config import check_seed
 from adainf_lab.data import evenly_spaced
 from adainf_lab.rundir import check_run_flags, open_run_dir

@@ -39,7 +39,7 @@ from adainf_env.errors import ConfigError
 from adainf_env.executor import AdaptiveExecutor
 from adainf_env.fileio import atomic_write_json
 from adainf_env.latency import device_name, plan_latency_ms, profile_latency, save_profile, validate_latency_model
-from adainf_env.plans import masks_from_codes
+from adainf_env.plans import all_plans
 
 __all__ = ["Config", "main", "tilted_plan_probs"]
 
@@ -158,7 +158,7 @@ def build_bench(cfg: Config) -> Bench:
     nb = bb.num_blocks
     if nb > 16:
         raise ConfigError(f"{cfg.backbone} has {nb} blocks; this benchmark enumerates all 2^B plans (B ≤ 16)")
-    masks = masks_from_codes(np.arange(1 << nb), nb)
+    masks = all_plans(nb)
     compile_mode = "reduce-overhead" if cfg.cuda_graphs else None
     ex = AdaptiveExecutor(bb, masks, strategy=cfg.strategy, channels_last=cfg.channels_last, compile=cfg.compile,
                           compile_mode=compile_mode, bucket=cfg.bucket)

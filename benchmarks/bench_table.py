@@ -27,7 +27,8 @@ import torch  # noqa: E402
 from adainf_env.backbones import load_backbone  # noqa: E402
 from adainf_env.costs import MacsProfile, measure_macs  # noqa: E402
 from adainf_env.data import load_images  # noqa: E402
-from adainf_env.tables.builder import all_plans, evaluate_plans, evaluate_plans_per_plan  # noqa: E402
+from adainf_env.plans import all_plans  # noqa: E402
+from adainf_env.tables.builder import evaluate_plans, evaluate_plans_per_plan  # noqa: E402
 from adainf_lab.cli import parse_config  # noqa: E402
 
 __all__ = ["BenchTableConfig", "main"]

@@ -18,7 +18,8 @@ from _tiny_backbones import TinyResNet
 from adainf_env import load_table
 from adainf_env.data import demo_archive_path
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
-from adainf_env.tables.builder import all_plans, build_table, prepare_build_inputs
+from adainf_env.plans import all_plans
+from adainf_env.tables.builder import build_table, prepare_build_inputs
 from adainf_env.tables.shards import (
     ShardLayout,
     build_shard,

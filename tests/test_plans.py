@@ -16,7 +16,7 @@ from adainf_env.envs.anytime.core import AnytimeTable, BlockCosts
 from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import sha256_arrays
-from adainf_env.plans import codes_from_masks, extension_mask, extensions, masks_from_codes, plan_cost, top_block
+from adainf_env.plans import all_plans, codes_from_masks, extension_mask, extensions, masks_from_codes, plan_cost, top_block
 from adainf_env.tables.toy import make_routing_table, make_toy_table, toy_anytime_table
 
 B = 5
@@ -29,6 +29,14 @@ def test_codes_and_masks_are_inverse_and_bit_b_is_block_b():
     assert masks[0b10110].tolist() == [False, True, True, False, True]  # LSB = block 0
     assert np.array_equal(codes_from_masks(masks), CODES)
     assert np.array_equal(codes_from_masks(masks.astype(np.int8)), CODES)  # 0/1 masks too
+
+
+def test_all_plans_is_every_code_in_order():
+    assert np.array_equal(all_plans(B), masks_from_codes(CODES, B))
+    assert all_plans(1).tolist() == [[False], [True]]
+    for bad in (0, 21, True, 2.0):
+        with pytest.raises(ConfigError, match=f"all_plans: num_blocks must be an integer in \\[1, 20\\], got {bad!r}"):
+            all_plans(bad)
 
 
 def test_codes_from_masks_refuses_what_a_code_cannot_hold():

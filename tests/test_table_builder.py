@@ -16,9 +16,8 @@ from adainf_env import load_table, save_table
 from adainf_env.backbones import load_backbone
 from adainf_env.data import demo_archive_path, load_images
 from adainf_env.errors import AdaInfError, ConfigError, TableFormatError, TableMismatchError
-from adainf_env.plans import codes_from_masks
+from adainf_env.plans import all_plans, codes_from_masks
 from adainf_env.tables.builder import (
-    all_plans,
     build_table,
     evaluate_plans,
     evaluate_plans_per_plan,

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from adainf_env.costs import MacsProfile, measure_macs, plan_macs
 from adainf_env.errors import ConfigError, TableFormatError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
-from adainf_env.plans import masks_from_codes
+from adainf_env.plans import all_plans
 from adainf_env.tables.outcomes import OutcomeTable, default_meta
 
 __all__ = [
@@ -61,7 +61,6 @@ __all__ = [
     "evaluate_plans",
     "evaluate_plans_per_plan",
     "structured_plan_subset",
-    "all_plans",
     "MAX_ENUMERATED_BLOCKS",
 ]
 
@@ -72,13 +71,6 @@ _RESUME_VERSION = 1
 
 
 # ---------------------------------------------------------------------------------------------- plan spaces
-def all_plans(num_blocks: int) -> np.ndarray:
-    """All 2^B plans as bool masks [2^B, B], row p = plan code p (bit i ⇔ block i executed, as the reference)."""
-    if not 1 <= num_blocks <= 20:
-        raise ConfigError(f"all_plans: num_blocks must be in [1, 20], got {num_blocks}")
-    return masks_from_codes(np.arange(1 << num_blocks), num_blocks)
-
-
 def structured_plan_subset(num_blocks: int, num_random: int = 200, seed: int = 0) -> np.ndarray:
     """A documented subset of the 2^B plans for plan spaces too large to enumerate. Returns bool [P, B].
 

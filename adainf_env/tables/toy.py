@@ -25,7 +25,7 @@ import numpy as np
 
 from adainf_env.envs.anytime.core import attach_block_macs
 from adainf_env.errors import ConfigError
-from adainf_env.plans import masks_from_codes, plan_cost
+from adainf_env.plans import all_plans, plan_cost
 from adainf_env.tables.outcomes import OutcomeTable, default_meta
 
 __all__ = ["make_toy_table", "toy_optimal_plans", "toy_anytime_table", "make_routing_table"]
@@ -45,7 +45,7 @@ def make_toy_table(
         raise ConfigError(f"make_toy_table: num_blocks must be in [1, 10], got {num_blocks!r}")
     rng = np.random.default_rng(seed)
     num_types = num_blocks + 1
-    masks = masks_from_codes(np.arange(1 << num_blocks), num_blocks)
+    masks = all_plans(num_blocks)
     block_macs = np.arange(1, num_blocks + 1, dtype=np.int64) * 1000
     plan_macs = plan_cost(masks, block_macs, base=1000)
     required = np.tril(np.ones((num_types, num_blocks), dtype=bool), k=-1)  # type t needs blocks 0..t-1
@@ -113,7 +113,7 @@ def make_routing_table(num_samples: int = 2000, *, num_blocks: int = 4, easy: fl
         raise ConfigError(f"make_routing_table: need 1 ≤ num_blocks ≤ 10, 0 ≤ easy < 1, noise ≥ 0, num_samples ≥ 1; "
                           f"got {num_blocks}, {easy}, {noise}, {num_samples}")
     rng = np.random.default_rng(seed)
-    masks = masks_from_codes(np.arange(1 << num_blocks), num_blocks)
+    masks = all_plans(num_blocks)
     plan_macs = plan_cost(masks, np.full(num_blocks, 1000, dtype=np.int64), base=1000)
     is_easy = rng.random(num_samples) < easy
     types = np.where(is_easy, num_blocks, rng.integers(0, num_blocks, size=num_samples))

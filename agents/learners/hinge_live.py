@@ -51,7 +51,7 @@ from torch import nn
 from adainf_env.backbones.base import SkippableBackbone
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import masked_argmax
-from adainf_env.plans import masks_from_codes, plan_cost
+from adainf_env.plans import all_plans, plan_cost
 from agents.learners.policy_nets import BlockPolicy
 
 __all__ = ["FINETUNE_MODES", "LoRALinear", "LoRAConv2d", "add_lora", "merge_lora", "gumbel_sigmoid_st",
@@ -221,8 +221,7 @@ class LiveHingeTrainer:
             self.lr_schedules = [torch.optim.lr_scheduler.LambdaLR(
                 o, lambda s: warmup_cosine(s, total_steps=int(total_steps), warmup_steps=self.warmup_steps))
                 for o in self.opts]
-        nb = backbone.num_blocks
-        self._all_masks = torch.as_tensor(masks_from_codes(np.arange(1 << nb), nb))  # plan-code order
+        self._all_masks = torch.as_tensor(all_plans(backbone.num_blocks))  # plan-code order
 
     # ------------------------------------------------------------------ helpers
     def _stem_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

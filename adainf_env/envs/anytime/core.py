@@ -42,7 +42,7 @@ from adainf_env.envs.core import ActionError, action_vector, observation_parts, 
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.envs.options import AnytimeOptions
-from adainf_env.plans import codes_from_masks, masks_from_codes, plan_cost, top_block
+from adainf_env.plans import all_plans, codes_from_masks, masks_from_codes, plan_cost, top_block
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.reward import overrun_paid, step_reward
 
@@ -714,7 +714,7 @@ class AnytimeConfig:
         onehot[s, np.minimum(pos, b)] = 1.0
         bits = None
         if b <= 12:
-            bits = masks_from_codes(np.arange(1 << b), b).astype(np.float32)
+            bits = all_plans(b).astype(np.float32)
         return costs, onehot, bits
 
     def observe(self, batch: RequestBatch, bucket_state: np.ndarray | None, idx: np.ndarray | None = None) -> Any:
