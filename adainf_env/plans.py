@@ -11,6 +11,7 @@ Helpers:
 
 * :func:`all_plans` — the complete plan space (every 2^B plan, row p = code p);
 * :func:`masks_from_codes` / :func:`codes_from_masks` — the two conversions (inverse of each other);
+* :func:`code_lookup` — the dense code → plan-index table of a plan list (−1 where a code is not a plan);
 * :func:`top_block` — one past a plan's highest executed block: where its last decision is made, so where a read of
   it can happen in the anytime env (0 for plan 0);
 * :func:`extension_mask` / :func:`extensions` — the plans that *extend* a plan ``c``: they take ``c``'s decisions up
@@ -36,7 +37,7 @@ import numpy as np
 from adainf_env.errors import ConfigError
 
 __all__ = ["MAX_CODE_BLOCKS", "ALL_PLANS_MAX_BLOCKS", "all_plans", "masks_from_codes", "codes_from_masks",
-           "top_block", "extension_mask", "extensions", "plan_cost"]
+           "code_lookup", "top_block", "extension_mask", "extensions", "plan_cost"]
 
 #: The most blocks a plan code (int64, sign bit unused) can describe.
 MAX_CODE_BLOCKS = 62
@@ -71,6 +72,18 @@ def codes_from_masks(masks: np.ndarray) -> np.ndarray:
     if masks.shape[1] > MAX_CODE_BLOCKS:
         raise ConfigError(f"plan codes describe at most {MAX_CODE_BLOCKS} blocks, the masks have {masks.shape[1]}")
     return (masks.astype(np.int64) << np.arange(masks.shape[1])).sum(axis=1)
+
+
+def code_lookup(codes: np.ndarray, num_blocks: int) -> np.ndarray:
+    """``[2^B]`` int64: entry ``c`` is the index of plan code ``c`` in ``codes`` (a plan list's codes, e.g.
+    ``codes_from_masks(plan_masks)``), −1 where ``c`` is not in the list. B = ``num_blocks`` ≤
+    :data:`ALL_PLANS_MAX_BLOCKS`, else :class:`ConfigError` (the table would not fit in memory)."""
+    if not 0 <= num_blocks <= ALL_PLANS_MAX_BLOCKS:
+        raise ConfigError(f"code_lookup: a dense table of 2^{num_blocks} codes is too large (at most "
+                          f"{ALL_PLANS_MAX_BLOCKS} blocks)")
+    lookup = np.full(1 << num_blocks, -1, dtype=np.int64)
+    lookup[np.asarray(codes, dtype=np.int64)] = np.arange(len(codes))
+    return lookup
 
 
 def top_block(codes: np.ndarray) -> np.ndarray:

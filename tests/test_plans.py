@@ -16,7 +16,7 @@ from adainf_env.envs.anytime.core import AnytimeTable, BlockCosts
 from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import sha256_arrays
-from adainf_env.plans import all_plans, codes_from_masks, extension_mask, extensions, masks_from_codes, plan_cost, top_block
+from adainf_env.plans import all_plans, code_lookup, codes_from_masks, extension_mask, extensions, masks_from_codes, plan_cost, top_block
 from adainf_env.tables.toy import make_routing_table, make_toy_table, toy_anytime_table
 
 B = 5
@@ -44,6 +44,13 @@ def test_codes_from_masks_refuses_what_a_code_cannot_hold():
         codes_from_masks(np.zeros((2, 63), dtype=bool))
     with pytest.raises(ConfigError, match=r"2-D \[plans, blocks\].*\(5,\)"):
         codes_from_masks(np.zeros(5, dtype=bool))
+
+
+def test_code_lookup_maps_each_code_to_its_plan_index():
+    assert code_lookup(np.array([5, 0, 3]), 3).tolist() == [1, -1, -1, 2, -1, 0, -1, -1]
+    assert np.array_equal(code_lookup(CODES[::-1], B), CODES[::-1])
+    with pytest.raises(ConfigError, match="2\\^21 codes is too large"):
+        code_lookup(np.array([0]), 21)
 
 
 def test_top_block_is_one_past_the_last_executed_block():

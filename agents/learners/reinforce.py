@@ -24,7 +24,7 @@ from torch import nn
 
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import feasible_with_fallback
-from adainf_env.plans import codes_from_masks
+from adainf_env.plans import code_lookup, codes_from_masks
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.learners.policy_nets import BlockPolicy
 from agents.learners.torch_learner import TorchTableLearner
@@ -39,9 +39,7 @@ def block_plan_lookup(table: OutcomeTable) -> np.ndarray:
         raise ConfigError(
             f"a per-block policy on a table needs every one of the 2^{b} plans; this table has {table.num_plans} "
             "(use policy='plans' for a plan subset)")
-    lut = np.full(1 << b, -1, dtype=np.int64)
-    lut[codes_from_masks(table.plan_masks)] = np.arange(table.num_plans)
-    return lut
+    return code_lookup(codes_from_masks(table.plan_masks), b)
 
 
 def bernoulli_entropy(logits: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ from adainf_env.envs.core import ActionError, action_vector, observation_parts, 
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.envs.options import AnytimeOptions
-from adainf_env.plans import all_plans, codes_from_masks, masks_from_codes, plan_cost, top_block
+from adainf_env.plans import all_plans, code_lookup, codes_from_masks, masks_from_codes, plan_cost, top_block
 from adainf_env.tables.outcomes import OutcomeTable
 from adainf_env.envs.reward import overrun_paid, step_reward
 
@@ -191,8 +191,7 @@ class AnytimeTable:
         if b > MAX_BLOCKS:
             raise ConfigError(f"the anytime env supports at most {MAX_BLOCKS} skippable blocks, got {b}")
         codes = codes_from_masks(masks)
-        lookup = np.full(1 << b, -1, dtype=np.int64)
-        lookup[codes] = np.arange(len(codes))
+        lookup = code_lookup(codes, b)
         for i in range(b):
             trunc = codes & ((1 << i) - 1)
             if (lookup[trunc] < 0).any():
