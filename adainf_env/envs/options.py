@@ -18,6 +18,7 @@ import numpy as np
 
 from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
+from adainf_env.stream import DEFAULT_STREAM
 
 __all__ = ["EnvOptions", "AnytimeOptions", "make_bucket", "MODES", "REWARDS", "PENALTIES", "OBS_FORMATS",
            "ACTION_TYPES", "COST_UNITS", "RENDER_MODES", "INVALID_ACTIONS", "ACTION_MODES", "MENU_MIN_SIZES",
@@ -94,7 +95,7 @@ class EnvOptions:
     """
 
     mode: Literal["bandit", "stream"] = "bandit"
-    episode_length: int = 200
+    episode_length: int = DEFAULT_STREAM.horizon  # the evaluation's stream length (adainf_env.stream)
     budget: Any = "uniform"
     bucket: Any = None
     lam: float = 1.0

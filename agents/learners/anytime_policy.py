@@ -49,9 +49,9 @@ import numpy as np
 import torch
 
 from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
-from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
+from adainf_env.stream import DEFAULT_STREAM, StaggeredStreams
 from adainf_env.plans import extension_mask, top_block
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import script_costs, step_toward
@@ -62,9 +62,6 @@ from agents.learners.stage_net import CANDIDATE_SETS, STOP_ACTION, Rollout, Stag
 
 __all__ = ["AnytimeLearnerPolicy"]
 
-# Stream settings of training and held-out scoring: the harness's bucket cap and stream length.
-_BUCKET_CAP = 1.0
-_HORIZON = 200
 _HELD_OUT_STREAM_BUDGETS = (0.2, 0.3, 0.4, 0.6)
 # Confidence levels of the readout's thermometer code (finer near 1, where softmax confidences crowd).
 _CONF_LEVELS = np.array([0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.99])
@@ -291,7 +288,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
             c["avg"][idx] = np.broadcast_to(np.asarray(state["avg_budget"], dtype=np.float64), (len(idx),))
             c["level"][idx] = np.broadcast_to(np.asarray(state["level"], dtype=np.float64), (len(idx),))
             c["shared"][idx] = 1.0
-            step, hor = state.get("step", 0), state.get("horizon", _HORIZON)
+            step, hor = state.get("step", 0), state.get("horizon", DEFAULT_STREAM.horizon)
             c["left"][idx] = np.broadcast_to(1.0 - np.asarray(step, dtype=np.float64) / float(hor), (len(idx),))
             # the price learnt for this average budget (interpolated between the grid's multipliers)
             c["lam"][idx] = np.interp(c["avg"][idx], self.lam_budgets, self.lam)
@@ -356,10 +353,9 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         self._n_stream = int(round(self.stream_fraction * groups)) * k
         ns = self._n_stream
         self._s_bin = (np.arange(ns) // k) % max(self.lam_budgets.size, 1)
-        self._s_avg = self.lam_budgets[self._s_bin] if ns else np.zeros(0)
-        self._s_t = np.repeat(self._rng.integers(0, _HORIZON, size=ns // k), k)  # staggered stream phases
-        self._s_level = np.zeros(ns)
-        self._bucket = TokenBucket(cap=_BUCKET_CAP)
+        # the evaluation's streams (cap, horizon), each group at a random (staggered) position of its stream
+        self._streams = StaggeredStreams(self.lam_budgets[self._s_bin] if ns else np.zeros(0),
+                                         np.repeat(self._rng.integers(0, DEFAULT_STREAM.horizon, size=ns // k), k))
 
     def _collect(self, fit_tab: OutcomeTable, at: AnytimeTable) -> dict[str, np.ndarray]:
         """Serve ``requests_per_iter`` requests side by side with sampled stage decisions; stream slots advance
@@ -369,8 +365,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         n = self.requests_per_iter // k * k
         nb = n - ns
         rows = np.repeat(self._rng.integers(0, fit_tab.num_samples, size=n // k), k)
-        self._s_level = np.where(self._s_t == 0, 0.0, self._s_level)  # a new stream starts with an empty bucket
-        self._s_level = self._bucket.refill(self._s_level, self._s_avg)
+        self._streams.refill()  # a new stream starts with an empty bucket
         # per-request budgets: half from the grid the sweep reports (each plan on the Pareto front is the best choice
         # only over a narrow budget interval; drawing the grid's budgets often resolves the choice exactly there),
         # half uniform so that every budget in between is learnt too
@@ -382,7 +377,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         # Stream requests are served under the bucket's cap, not its level: the average budget is the Lagrangian
         # constraint's to enforce (λ_b̄ sees every intended cost; a level mask would hide overspending from it and
         # teach "take what the bucket holds"). The policy still sees the simulated level; deployment masks by it.
-        budgets = np.concatenate([b_band, np.full(ns, min(_BUCKET_CAP, 1.0))])
+        budgets = np.concatenate([b_band, np.full(ns, min(self._streams.spec.bucket_cap, 1.0))])
         batch = RequestBatch(n, at, mask_over_budget=True)
         batch.start(np.arange(n), rows, budgets)
         self._ensure_ctx(n)
@@ -391,10 +386,10 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         self._ctx_from_state(batch, idx, None)
         if ns:
             s = np.arange(nb, n)
-            self._ctx["avg"][s] = self._s_avg
-            self._ctx["level"][s] = self._s_level
+            self._ctx["avg"][s] = self._streams.avg
+            self._ctx["level"][s] = self._streams.level
             self._ctx["shared"][s] = 1.0
-            self._ctx["left"][s] = 1.0 - self._s_t / _HORIZON
+            self._ctx["left"][s] = self._streams.left
             self._ctx["lam"][s] = self.lam[self._s_bin]
         self._target[:] = -1
         # exploring starts (Sutton & Barto 2018, §5.3): some requests begin with a random first stage, so the
@@ -411,8 +406,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         correct = at.correct[rows, batch.answer]
         total = batch.spent.copy()
         if ns:
-            self._s_level = self._bucket.spend(self._s_level, total[nb:])
-            self._s_t = (self._s_t + 1) % _HORIZON
+            self._streams.pay(total[nb:])
         self.train_requests += n
         data = ro.finish(correct, total, lam)
         data["group"] = data["slot"] // k

@@ -49,9 +49,9 @@ from torch import nn
 
 from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
 from adainf_env.envs.anytime.stages import StageTree
-from adainf_env.budgets import TokenBucket
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
+from adainf_env.stream import DEFAULT_STREAM, StaggeredStreams
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
@@ -68,8 +68,6 @@ _CONF_LEVELS = np.array([0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.98, 0.
 #: The readout φ at a decision (see the module docstring).
 READOUT_FEATURES = ("conf", "log_odds", "agree", "level_rel", "spent_rel",
                     *(f"conf>{c:g}" for c in _CONF_LEVELS))
-_BUCKET_CAP = 1.0  # the evaluation harness's bucket cap and stream length
-_HORIZON = 200
 _LAM_MAX = 20.0  # a unit of the full model is never worth more than this many correct answers
 _SETTINGS = 2  # 0: hard per-request budget (bandit), 1: shared token bucket (stream)
 
@@ -195,11 +193,9 @@ class AnytimeStageReinforcePolicy(AnytimeLearner):
         self.opt = torch.optim.Adam(self.net.parameters(), lr=self.lr)
         self.lam = np.full(self.grid.size, self.lam_init)
         ns = self.stream_groups
-        self._s_avg = self.grid[np.arange(ns) % self.grid.size]
         self._s_bin = np.arange(ns) % self.grid.size
-        self._s_t = self._rng.integers(0, _HORIZON, size=ns)  # staggered stream phases
-        self._s_level = np.zeros(ns)
-        self._bucket = TokenBucket(cap=_BUCKET_CAP)
+        # the evaluation's streams (cap, horizon), each at a random (staggered) position of its stream
+        self._streams = StaggeredStreams(self.grid[self._s_bin], self._rng.integers(0, DEFAULT_STREAM.horizon, size=ns))
         self.best_score, best, self.selected_step = -np.inf, None, None
         for it in range(1, self.iterations + 1):
             self._train_step(fit_tab, at_fit, it)
@@ -219,18 +215,18 @@ class AnytimeStageReinforcePolicy(AnytimeLearner):
         groups = ns + nb
         n = groups * k
         rows = np.repeat(self._rng.integers(0, fit_tab.num_samples, size=groups), k)
-        self._s_level = np.where(self._s_t == 0, 0.0, self._s_level)  # a new stream starts with an empty bucket
-        self._s_level = self._bucket.refill(self._s_level, self._s_avg)
-        avail = self._bucket.available(self._s_level)
+        self._streams.refill()  # a new stream starts with an empty bucket
+        avail = self._streams.available()
         # hard budgets: half the grid's budgets, half uniform between the cheapest answer and the full model
         b_band = np.where(self._rng.random(nb) < 0.5, self.grid[self._rng.integers(0, self.grid.size, size=nb)],
                           self._rng.uniform(self._floor, 1.0, size=nb))
         # "cap": a stream request may spend up to the bucket's cap, so the multiplier, not the level mask, has to
         # learn the average budget (a level mask would hide overspending from it); "level": what the bucket holds
-        s_budget = np.full(ns, _BUCKET_CAP) if self.train_budget == "cap" else np.maximum(avail, 1e-12)
+        cap = self._streams.spec.bucket_cap
+        s_budget = np.full(ns, cap) if self.train_budget == "cap" else np.maximum(avail, 1e-12)
         budgets = np.repeat(np.concatenate([s_budget, b_band]), k)
         shared = np.repeat(np.arange(groups) < ns, k)
-        avg = np.repeat(np.concatenate([self._s_avg, b_band]), k)
+        avg = np.repeat(np.concatenate([self._streams.avg, b_band]), k)
         lam = np.repeat(np.concatenate([self.lam[self._s_bin], np.zeros(nb)]), k)
         batch = RequestBatch(n, at, mask_over_budget=True)
         batch.start(np.arange(n), rows, budgets)
@@ -251,8 +247,7 @@ class AnytimeStageReinforcePolicy(AnytimeLearner):
         total = batch.spent.copy()
         if ns:
             first = np.arange(ns) * k  # the first copy of each stream advances its bucket and prices λ
-            self._s_level = self._bucket.spend(self._s_level, total[first])
-            self._s_t = (self._s_t + 1) % _HORIZON
+            self._streams.pay(total[first])
             self._dual_step(total[first], ~forced[:ns])
         ret = (correct - lam * (total - at.costs.stem)) / (1.0 + lam)
         g = ret.reshape(groups, k)

@@ -42,11 +42,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainf_env.budgets import TokenBucket
 from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import COST_TOL, overrun
 from adainf_env.fileio import safe_torch_load
+from adainf_env.stream import DEFAULT_STREAM, run_streams
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import AnytimePolicy, PlanSpace, Scheduler
 from agents.evaluation.anytime_harness import serve_requests
@@ -66,9 +66,6 @@ PRIOR_DEFAULT = True
 #: The selection rule's tie tolerance: held-out scores are means over the same rows, so two scores within float
 #: rounding of each other are a tie (and the earlier checkpoint is kept).
 SCORE_TOL = 1e-12
-
-# Shared-bucket held-out streams: the evaluation harness's bucket cap.
-_BUCKET_CAP = 1.0
 
 
 @contextlib.contextmanager
@@ -267,15 +264,13 @@ def held_out_stream_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: A
     avg = np.repeat(budgets, streams_per_budget)
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, val_tab.num_samples, size=(k, horizon))
-    bucket = TokenBucket(cap=_BUCKET_CAP)
-    level = np.zeros(k)
-    ok = np.zeros((k, horizon), dtype=bool)
-    for t in range(horizon):
-        level = bucket.refill(level, avg)
-        avail = bucket.available(level)
-        state = {"level": level.copy(), "available": avail.copy(), "avg_budget": avg, "cap": _BUCKET_CAP,
-                 "step": t, "horizon": horizon}
-        r = serve_requests(policy, val_tab, rows[:, t], np.maximum(avail, 1e-12), state=state, at=at)
-        ok[:, t] = r["correct"] & (r["cost"] <= avail + COST_TOL)
-        level = bucket.spend(level, r["cost"])
-    return ok.reshape(budgets.size, -1).mean(1)
+    correct, cost = np.zeros((k, horizon), dtype=bool), np.zeros((k, horizon))
+
+    def serve(t: int, rows_t: np.ndarray, budgets_t: np.ndarray, state: dict[str, Any]) -> np.ndarray:
+        r = serve_requests(policy, val_tab, rows_t, budgets_t, state=state, at=at)
+        correct[:, t], cost[:, t] = r["correct"], r["cost"]
+        return r["cost"]
+
+    # the request stream of adainf_env.stream: a bucket of the default cap, refilled by each stream's average budget
+    given = run_streams(serve, rows, np.repeat(avg[:, None], horizon, axis=1), bucket=DEFAULT_STREAM.bucket())
+    return (correct & (cost <= given + COST_TOL)).reshape(budgets.size, -1).mean(1)

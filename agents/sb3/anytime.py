@@ -46,6 +46,7 @@ from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
 from adainf_env.envs.options import ACTION_MODES
 from adainf_env.envs.wrappers import LagrangianVecEnvWrapper
 from adainf_env.errors import ConfigError
+from adainf_env.stream import DEFAULT_STREAM
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
@@ -60,8 +61,8 @@ ANYTIME_ALGOS = ("ppo", "a2c", "maskable_ppo")
 #: Average budgets of the training streams by default (those of the budget grid from 0.2: the shared-stream
 #: evaluation's averages).
 TRAIN_BUDGETS = tuple(b for b in BUDGET_GRID if b >= 0.2 - 1e-9)
-#: Requests per training stream (the evaluation harness's stream length).
-HORIZON = 200
+#: Requests per training stream (the evaluation harness's stream length, :data:`adainf_env.stream.DEFAULT_STREAM`).
+HORIZON = DEFAULT_STREAM.horizon
 # Held-out shared streams of the selection: per average budget, streams of this many requests.
 _HELD_OUT_STREAMS, _HELD_OUT_HORIZON = 8, 100
 
