@@ -462,9 +462,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         self.net.train()
         return score
 
-    def _held_out_streams(self, val_tab: OutcomeTable, at: AnytimeTable, *, streams_per_budget: int = 8,
-                          horizon: int = 100) -> list[float]:
+    def _held_out_streams(self, val_tab: OutcomeTable, at: AnytimeTable) -> list[float]:
         budgets = np.array([b for b in _HELD_OUT_STREAM_BUDGETS if b >= self._floor])
-        per = held_out_stream_accuracy(self, val_tab, at, budgets, streams_per_budget=streams_per_budget,
-                                       horizon=horizon, seed=0xE7A1)
+        per = held_out_stream_accuracy(self, val_tab, at, budgets, seed=0xE7A1)
         return [float(x) for x in per]

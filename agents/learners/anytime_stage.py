@@ -391,11 +391,11 @@ class AnytimeStageReinforcePolicy(AnytimeLearner):
         return a
 
     # ------------------------------------------------------------------ held-out selection
-    def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int, horizon: int = 100) -> float:
+    def _held_out(self, val_tab: OutcomeTable, at: AnytimeTable, *, step: int) -> float:
         """Mean accuracy of the greedy policy over shared-bucket streams on held-out rows at every grid budget
         (a request that overruns what the bucket holds counts as wrong)."""
         per = held_out_stream_accuracy(self, val_tab, at, self.grid, streams_per_budget=self.held_out_streams,
-                                       horizon=horizon, seed=0x5E1EC7)
+                                       seed=0x5E1EC7)
         score = float(per.mean())
         self.history.append({"step": step, "stream": per.round(4).tolist(), "score": score,
                              "lam": self.lam.round(4).tolist()})

@@ -46,7 +46,7 @@ from adainf_env.envs.anytime.core import AnytimeTable
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import COST_TOL, overrun
 from adainf_env.fileio import safe_torch_load
-from adainf_env.stream import DEFAULT_STREAM, run_streams
+from adainf_env.stream import StreamSpec, run_streams
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.base import AnytimePolicy, PlanSpace, Scheduler
 from agents.evaluation.anytime_harness import serve_requests
@@ -55,7 +55,7 @@ from agents.learners.policy_nets import candidate_plans
 
 __all__ = ["Learner", "LearnerBase", "AnytimeLearner", "HeldOutScores", "split_rows", "resolve_prior",
            "PRIOR_DEFAULT", "SCORE_TOL", "weights_to_arrays", "load_weights", "CHECKPOINT_NAME", "single_thread",
-           "held_out_bandit_accuracy", "held_out_stream_accuracy"]
+           "held_out_bandit_accuracy", "held_out_stream_accuracy", "HELD_OUT_STREAM"]
 
 #: File name of the resumable checkpoint inside a ``checkpoint_dir``.
 CHECKPOINT_NAME = "last.pt"
@@ -66,6 +66,10 @@ PRIOR_DEFAULT = True
 #: The selection rule's tie tolerance: held-out scores are means over the same rows, so two scores within float
 #: rounding of each other are a tie (and the earlier checkpoint is kept).
 SCORE_TOL = 1e-12
+
+#: The anytime learners' held-out shared-bucket streams: per average budget, 8 streams of 100 held-out requests (the
+#: default bucket cap); :func:`held_out_stream_accuracy`'s defaults.
+HELD_OUT_STREAM = StreamSpec(num_streams=8, horizon=100)
 
 
 @contextlib.contextmanager
@@ -257,9 +261,13 @@ def held_out_bandit_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: A
 
 
 def held_out_stream_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: AnytimeTable, budgets: np.ndarray,
-                             *, streams_per_budget: int, horizon: int, seed: int) -> np.ndarray:
+                             *, seed: int, streams_per_budget: int | None = None,
+                             horizon: int | None = None) -> np.ndarray:
     """Per-budget accuracy of ``policy`` over ``streams_per_budget`` shared-bucket streams of ``horizon`` held-out
-    rows at each average budget in ``budgets`` (a request that overruns what the bucket holds counts as wrong)."""
+    rows at each average budget in ``budgets`` (a request that overruns what the bucket holds counts as wrong).
+    ``streams_per_budget`` / ``horizon`` default to :data:`HELD_OUT_STREAM`'s."""
+    spec = StreamSpec.of(HELD_OUT_STREAM, num_streams=streams_per_budget, horizon=horizon)
+    streams_per_budget, horizon = spec.num_streams, spec.horizon
     k = streams_per_budget * budgets.size
     avg = np.repeat(budgets, streams_per_budget)
     rng = np.random.default_rng(seed)
@@ -271,6 +279,6 @@ def held_out_stream_accuracy(policy: AnytimePolicy, val_tab: OutcomeTable, at: A
         correct[:, t], cost[:, t] = r["correct"], r["cost"]
         return r["cost"]
 
-    # the request stream of adainf_env.stream: a bucket of the default cap, refilled by each stream's average budget
-    given = run_streams(serve, rows, np.repeat(avg[:, None], horizon, axis=1), bucket=DEFAULT_STREAM.bucket())
+    # the request stream of adainf_env.stream: each stream's bucket refilled by its average budget
+    given = run_streams(serve, rows, np.repeat(avg[:, None], horizon, axis=1), bucket=spec.bucket())
     return (correct & (cost <= given + COST_TOL)).reshape(budgets.size, -1).mean(1)

@@ -63,8 +63,6 @@ ANYTIME_ALGOS = ("ppo", "a2c", "maskable_ppo")
 TRAIN_BUDGETS = tuple(b for b in BUDGET_GRID if b >= 0.2 - 1e-9)
 #: Requests per training stream (the evaluation harness's stream length, :data:`adainf_env.stream.DEFAULT_STREAM`).
 HORIZON = DEFAULT_STREAM.horizon
-# Held-out shared streams of the selection: per average budget, streams of this many requests.
-_HELD_OUT_STREAMS, _HELD_OUT_HORIZON = 8, 100
 
 #: Per-algorithm defaults (see docs/anytime_learners.md for how they were chosen, on calibration data only).
 _DEFAULT_KWARGS: dict[str, dict[str, Any]] = {
@@ -340,9 +338,7 @@ class AnytimeSB3Policy(AnytimeLearner):
         self._lam_targets, self._lam = self._lagr.targets.copy(), self._lagr.lam.copy()
         grid = [b for b in BUDGET_GRID if b >= float(self.cost.min())]
         bandit = held_out_bandit_accuracy(self, val_tab, at, grid)
-        stream = held_out_stream_accuracy(self, val_tab, at, np.asarray(self.train_budgets),
-                                          streams_per_budget=_HELD_OUT_STREAMS, horizon=_HELD_OUT_HORIZON,
-                                          seed=0xE7A1).tolist()
+        stream = held_out_stream_accuracy(self, val_tab, at, np.asarray(self.train_budgets), seed=0xE7A1).tolist()
         score = float(np.mean(bandit) + np.mean(stream))
         self.history.append({"step": step, "bandit": bandit, "stream": stream, "score": score,
                              "lam": self._lam.round(4).tolist()})
