@@ -13,6 +13,13 @@ each env owns one ``np.random.Generator``; every request makes two draws from it
 Reseeding (``reset(seed=...)``) discards both buffers. :class:`RequestDraws` is this protocol for one env (the
 single envs and the anytime vec env use it; :class:`~adainf_env.envs.plan.vec_env.AdaInfVecEnv` stores the same draws of all
 its envs transposed, see there).
+
+Why the envs do not run :func:`adainf_env.stream.run_streams` (the request stream of the harnesses and the learners'
+held-out streams, which draw all rows of an evaluation from one generator): this per-env protocol is the envs' seeding
+contract (a vec env of N reproduces N single envs; episodes reseed per env) and their per-step code is speed-critical.
+They share with :mod:`adainf_env.stream` the bucket arithmetic (:class:`~adainf_env.budgets.TokenBucket` refill /
+available / spend and its default cap) and the default stream length (``episode_length`` =
+:data:`adainf_env.stream.DEFAULT_STREAM`'s horizon).
 """
 
 from __future__ import annotations
