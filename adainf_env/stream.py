@@ -2,9 +2,10 @@
 
 One home for what a *stream evaluation* is, used by both harnesses
 (:func:`agents.evaluation.harness.evaluate_stream`, :func:`agents.evaluation.anytime_harness.anytime_stream_trace`),
-the comparison driver, :mod:`adainf_lab.ceiling` and the learners' held-out streams
-(:func:`agents.learners.base.held_out_stream_accuracy`); the learners' training streams and the envs take their
-cap and horizon from :data:`DEFAULT_STREAM` and refill / spend through :class:`~adainf_env.budgets.TokenBucket`.
+the comparison driver and :mod:`adainf_lab.ceiling` (draws and loop), the learners' held-out streams
+(:func:`agents.learners.base.held_out_stream_accuracy`: the loop, on rows drawn uniformly from the held-out split) and
+their training streams (:class:`StaggeredStreams`); the envs take their default horizon from :data:`DEFAULT_STREAM`
+and refill / spend through :class:`~adainf_env.budgets.TokenBucket`, as every piece here does.
 
 * :class:`StreamSpec` — the size of a stream evaluation and its bucket: ``num_streams`` streams side by side,
   ``horizon`` requests each, a token bucket of capacity ``bucket_cap`` (fractions of one full-model run).
