@@ -20,7 +20,7 @@ Helpers:
 * :func:`plan_cost` — the additive cost model ``base + masks @ block_cost`` (numpy or torch): a plan's cost is what
   always runs (stem, head, every projection shortcut) plus the residual cost of each executed block. The MACs of
   :func:`adainf_env.costs.plan_macs`, the latency model of :func:`adainf_env.latency.plan_latency_ms`, the anytime
-  env's :meth:`~adainf_env.envs.anytime.core.BlockCosts.plan_cost`, the reference and toy tables' ``plan_macs`` and
+  env's :meth:`~adainf_env.envs.anytime.actions.BlockCosts.plan_cost`, the reference and toy tables' ``plan_macs`` and
   the live hinge learner's differentiable cost of its gates are all this one formula.
 
 Per-plan costs that are *stored*, not computed — :meth:`adainf_env.tables.outcomes.OutcomeTable.plan_cost` (a

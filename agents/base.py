@@ -31,7 +31,8 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.errors import ConfigError, TableMismatchError
 from adainf_env.fileio import atomic_write, safe_np_load
 from adainf_env.plans import codes_from_masks

@@ -44,7 +44,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import AnytimeTable
+from adainf_env.envs.anytime.actions import AnytimeTable
 from adainf_env.budgets import make_budget_process
 from adainf_env.errors import AdaInfError, ConfigError
 from adainf_env.fileio import atomic_write

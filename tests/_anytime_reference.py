@@ -14,7 +14,7 @@ from gymnasium import spaces
 from gymnasium.utils import seeding
 
 from adainf_env.budgets import BudgetProcess, make_budget_process
-from adainf_env.envs.anytime.core import ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeTable
+from adainf_env.envs.anytime.actions import ACTION_NAMES, AnytimeTable, NUM_ACTIONS, READ, RUN, SKIP, STOP
 from adainf_env.envs.core import (ActionError, RequestDraws, action_vector, observation_parts, parse_reset_options,
                                   space_of_parts)
 from adainf_env.envs.options import AnytimeOptions

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from adainf_env.envs.anytime.env import AnytimeEnv
-from adainf_env.envs.anytime.core import AnytimeTable
+from adainf_env.envs.anytime.actions import AnytimeTable
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.budgets import FixedBudget
 from adainf_env.errors import ConfigError

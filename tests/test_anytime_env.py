@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from adainf_env.envs.anytime.env import AnytimeEnv
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, BlockCosts
+from adainf_env.envs.anytime.actions import BlockCosts, READ, RUN, SKIP, STOP
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv, make_anytime_vec_env
 from adainf_env.envs.core import ActionError

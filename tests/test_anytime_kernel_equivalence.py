@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from _anytime_reference import ReferenceAnytimeEnv, ReferenceAnytimeVecEnv, ReferenceAnytimeVectorEnv
-from adainf_env.envs.anytime.core import NUM_ACTIONS
+from adainf_env.envs.anytime.actions import NUM_ACTIONS
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.env import AnytimeEnv
 from adainf_env.envs.anytime.gym_vector import AnytimeVectorEnv
@@ -129,7 +129,7 @@ def test_stage_actions_on_the_new_kernel_equal_the_reference_kernel(tables, mask
     kernel and on the reference one: the same costs, ends, reads, masks and request state, over thousands of random
     stage episodes per table."""
     from _anytime_reference import RequestBatch as ReferenceBatch
-    from adainf_env.envs.anytime.core import AnytimeTable
+    from adainf_env.envs.anytime.actions import AnytimeTable
     from adainf_env.envs.anytime.stages import StageBatch, stage_menu
 
     state = ("row", "budget", "pos", "code", "fresh", "chain", "spent", "reads", "last_conf", "prev_conf",

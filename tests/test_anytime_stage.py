@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import AnytimeTable
+from adainf_env.envs.anytime.actions import AnytimeTable
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.errors import ConfigError
 from agents.baselines.anytime_policies import script_costs

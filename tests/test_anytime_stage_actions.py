@@ -8,7 +8,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable, READ, RUN, SKIP, STOP
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.env import AnytimeEnv
 from adainf_env.envs.anytime.stages import STAGE_STOP, StageBatch, StageTree, script_costs

@@ -14,7 +14,7 @@ import adainf_env  # noqa: F401  (registers the ids)
 from adainf_env.errors import ConfigError
 from adainf_env.envs.plan.gym_vector import AdaInfVectorEnv
 from adainf_env.tables.reference import reference_table_path
-from adainf_env.envs.anytime.core import READ, RUN
+from adainf_env.envs.anytime.actions import READ, RUN
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.gym_vector import AnytimeVectorEnv
 from adainf_env.envs.registration import ANYTIME_ID, BANDIT_ID, STREAM_ID

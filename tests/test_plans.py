@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from adainf_env.costs import MacsProfile, plan_macs, plan_macs_fraction
-from adainf_env.envs.anytime.core import AnytimeTable, BlockCosts
+from adainf_env.envs.anytime.actions import AnytimeTable, BlockCosts
 from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import sha256_arrays

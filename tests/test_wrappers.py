@@ -11,7 +11,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 from stable_baselines3.common.vec_env import DummyVecEnv
 
-from adainf_env.envs.anytime.core import STOP
+from adainf_env.envs.anytime.actions import STOP
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
 from adainf_env.envs.wrappers import (CONSTRAINT_KEY, LagrangianCostWrapper, LagrangianVecEnvWrapper,

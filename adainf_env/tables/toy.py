@@ -23,7 +23,7 @@ import dataclasses
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import attach_block_macs
+from adainf_env.envs.anytime.actions import attach_block_macs
 from adainf_env.errors import ConfigError
 from adainf_env.plans import all_plans, plan_cost
 from adainf_env.tables.outcomes import OutcomeTable, default_meta
@@ -86,7 +86,7 @@ def toy_anytime_table(num_samples: int = 2000, *, num_blocks: int = 4, seed: int
     Block i's residual costs (i+1)·1000 MACs, every odd block has a 150·(i+1)-MAC shortcut, stem 300, head 200, so
     reads, reuse and "nothing paid twice" all matter. The toy's confidences (0.95 when the plan is right, else 0.40)
     make an early read informative: a cascade can learn to stop exactly when the cheap plan is right. The breakdown
-    is in ``meta["macs"]`` (:func:`adainf_env.envs.anytime.core.attach_block_macs`, checked to add up).
+    is in ``meta["macs"]`` (:func:`adainf_env.envs.anytime.actions.attach_block_macs`, checked to add up).
     """
     t = make_toy_table(num_samples, num_blocks=num_blocks, seed=seed, split=split, noise=noise)
     res = np.arange(1, num_blocks + 1, dtype=np.int64) * 1000

@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import READ, RUN, SKIP, STOP, RequestBatch
+from adainf_env.envs.anytime.actions import READ, RUN, SKIP, STOP
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.envs.anytime.stages import script_costs  # the env's stage helpers
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL, Staircase, pareto_frontier

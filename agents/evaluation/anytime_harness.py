@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.feasibility import COST_TOL
 from adainf_env.stream import StreamSpec, draw_streams, run_streams
 from adainf_env.tables.outcomes import OutcomeTable

@@ -26,7 +26,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from adainf_env.envs.anytime.core import AnytimeTable
+from adainf_env.envs.anytime.actions import AnytimeTable
 from adainf_env.budgets import make_budget_process
 from adainf_env.errors import ConfigError
 from adainf_env.fileio import atomic_write, atomic_write_json, safe_np_load

@@ -48,7 +48,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable, READ, STOP
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL
 from adainf_env.stream import DEFAULT_STREAM, StaggeredStreams

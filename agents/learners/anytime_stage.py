@@ -47,7 +47,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adainf_env.envs.anytime.core import READ, STOP, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable, READ, STOP
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.envs.anytime.stages import StageTree
 from adainf_env.errors import ConfigError
 from adainf_env.feasibility import COST_TOL

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainf_env.envs.anytime.core import AnytimeTable
+from adainf_env.envs.anytime.actions import AnytimeTable
 from adainf_env.errors import CheckpointError, ConfigError
 from adainf_env.feasibility import COST_TOL, overrun
 from adainf_env.fileio import safe_torch_load

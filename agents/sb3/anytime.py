@@ -18,7 +18,7 @@
   bucket part a stream slot has, filled as "a bucket that holds exactly this request's budget" (level = refill =
   budget, the whole stream left), so both settings share one observation space.
 * **Deployment** (the anytime harness's protocol, :class:`~agents.base.AnytimePolicy`): the same flat observation of
-  each request in flight, built by the env's own :meth:`~adainf_env.envs.anytime.core.AnytimeConfig.observe` from the
+  each request in flight, built by the env's own :meth:`~adainf_env.envs.anytime.config.AnytimeConfig.observe` from the
   harness's batch and its bucket state (``state``: level, average budget, stream position), the target and λ
   appended as in training (λ frozen at the selected checkpoint's, interpolated between the trained averages); greedy
   actions, invalid ones replaced as the env's fallback does (masked for MaskablePPO). A stage is executed as the block
@@ -40,7 +40,9 @@ import numpy as np
 from gymnasium import spaces
 from stable_baselines3.common.vec_env import VecEnv, VecEnvWrapper
 
-from adainf_env.envs.anytime.core import READ, STOP, AnytimeConfig, AnytimeTable, RequestBatch
+from adainf_env.envs.anytime.actions import AnytimeTable, READ, STOP
+from adainf_env.envs.anytime.config import AnytimeConfig
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.envs.anytime.stages import MENU_DEFAULTS, STAGE_STOP, StageBatch, StageTree
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
 from adainf_env.envs.options import ACTION_MODES

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import (NUM_ACTIONS, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable, RequestBatch,
-                                          _as_actions)
+from adainf_env.envs.anytime.actions import AnytimeTable, NUM_ACTIONS, RUN, SKIP, STOP
+from adainf_env.envs.anytime.config import AnytimeConfig
+from adainf_env.envs.anytime.core import RequestBatch, _as_actions
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
 from adainf_env.envs.anytime.stages import stage_menu
 from adainf_env.envs.core import RNG_CHUNK, AnytimeConfigViews, BatchCore, env_generator, resolve_env_inputs

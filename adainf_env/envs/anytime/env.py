@@ -10,8 +10,9 @@ import numpy as np
 
 import torch
 
-from adainf_env.envs.anytime.core import (ACTION_NAMES, NUM_ACTIONS, READ, RUN, SKIP, STOP, AnytimeConfig, AnytimeTable,
-                                          BlockCosts, RequestBatch)
+from adainf_env.envs.anytime.actions import ACTION_NAMES, AnytimeTable, BlockCosts, NUM_ACTIONS, READ, RUN, SKIP, STOP
+from adainf_env.envs.anytime.config import AnytimeConfig
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.envs.anytime.render import pending_record, render_anytime, step_record
 from adainf_env.envs.anytime.stages import STAGE_STOP, stage_menu
 from adainf_env.costs import count_macs, measure_macs

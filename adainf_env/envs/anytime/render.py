@@ -11,7 +11,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import ACTION_NAMES, RequestBatch
+from adainf_env.envs.anytime.actions import ACTION_NAMES
+from adainf_env.envs.anytime.core import RequestBatch
 from adainf_env.envs.render import render_frame
 from adainf_env.envs.reward import overrun_paid
 

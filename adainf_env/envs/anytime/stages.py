@@ -28,8 +28,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from adainf_env.envs.anytime.core import (READ, RUN, SKIP, STOP, AnytimeTable, OneRequest, Reader, RequestBatch,
-                                          StepResult)
+from adainf_env.envs.anytime.actions import AnytimeTable, READ, RUN, Reader, SKIP, STOP
+from adainf_env.envs.anytime.core import OneRequest, RequestBatch, StepResult
 from adainf_env.envs.core import ActionError, action_vector
 from adainf_env.envs.options import check_menu_sizes
 from adainf_env.errors import ConfigError
@@ -202,7 +202,7 @@ class StageTree:
 
     def new_batch(self, n: int, table: AnytimeTable, *, mask_over_budget: bool = True) -> "StageBatch":
         """``n`` requests taking stage actions over this menu (:class:`StageBatch`; what
-        :meth:`~adainf_env.envs.anytime.core.AnytimeConfig.new_batch` builds in stage mode)."""
+        :meth:`~adainf_env.envs.anytime.config.AnytimeConfig.new_batch` builds in stage mode)."""
         return StageBatch(n, table, self, mask_over_budget=mask_over_budget)
 
     def new_one(self, table: AnytimeTable, *, mask_over_budget: bool = True) -> "StageOne":
