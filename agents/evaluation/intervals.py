@@ -27,11 +27,19 @@ def bootstrap_ci(values: Sequence[float], *, level: float = 0.95, reps: int = 20
         raise ValueError("bootstrap_ci needs at least one value")
     if v.size == 1:
         return float(v[0]), float(v[0])
-    with warnings.catch_warnings():
-        # arch (rliable's bootstrap backend) deprecates the RandomState argument rliable passes; the result is the same.
-        warnings.simplefilter("ignore", FutureWarning)
-        _, ci = rly.get_interval_estimates({"x": v[:, None]}, lambda s: np.array([metrics.aggregate_mean(s)]),
-                                           reps=int(reps), confidence_interval_size=level,
-                                           random_state=np.random.RandomState(seed))
+    # rliable's StratifiedBootstrap draws its resamples from numpy's *global* generator (np.random.choice), not from
+    # the random_state it is given: seed the global state for this call and restore it after, so the interval is
+    # the same for the same values and seed, and nothing else's randomness is touched.
+    saved = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        with warnings.catch_warnings():
+            # arch (rliable's bootstrap backend) deprecates the RandomState argument rliable passes.
+            warnings.simplefilter("ignore", FutureWarning)
+            _, ci = rly.get_interval_estimates({"x": v[:, None]}, lambda s: np.array([metrics.aggregate_mean(s)]),
+                                               reps=int(reps), confidence_interval_size=level,
+                                               random_state=np.random.RandomState(seed))
+    finally:
+        np.random.set_state(saved)
     lo, hi = ci["x"][:, 0]
     return float(lo), float(hi)
