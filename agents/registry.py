@@ -27,6 +27,9 @@ options of the scripts) accepts:
   the built-in SB3 schedulers (:mod:`agents.sb3.generic`). One that does not (``SAC``, ``TD3``, ``DDPG``, ``TQC``,
   ``CrossQ``: Box actions only) is refused with the reason. ``PPO``, ``A2C``, ``DQN`` and ``MaskablePPO`` are the
   built-in (tuned) ``ppo``, ``a2c``, ``dqn`` and ``maskable_ppo``.
+* ``anytime_<Algorithm>`` (``anytime_TRPO``, ``anytime_trpo``): the same algorithm as an anytime learner
+  (:func:`agents.sb3.anytime.anytime_sb3_class`), trained, selected and deployed like ``anytime_ppo``; it must be an
+  on-policy algorithm with a non-recurrent actor-critic ``MlpPolicy`` (refused with the reason otherwise).
 
 :func:`register` adds a name for a library user (``agents.register("mine", "my_pkg.sched:MyScheduler")``).
 
@@ -241,6 +244,30 @@ def _sb3_entry(name: str) -> Entry | None:
     return None
 
 
+def _anytime_sb3_entry(name: str) -> Entry | None:
+    """The anytime-env entry of ``anytime_<algorithm>`` (``anytime_trpo``, ``anytime_TRPO``): the built-in anytime
+    learner of that algorithm, or its generic one (:func:`agents.sb3.anytime.anytime_sb3_class`; algorithms that do
+    not fit are refused with the reason). ``None`` when ``name`` is no such name."""
+    if not name.lower().startswith("anytime_"):
+        return None
+    key = name[len("anytime_"):].lower()
+    if not re.fullmatch(r"[a-z0-9_]+", key):
+        return None
+    from agents.sb3.generic import sb3_algorithms  # lazy: stable-baselines3 only when asked for
+
+    for cls_name in sb3_algorithms():
+        if key in (cls_name.lower(), _snake(cls_name)):
+            builtin = [e for e in REGISTRY.values() if e.builtin and e.env == "anytime" and e.sb3 == cls_name]
+            if builtin:
+                return builtin[0]
+            from agents.sb3.anytime import check_anytime_algorithm
+
+            check_anytime_algorithm(cls_name)
+            return Entry(f"anytime_{_snake(cls_name)}", f"agents.sb3.anytime:anytime_sb3_class({cls_name})", "anytime",
+                         sb3=cls_name)
+    return None
+
+
 def resolve(name: str) -> Entry:
     """The :class:`Entry` of ``name``: a registered name, a ``package.module:ClassName`` (protocol detected), or an
     SB3 / sb3-contrib algorithm class name (see the module docstring). :class:`ConfigError` otherwise, listing the
@@ -255,9 +282,13 @@ def resolve(name: str) -> Entry:
     entry = _sb3_entry(name) if "." not in name else None
     if entry is not None:
         return entry
+    entry = _anytime_sb3_entry(name) if "." not in name else None
+    if entry is not None:
+        return entry
     raise ConfigError(f"unknown scheduler {name!r}; known plan-env schedulers: {', '.join(SCHEDULERS)}; "
                       f"anytime-env schedulers: {', '.join(ANYTIME_SCHEDULERS)}; or a stable-baselines3 / "
-                      "sb3-contrib algorithm (e.g. TRPO, QRDQN), or 'package.module:ClassName'")
+                      "sb3-contrib algorithm (e.g. TRPO, QRDQN; anytime_TRPO for the anytime env), or "
+                      "'package.module:ClassName'")
 
 
 def register(name: str, target: str | type, *, env: Literal["plan", "anytime"] | None = None) -> Entry:
@@ -284,6 +315,10 @@ def register(name: str, target: str | type, *, env: Literal["plan", "anytime"] |
 
 def _class_of(entry: Entry) -> type:
     if entry.sb3 is not None and not entry.builtin:
+        if entry.env == "anytime":
+            from agents.sb3.anytime import anytime_sb3_class
+
+            return anytime_sb3_class(entry.sb3)
         from agents.sb3.generic import sb3_scheduler_class
 
         return sb3_scheduler_class(entry.sb3)

@@ -227,3 +227,23 @@ def test_example_custom_scheduler_runs(tmp_path):
         assert (cost[fits] <= margin * budgets[fits] + 1e-12).all()  # the margin holds wherever it can
         if margin == 1.0:  # no margin: the look-up table's rule exactly
             assert np.array_equal(s.select(calib.features, budgets), lut.select(calib.features, budgets))
+
+
+def test_sb3_algorithm_by_class_name_on_the_anytime_env(anytime_dir, tmp_path):
+    """``anytime_<Algorithm>``: any on-policy actor-critic SB3 / sb3-contrib algorithm as an anytime learner, trained,
+    selected and deployed like ``anytime_ppo``; algorithms that do not fit are refused, naming why."""
+    e = registry.resolve("anytime_TRPO")
+    assert (e.name, e.env, e.sb3) == ("anytime_trpo", "anytime", "TRPO")
+    assert registry.resolve("anytime_PPO").name == "anytime_ppo"  # a tuned built-in stays the built-in
+    for name, why in (("anytime_QRDQN", "not an on-policy"), ("anytime_RecurrentPPO", "recurrent"),
+                      ("anytime_SAC", "not an on-policy")):
+        with pytest.raises(ConfigError, match=why):
+            registry.resolve(name)
+    out = tmp_path / "run"
+    kw = {"anytime_trpo": {"total_timesteps": 2048, "n_envs": 16, "eval_every": 1024,
+                           "algo_kwargs": {"n_steps": 64, "batch_size": 256}}}
+    cs.main(["--table-dir", str(anytime_dir), "--out", str(out), "--schedulers", "lut",
+             "--anytime-schedulers", "anytime_TRPO", "anytime_random", "--scheduler-kwargs", json.dumps(kw), *TINY])
+    recs = [r for r in _records(out) if r["scheduler"] == "anytime_trpo"]
+    assert recs and all(r["env"] == "anytime" and r["selected_step"] > 0 for r in recs)
+    assert all(r["overrun_rate"] == 0.0 for r in recs if r["setting"] == "bandit")

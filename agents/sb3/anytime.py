@@ -33,6 +33,9 @@
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
+import re
 import time
 from typing import Any, Sequence
 
@@ -54,10 +57,11 @@ from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.base import (AnytimeLearner, held_out_bandit_accuracy, held_out_stream_accuracy,
                                   single_thread)
+from agents.sb3.generic import algorithm_class, check_discrete
 from agents.sb3.scheduler import _algo_class
 
 __all__ = ["AnytimeSB3Policy", "AnytimePPOPolicy", "AnytimeA2CPolicy", "AnytimeMaskablePPOPolicy", "ANYTIME_ALGOS",
-           "training_env", "ConcatVecEnv", "TRAIN_BUDGETS", "HORIZON"]
+           "training_env", "ConcatVecEnv", "TRAIN_BUDGETS", "HORIZON", "anytime_sb3_class", "check_anytime_algorithm"]
 
 ANYTIME_ALGOS = ("ppo", "a2c", "maskable_ppo")
 #: Average budgets of the training streams by default (those of the budget grid from 0.2: the shared-stream
@@ -260,7 +264,7 @@ class AnytimeSB3Policy(AnytimeLearner):
         if not isinstance(prior, (bool, np.bool_)) or prior:
             raise ConfigError(f"{self.name}: no prior is supported on the anytime env; use prior=False")
         self.total_timesteps, self.n_envs, self.learning_rate = int(total_timesteps), int(n_envs), float(learning_rate)
-        self.algo_kwargs = {**copy.deepcopy(_DEFAULT_KWARGS[self.algo]), **(algo_kwargs or {})}
+        self.algo_kwargs = {**self._default_kwargs(), **(algo_kwargs or {})}
         self.eval_every, self.val_fraction, self.prior = int(eval_every), float(val_fraction), False
         self.action_mode, self.train_budgets, self.bandit_fraction = action_mode, tuple(sorted(tb)), float(
             bandit_fraction)
@@ -269,6 +273,18 @@ class AnytimeSB3Policy(AnytimeLearner):
         self.model = None
         self.selected_step: int | None = None
         self.history: list[dict[str, Any]] = []
+
+    def _algorithm(self) -> type:
+        """The SB3 algorithm class this learner trains (a tuned built-in, or any by class name: :func:`anytime_sb3_class`)."""
+        return _algo_class(self.algo) if self.algo in _DEFAULT_KWARGS else algorithm_class(self.algo)
+
+    def _default_kwargs(self) -> dict[str, Any]:
+        """The tuned defaults of the built-in algorithms; for another on-policy algorithm, ``ppo``'s filtered to the
+        keyword arguments it takes (``gamma = 1`` within a request, the same network)."""
+        if self.algo in _DEFAULT_KWARGS:
+            return copy.deepcopy(_DEFAULT_KWARGS[self.algo])
+        params = inspect.signature(algorithm_class(self.algo).__init__).parameters
+        return {k: v for k, v in copy.deepcopy(_DEFAULT_KWARGS["ppo"]).items() if k in params}
 
     def config(self) -> dict[str, Any]:
         return {"total_timesteps": self.total_timesteps, "n_envs": self.n_envs, "learning_rate": self.learning_rate,
@@ -304,7 +320,7 @@ class AnytimeSB3Policy(AnytimeLearner):
         self._lagr = venv.multipliers
         self._num_features = table.feature_dim
         try:
-            self.model = _algo_class(self.algo)("MlpPolicy", venv, learning_rate=self.learning_rate, seed=seed,
+            self.model = self._algorithm()("MlpPolicy", venv, learning_rate=self.learning_rate, seed=seed,
                                                 verbose=0, device="cpu", **self.algo_kwargs)
         except TypeError as e:
             raise ConfigError(f"{self.name}: bad algo_kwargs for {self.algo}: {e}") from None
@@ -482,3 +498,36 @@ class AnytimeA2CPolicy(AnytimeSB3Policy):
 
 class AnytimeMaskablePPOPolicy(AnytimeSB3Policy):
     name, algo = "anytime_maskable_ppo", "maskable_ppo"
+
+
+def check_anytime_algorithm(cls_name: str) -> None:
+    """:class:`ConfigError` unless SB3 / sb3-contrib algorithm ``cls_name`` can be an anytime learner here: an
+    on-policy algorithm whose ``MlpPolicy`` is a (non-recurrent) actor-critic policy with a categorical action
+    distribution — what training on the stage / block actions and the greedy masked deployment (the logits of the
+    valid actions) need. Off-policy (DQN-like), recurrent and evolution-strategy algorithms are refused, naming why."""
+    from stable_baselines3.common.on_policy_algorithm import OnPolicyAlgorithm
+    from stable_baselines3.common.policies import ActorCriticPolicy
+
+    cls = algorithm_class(cls_name)
+    policy = getattr(cls, "policy_aliases", {}).get("MlpPolicy")
+    why = ("is not an on-policy algorithm" if not issubclass(cls, OnPolicyAlgorithm) else
+           "has no MlpPolicy (a recurrent algorithm: its policy state is not carried across a request's steps)"
+           if policy is None else
+           "'s MlpPolicy is not an actor-critic policy" if not issubclass(policy, ActorCriticPolicy) else None)
+    if why is not None:
+        raise ConfigError(f"{cls_name} cannot be an anytime learner here: the anytime SB3 learners train an on-policy "
+                          "actor-critic MlpPolicy (PPO, A2C, MaskablePPO, TRPO, ...) and deploy greedily over the "
+                          f"logits of the valid actions; {cls_name} {why}".replace(f"{cls_name} 's", f"{cls_name}'s"))
+    check_discrete(cls_name)
+
+
+@functools.lru_cache(maxsize=None)
+def anytime_sb3_class(cls_name: str) -> type:
+    """The anytime learner of SB3 / sb3-contrib algorithm ``cls_name`` (e.g. ``"TRPO"`` → ``anytime_trpo``): an
+    :class:`AnytimeSB3Policy` trained, selected and deployed exactly like ``anytime_ppo``
+    (:func:`check_anytime_algorithm` says which algorithms fit)."""
+    check_anytime_algorithm(cls_name)
+    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls_name).lower()
+    return type(f"Anytime{cls_name}Policy", (AnytimeSB3Policy,),
+                {"name": f"anytime_{snake}", "algo": cls_name, "__module__": __name__,
+                 "__doc__": f"{cls_name} (stable-baselines3 / sb3-contrib) on the anytime env, as AnytimeSB3Policy."})
