@@ -318,7 +318,7 @@ def _class_of(entry: Entry) -> type:
         if entry.env == "anytime":
             from agents.sb3.anytime import anytime_sb3_class
 
-            return anytime_sb3_class(entry.sb3)
+            return anytime_sb3_class(entry.sb3, entry.name)
         from agents.sb3.generic import sb3_scheduler_class
 
         return sb3_scheduler_class(entry.sb3)

@@ -35,7 +35,6 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
-import re
 import time
 from typing import Any, Sequence
 
@@ -522,12 +521,11 @@ def check_anytime_algorithm(cls_name: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def anytime_sb3_class(cls_name: str) -> type:
-    """The anytime learner of SB3 / sb3-contrib algorithm ``cls_name`` (e.g. ``"TRPO"`` → ``anytime_trpo``): an
-    :class:`AnytimeSB3Policy` trained, selected and deployed exactly like ``anytime_ppo``
-    (:func:`check_anytime_algorithm` says which algorithms fit)."""
+def anytime_sb3_class(cls_name: str, name: str) -> type:
+    """The anytime learner ``name`` (the registry's ``anytime_<algorithm>``, e.g. ``anytime_trpo``) of SB3 /
+    sb3-contrib algorithm ``cls_name``: an :class:`AnytimeSB3Policy` trained, selected and deployed exactly like
+    ``anytime_ppo`` (:func:`check_anytime_algorithm` says which algorithms fit)."""
     check_anytime_algorithm(cls_name)
-    snake = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", cls_name).lower()
     return type(f"Anytime{cls_name}Policy", (AnytimeSB3Policy,),
-                {"name": f"anytime_{snake}", "algo": cls_name, "__module__": __name__,
+                {"name": name, "algo": cls_name, "__module__": __name__,
                  "__doc__": f"{cls_name} (stable-baselines3 / sb3-contrib) on the anytime env, as AnytimeSB3Policy."})
