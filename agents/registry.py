@@ -227,45 +227,30 @@ def _snake(name: str) -> str:
 
 
 def _sb3_entry(name: str) -> Entry | None:
-    """The entry of an SB3 / sb3-contrib algorithm class name (``None`` when ``name`` is none); built-in algorithms
-    map to their tuned built-in entry."""
-    key = name.lower()
+    """The entry of an SB3 / sb3-contrib algorithm class name (``None`` when ``name`` is none): ``TRPO`` for the plan
+    env, ``anytime_TRPO`` (case-insensitive; snake case too) for the anytime env. A tuned built-in algorithm maps to
+    its built-in entry; another one is checked for the env (SAC, TD3, … on the plan env; off-policy, recurrent, …
+    on the anytime env) and refused with the reason."""
+    env = "anytime" if name.lower().startswith("anytime_") else "plan"
+    key = name[len("anytime_"):].lower() if env == "anytime" else name.lower()
     if not re.fullmatch(r"[a-z0-9_]+", key):
         return None
     from agents.sb3.generic import check_discrete, sb3_algorithms  # lazy: stable-baselines3 only when asked for
 
-    for cls_name in sb3_algorithms():
-        if key in (cls_name.lower(), _snake(cls_name)):
-            builtin = [e for e in REGISTRY.values() if e.builtin and e.env == "plan" and e.sb3 == cls_name]
-            if builtin:
-                return builtin[0]
-            check_discrete(cls_name)  # SAC, TD3, … are refused here, with the reason
-            return Entry(cls_name, f"agents.sb3.generic:{cls_name}", "plan", sb3=cls_name)
-    return None
-
-
-def _anytime_sb3_entry(name: str) -> Entry | None:
-    """The anytime-env entry of ``anytime_<algorithm>`` (``anytime_trpo``, ``anytime_TRPO``): the built-in anytime
-    learner of that algorithm, or its generic one (:func:`agents.sb3.anytime.anytime_sb3_class`; algorithms that do
-    not fit are refused with the reason). ``None`` when ``name`` is no such name."""
-    if not name.lower().startswith("anytime_"):
+    cls_name = next((c for c in sb3_algorithms() if key in (c.lower(), _snake(c))), None)
+    if cls_name is None:
         return None
-    key = name[len("anytime_"):].lower()
-    if not re.fullmatch(r"[a-z0-9_]+", key):
-        return None
-    from agents.sb3.generic import sb3_algorithms  # lazy: stable-baselines3 only when asked for
+    builtin = [e for e in REGISTRY.values() if e.builtin and e.env == env and e.sb3 == cls_name]
+    if builtin:
+        return builtin[0]
+    if env == "plan":
+        check_discrete(cls_name)
+        return Entry(cls_name, f"agents.sb3.generic:{cls_name}", "plan", sb3=cls_name)
+    from agents.sb3.anytime import check_anytime_algorithm
 
-    for cls_name in sb3_algorithms():
-        if key in (cls_name.lower(), _snake(cls_name)):
-            builtin = [e for e in REGISTRY.values() if e.builtin and e.env == "anytime" and e.sb3 == cls_name]
-            if builtin:
-                return builtin[0]
-            from agents.sb3.anytime import check_anytime_algorithm
-
-            check_anytime_algorithm(cls_name)
-            return Entry(f"anytime_{_snake(cls_name)}", f"agents.sb3.anytime:anytime_sb3_class({cls_name})", "anytime",
-                         sb3=cls_name)
-    return None
+    check_anytime_algorithm(cls_name)
+    return Entry(f"anytime_{_snake(cls_name)}", f"agents.sb3.anytime:anytime_sb3_class({cls_name})", "anytime",
+                 sb3=cls_name)
 
 
 def resolve(name: str) -> Entry:
@@ -280,9 +265,6 @@ def resolve(name: str) -> Entry:
         cls = _import_target(f"scheduler {name!r}", name)
         return Entry(name, cls, _detect_env(name, cls))
     entry = _sb3_entry(name) if "." not in name else None
-    if entry is not None:
-        return entry
-    entry = _anytime_sb3_entry(name) if "." not in name else None
     if entry is not None:
         return entry
     raise ConfigError(f"unknown scheduler {name!r}; known plan-env schedulers: {', '.join(SCHEDULERS)}; "

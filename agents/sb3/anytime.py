@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import time
 from typing import Any, Sequence
 
@@ -56,7 +55,7 @@ from agents.baselines.anytime_policies import step_toward
 from agents.evaluation.metrics import BUDGET_GRID
 from agents.learners.base import (AnytimeLearner, held_out_bandit_accuracy, held_out_stream_accuracy,
                                   single_thread)
-from agents.sb3.generic import algorithm_class, check_discrete
+from agents.sb3.generic import accepted_kwargs, algorithm_class, check_discrete
 from agents.sb3.scheduler import _algo_class
 
 __all__ = ["AnytimeSB3Policy", "AnytimePPOPolicy", "AnytimeA2CPolicy", "AnytimeMaskablePPOPolicy", "ANYTIME_ALGOS",
@@ -282,8 +281,7 @@ class AnytimeSB3Policy(AnytimeLearner):
         keyword arguments it takes (``gamma = 1`` within a request, the same network)."""
         if self.algo in _DEFAULT_KWARGS:
             return copy.deepcopy(_DEFAULT_KWARGS[self.algo])
-        params = inspect.signature(algorithm_class(self.algo).__init__).parameters
-        return {k: v for k, v in copy.deepcopy(_DEFAULT_KWARGS["ppo"]).items() if k in params}
+        return accepted_kwargs(algorithm_class(self.algo), copy.deepcopy(_DEFAULT_KWARGS["ppo"]))
 
     def config(self) -> dict[str, Any]:
         return {"total_timesteps": self.total_timesteps, "n_envs": self.n_envs, "learning_rate": self.learning_rate,

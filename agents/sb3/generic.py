@@ -48,8 +48,8 @@ from agents.sb3.callback import SelectionCallback
 from agents.sb3.policy import LUTPrior
 from agents.sb3.scheduler import DEFAULTS, SB3Scheduler
 
-__all__ = ["GenericSB3Scheduler", "sb3_algorithms", "algorithm_class", "check_discrete", "sb3_scheduler_class",
-           "POLICY_DEFAULTS", "LIBRARIES"]
+__all__ = ["GenericSB3Scheduler", "sb3_algorithms", "algorithm_class", "check_discrete", "accepted_kwargs",
+           "sb3_scheduler_class", "POLICY_DEFAULTS", "LIBRARIES"]
 
 #: The libraries searched for algorithm classes, in this order.
 LIBRARIES = ("stable_baselines3", "sb3_contrib")
@@ -137,7 +137,8 @@ def check_discrete(name: str) -> None:
                           f"and {name} refuses it ({str(e).strip() or 'unsupported action space'})") from None
 
 
-def _accepted(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+def accepted_kwargs(cls: type, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``kwargs`` that algorithm class ``cls`` takes as keyword arguments."""
     params = inspect.signature(cls.__init__).parameters
     return {k: v for k, v in kwargs.items() if k in params}
 
@@ -155,7 +156,7 @@ def _defaults_for(name: str) -> dict[str, Any]:
         return {"total_timesteps": DEFAULTS["ppo"]["total_timesteps"], "n_envs": 1, "learning_rate": float(own),
                 "algo_kwargs": {}}
     d = DEFAULTS[family]
-    return {**d, "algo_kwargs": _accepted(cls, d["algo_kwargs"])}
+    return {**d, "algo_kwargs": accepted_kwargs(cls, d["algo_kwargs"])}
 
 
 class GenericSB3Scheduler(SB3Scheduler):
