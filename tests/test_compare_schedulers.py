@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _rundirs import without_fit_s
 from adainf_env.tables.toy import toy_anytime_table
 from adainf_env.errors import ConfigError, TableFormatError
 from adainf_env.tables.outcomes import save_table
@@ -118,11 +119,7 @@ def test_workers_give_the_records_of_one_process(anytime_dir, tmp_path):
             "anytime_agree_cascade", "anytime_random"]
     one = cs.main([*argv, "--out", str(tmp_path / "one")])["records"]
     two = cs.main([*argv, "--out", str(tmp_path / "two"), "--workers", "2"])["records"]
-
-    def strip(recs):
-        return [{k: v for k, v in r.items() if k != "fit_s"} for r in recs]
-
-    assert len(one) == 7 * 2 * 4 and strip(one) == strip(two)
+    assert len(one) == 7 * 2 * 4 and without_fit_s(one) == without_fit_s(two)
     cfg = json.loads((tmp_path / "two" / "config.json").read_text())
     assert cfg["jobs"] == {"count": 7 * 2, "workers": 2, "world_size": 1}
 

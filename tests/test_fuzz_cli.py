@@ -16,7 +16,6 @@ and no file of an existing run directory changes, whatever the arguments.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import importlib
 import json
 import sys
@@ -28,6 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from _rundirs import snapshot
 from adainf_env.errors import TableFormatError
 from adainf_env.tables.outcomes import load_table, save_table
 from adainf_env.tables.toy import make_toy_table
@@ -77,11 +77,6 @@ def fixtures(tmp_path_factory, scripts) -> dict[str, Path]:
                                      "0.5", "--no-plots", "--no-progress"])
     (d / "a_file.txt").write_text("not a table\n")
     return {"dir": d, "tables": tables, "run": run, "file": d / "a_file.txt"}
-
-
-def _snapshot(d: Path) -> dict[str, str]:
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
 
 
 def _options(config_cls: type, prefix: str = "") -> list[str]:
@@ -142,7 +137,7 @@ def test_cli_fuzz_only_own_errors_and_no_run_directory_changes(name, scripts, fi
         if hasattr(module, attr) and not (name == "build_table" and attr == "load_backbone"):
             monkeypatch.setattr(module, attr, stub)
     options = _options(_config_class(module))
-    before = _snapshot(fixtures["run"])
+    before = snapshot(fixtures["run"])
     tokens = st.lists(st.sampled_from(options + ["--help"]) | st.sampled_from(VALUES), max_size=7)
     prefix = st.sampled_from([[], ["--table-dir", "{tables}"], ["--out", "{run}"],
                               ["--table-dir", "{tables}", "--out", "{run}"]])
@@ -167,7 +162,7 @@ def test_cli_fuzz_only_own_errors_and_no_run_directory_changes(name, scripts, fi
             assert len(lines) == 1 and lines[0].startswith("error: "), (argv, err)
         else:
             assert status in ("work", 0, None), (argv, status, err)
-        assert _snapshot(fixtures["run"]) == before, argv
+        assert snapshot(fixtures["run"]) == before, argv
         seen.add(status)
 
     check()

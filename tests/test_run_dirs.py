@@ -3,7 +3,6 @@ the Ctrl-C line, and a killed compare_schedulers.py resumed job by job to the un
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from _rundirs import snapshot, without_fit_s
 from adainf_env.errors import ConfigError
 from adainf_env.tables.outcomes import save_table
 from adainf_env.tables.toy import make_toy_table
@@ -50,16 +50,6 @@ def uninterrupted(toy_dir, tmp_path_factory) -> list[dict]:
     return json.loads((out / "results.json").read_text())
 
 
-def _snapshot(d: Path) -> dict[str, str]:
-    """Every file under ``d`` → sha256 of its bytes (what "nothing changed" compares)."""
-    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*"))
-            if p.is_file()}
-
-
-def _no_fit_s(records: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k != "fit_s"} for r in records]
-
-
 def _exits_2(main, argv: list[str], capsys) -> str:
     """Run ``main`` as a command: status 2 and exactly one ``error:`` line on stderr; returns that line."""
     capsys.readouterr()
@@ -79,7 +69,7 @@ def _lut_run(toy_dir: Path, out: Path, *extra: str) -> dict:
 def test_existing_run_directory_is_refused_and_left_unchanged(toy_dir, tmp_path, capsys):
     out = tmp_path / "run"
     _lut_run(toy_dir, out)
-    before = _snapshot(out)
+    before = snapshot(out)
     common = ["--table-dir", str(toy_dir), "--out", str(out), "--budgets", "0.5", "1.0", "--no-plots", "--no-progress"]
     for argv, match in (
         (["--algo", "lut", *common], r"--out .*run is an existing run directory; add --resume .* or --overwrite"),
@@ -89,10 +79,10 @@ def test_existing_run_directory_is_refused_and_left_unchanged(toy_dir, tmp_path,
         (["--algo", "lut", *common, "--resume", "--overwrite"], "--resume and --overwrite contradict"),
     ):
         assert re.search(match, _exits_2(train_scheduler.main, argv, capsys))
-        assert _snapshot(out) == before  # refused before a byte was written
+        assert snapshot(out) == before  # refused before a byte was written
     # another script's run directory is refused on resume, by name
     err = _exits_2(cs.main, ["--table-dir", str(toy_dir), "--out", str(out), "--resume", *COMPARE], capsys)
-    assert "made by another script" in err and _snapshot(out) == before
+    assert "made by another script" in err and snapshot(out) == before
     # --resume needs a run directory
     for argv, match in ((["--algo", "lut", "--table-dir", str(toy_dir), "--resume"], "--resume needs --out"),
                         (["--algo", "lut", "--table-dir", str(toy_dir), "--out", str(tmp_path), "--resume"],
@@ -106,13 +96,13 @@ def test_overwrite_moves_the_old_run_aside_whole(toy_dir, tmp_path, capsys):
     out = tmp_path / "run"
     train_scheduler.main(["--algo", "hinge", "--table-dir", str(toy_dir), "--out", str(out), "--budgets", "0.5",
                           "--epochs", "1", "--scheduler.hidden", "8", "--no-plots", "--no-progress"])
-    before = _snapshot(out)
+    before = snapshot(out)
     assert "scheduler_hinge.npz" in before
     _lut_run(toy_dir, out, "--overwrite")
     assert "moved aside whole" in capsys.readouterr().out
     (old,) = tmp_path.glob("run.replaced-*")
-    assert _snapshot(old) == before
-    now = _snapshot(out)
+    assert snapshot(old) == before
+    now = snapshot(out)
     assert "scheduler_lut.npz" in now and not any("hinge" in f for f in now)
     assert len(list((out / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert json.loads((out / "config.json").read_text())["config"]["algo"] == "lut"
@@ -130,7 +120,7 @@ def test_resume_says_from_which_step_and_ends_like_the_first_run(toy_dir, tmp_pa
     train_scheduler.main([*argv, "--resume"])
     log = capsys.readouterr().out
     assert "resuming from step 2" in log and "(resumed: same arguments)" in log
-    assert _no_fit_s(json.loads((out / "results.json").read_text())) == _no_fit_s(first)
+    assert without_fit_s(json.loads((out / "results.json").read_text())) == without_fit_s(first)
     assert (out / "config.json").read_bytes() == config  # a resumed run keeps its config.json
 
 
@@ -218,7 +208,7 @@ def test_ctrl_c_says_what_was_kept_and_resume_runs_only_the_missing_jobs(toy_dir
     monkeypatch.setattr(comparison, "comparison_job", lambda job: calls.append(job.name) or real(job))
     cs.main(shlex.split(command)[2:])
     assert len(calls) == 5 and "[resume] 3 of 8 jobs already done" in capsys.readouterr().out
-    assert _no_fit_s(json.loads((out / "results.json").read_text())) == _no_fit_s(uninterrupted)
+    assert without_fit_s(json.loads((out / "results.json").read_text())) == without_fit_s(uninterrupted)
 
 
 def test_killed_process_resumes_to_the_uninterrupted_records(toy_dir, tmp_path, uninterrupted):
@@ -244,7 +234,7 @@ def test_killed_process_resumes_to_the_uninterrupted_records(toy_dir, tmp_path, 
                           timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"[resume] {kept} of 8 jobs already done" in done.stdout
-    assert _no_fit_s(json.loads((out / "results.json").read_text())) == _no_fit_s(uninterrupted)
+    assert without_fit_s(json.loads((out / "results.json").read_text())) == without_fit_s(uninterrupted)
 
 
 def test_resume_refuses_changed_tables_and_foreign_job_files(toy_dir, tmp_path, uninterrupted):
@@ -257,10 +247,10 @@ def test_resume_refuses_changed_tables_and_foreign_job_files(toy_dir, tmp_path, 
     other.mkdir()
     save_table(make_toy_table(600, seed=5, split="calib"), other / "table_calib.npz")
     save_table(make_toy_table(300, seed=1, split="test"), other / "table_test.npz")
-    before = _snapshot(out)
+    before = snapshot(out)
     with pytest.raises(ConfigError, match="other arguments"):
         cs.main(["--table-dir", str(other), "--out", str(out), "--resume", *COMPARE])
-    assert _snapshot(out) == before
+    assert snapshot(out) == before
     # a kept job written for other settings is refused, not read back as this comparison's
     calib, test = load_split_tables(toy_dir)
     (job,) = comparison_jobs(["lut"], calib, test, seeds=[0], horizon=30)
