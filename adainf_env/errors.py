@@ -7,7 +7,12 @@ against plain Python conventions keeps working.
 
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
+
 __all__ = [
+    "check_count",
     "AdaInfError",
     "ConfigError",
     "DataSourceError",
@@ -44,3 +49,11 @@ class TableMismatchError(AdaInfError):
 
 class UnsafeFileError(AdaInfError):
     """A file would need unpickling (arbitrary code execution) to load; AdaInf refuses it."""
+
+
+def check_count(value: Any, name: str) -> int:
+    """``value`` as an int if it is an integer ≥ 1 (a bool is not), else :class:`ConfigError` naming ``name`` and the
+    value (``"{name} must be an integer ≥ 1, got {value!r}"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
+    return int(value)

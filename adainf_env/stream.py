@@ -39,7 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from adainf_env.budgets import DEFAULT_BUCKET_CAP, BudgetProcess, TokenBucket, make_budget_process
-from adainf_env.errors import ConfigError
+from adainf_env.errors import ConfigError, check_count
 
 __all__ = ["StreamSpec", "DEFAULT_STREAM", "STREAM_SEED_TAG", "draw_streams", "run_streams", "ServeFn",
            "StaggeredStreams"]
@@ -50,12 +50,6 @@ STREAM_SEED_TAG = 0xADA1
 #: ``serve(t, rows, budgets, state) -> costs``: decide the K requests of time step ``t`` (table ``rows`` [K], the
 #: budget given to each [K], never below 1e-12, and the stream state) and return what each cost [K].
 ServeFn = Callable[[int, np.ndarray, np.ndarray, dict[str, Any]], np.ndarray]
-
-
-def _check_count(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{name} must be an integer ≥ 1, got {value!r}")
-    return int(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,8 +66,8 @@ class StreamSpec:
     bucket_cap: float = DEFAULT_BUCKET_CAP
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "num_streams", _check_count("num_streams", self.num_streams))
-        object.__setattr__(self, "horizon", _check_count("horizon", self.horizon))
+        object.__setattr__(self, "num_streams", check_count(self.num_streams, "num_streams"))
+        object.__setattr__(self, "horizon", check_count(self.horizon, "horizon"))
         cap = self.bucket_cap
         if isinstance(cap, bool) or not isinstance(cap, (int, float, np.integer, np.floating)) \
                 or not (math.isfinite(cap) and cap > 0):

@@ -35,7 +35,7 @@ import numpy as np
 from gymnasium import spaces
 
 from adainf_env.budgets import BudgetProcess, TokenBucket, check_budget_value, make_budget_process
-from adainf_env.errors import AdaInfError, ConfigError, TableFormatError
+from adainf_env.errors import AdaInfError, ConfigError, TableFormatError, check_count
 from adainf_env.envs.options import EnvOptions
 from adainf_env.plans import MAX_CODE_BLOCKS, codes_from_masks
 from adainf_env.tables.outcomes import OutcomeTable, load_table
@@ -199,9 +199,8 @@ def resolve_env_inputs(options_type: Any, options: Any, option_kwargs: Mapping[s
     **option_kwargs)``), then, for a vec env, a check of ``num_envs``, then the table it serves (:func:`source_table`).
     Returns ``(options, table)``; bad input → :class:`ConfigError`."""
     opts = options_type.from_kwargs(options, **option_kwargs)
-    if num_envs is not None and (isinstance(num_envs, bool) or not isinstance(num_envs, (int, np.integer))
-                                 or num_envs < 1):
-        raise ConfigError(f"num_envs must be an integer ≥ 1, got {num_envs!r}")
+    if num_envs is not None:
+        check_count(num_envs, "num_envs")
     return opts, source_table(table, table_path, live)
 
 

@@ -50,7 +50,7 @@ import torch
 
 from adainf_env.envs.anytime.actions import AnytimeTable, READ, STOP
 from adainf_env.envs.anytime.core import RequestBatch
-from adainf_env.errors import ConfigError
+from adainf_env.errors import ConfigError, check_count
 from adainf_env.feasibility import COST_TOL
 from adainf_env.stream import DEFAULT_STREAM, StaggeredStreams
 from adainf_env.plans import extension_mask, top_block
@@ -86,8 +86,7 @@ class AnytimeLearnerPolicy(AnytimeLearner):
         super().__init__()
         for k, v in (("iterations", iterations), ("requests_per_iter", requests_per_iter), ("eval_every", eval_every),
                      ("group_size", group_size)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{self.name}: {k} must be an integer ≥ 1, got {v!r}")
+            check_count(v, f"{self.name}: {k}")
         for k, v, lo in (("lr", lr, 0.0), ("entropy", entropy, 0.0), ("lam_lr", lam_lr, 0.0),
                          ("lam_init", lam_init, 0.0)):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < lo:

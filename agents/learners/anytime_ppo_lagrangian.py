@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from adainf_env.errors import ConfigError
+from adainf_env.errors import ConfigError, check_count
 from agents.learners.anytime_policy import AnytimeLearnerPolicy
 from agents.learners.stage_net import chain_sum
 
@@ -42,8 +42,7 @@ class PPOLagrangianPolicy(AnytimeLearnerPolicy):
                 raise ConfigError(f"{self.name}: {k} must lie in ({lo}, {hi}], got {v!r}" if k == "clip" else
                                   f"{self.name}: {k} must lie in [{lo}, {hi}], got {v!r}")
         for k, v in (("epochs", epochs), ("minibatches", minibatches)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{self.name}: {k} must be an integer ≥ 1, got {v!r}")
+            check_count(v, f"{self.name}: {k}")
         self.clip, self.epochs, self.minibatches = float(clip), int(epochs), int(minibatches)
         self.gamma, self.gae_lambda = float(gamma), float(gae_lambda)
 

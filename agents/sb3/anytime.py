@@ -48,7 +48,7 @@ from adainf_env.envs.anytime.stages import MENU_DEFAULTS, STAGE_STOP, StageBatch
 from adainf_env.envs.anytime.vec_env import AnytimeVecEnv
 from adainf_env.envs.options import ACTION_MODES
 from adainf_env.envs.wrappers import LagrangianVecEnvWrapper
-from adainf_env.errors import ConfigError
+from adainf_env.errors import ConfigError, check_count
 from adainf_env.stream import DEFAULT_STREAM
 from adainf_env.tables.outcomes import OutcomeTable
 from agents.baselines.anytime_policies import step_toward
@@ -234,8 +234,7 @@ class AnytimeSB3Policy(AnytimeLearner):
                  prior: bool = False) -> None:
         super().__init__()
         for k, v in (("total_timesteps", total_timesteps), ("n_envs", n_envs), ("eval_every", eval_every)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{self.name}: {k} must be an integer ≥ 1, got {v!r}")
+            check_count(v, f"{self.name}: {k}")
         if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or not learning_rate > 0:
             raise ConfigError(f"{self.name}: learning_rate must be a number > 0, got {learning_rate!r}")
         if not (isinstance(val_fraction, (int, float)) and 0.0 < val_fraction < 1.0):
