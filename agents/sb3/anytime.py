@@ -142,11 +142,6 @@ class ConcatVecEnv(VecEnv):
             p.close()
 
 
-def _bucket_cols(num_features: int) -> slice:
-    """Where the ``bucket`` part sits in a flat anytime observation: after the features and the budget."""
-    return slice(num_features + 1, num_features + 4)
-
-
 def _pad_bandit(obs: np.ndarray, num_features: int) -> np.ndarray:
     """A bandit observation [N, D] with the bucket part inserted as "a bucket holding exactly this request's budget"
     (level = refill = budget, the whole stream left)."""

@@ -76,7 +76,6 @@ class PlanBatchedEnv(PlanConfigViews, BatchCore):
         self._correct_flat = c.correct.reshape(-1).view(np.uint8) if c.correct.flags.c_contiguous else \
             np.ascontiguousarray(c.correct).reshape(-1).view(np.uint8)
         self._loss_flat = c.loss.reshape(-1).astype(np.float64) if opts.reward == "neg_ce" else None
-        self._ar = np.arange(n)
         # Transposed buffers (row k = every env's k-th draw) so that a step reads one contiguous row. Refills
         # generate env by env into a small row-major block and transpose it in (see _draw): no strided writes.
         # int32 halves the permutation memory (N=1024 envs × 10k rows = 40 MB).
